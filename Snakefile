@@ -1,0 +1,25 @@
+# KEPT workflow: convert Orion checkpoints to stock Llama, recover them with XKD, evaluate, report.
+# Run: snakemake --cores 2            (embedded default: the offline toy world in config.yaml)
+#      snakemake --cores 8 --resources gpu=1 --configfile config/paper.yaml
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/convert.smk"
+include: "rules/train.smk"
+include: "rules/eval_harness.smk"
+include: "rules/mt_bench.smk"
+include: "rules/longctx.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

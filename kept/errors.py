@@ -1,0 +1,17 @@
+"""Error types. Every error names the file, tensor or key it is about."""
+
+
+class KeptError(Exception):
+    """Base class for all errors this package raises on bad input."""
+
+
+class CheckpointError(KeptError):
+    """A checkpoint directory, shard, tensor or config is missing, malformed or inconsistent."""
+
+
+class MappingError(KeptError):
+    """A tensor was neither mapped nor dropped, or a target tensor was never written."""
+
+
+class ConfigError(KeptError):
+    """A workflow or command setting is invalid."""

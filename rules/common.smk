@@ -1,0 +1,79 @@
+# Config validation, path helpers and wildcard constraints shared by every rule file.
+import json
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RESULTS = config["results"]
+VARIANTS = list(config["variants"])
+NORMS = list(config["convert"]["norms"])
+METHODS = list(config["train"]["methods"])
+TRAIN_INIT = config["train"]["init"]
+
+
+# Final targets: each rule file appends the outputs it wants `rule all` to build.
+TARGETS = []
+
+
+def all_targets():
+    return TARGETS
+
+
+def R(*parts):
+    """A path under the results directory."""
+    return str(Path(RESULTS, *parts))
+
+
+def variant_cfg(variant):
+    return config["variants"][variant]
+
+
+def source_kind(variant):
+    return variant_cfg(variant)["source"]["kind"]
+
+
+def teacher_dir(variant):
+    """The Orion checkpoint directory of a variant's teacher."""
+    kind = source_kind(variant)
+    if kind == "toy":
+        return R("teachers", variant)
+    if kind == "hub":
+        return R("sources", variant)
+    return variant_cfg(variant)["source"]["path"]
+
+
+def model_names(variant):
+    """Every model of a variant's grid: the teacher, the untrained mappings, the trained methods."""
+    return ["teacher"] + [f"init-{n}" for n in NORMS] + METHODS
+
+
+def model_dir(variant, model):
+    if model == "teacher":
+        return teacher_dir(variant)
+    if model.startswith("init-"):
+        return R(variant, model, "model")
+    return R(variant, model, "model")
+
+
+def model_input(wildcards):
+    """Input function: the model directory named by {variant} and {model}."""
+    return model_dir(wildcards.variant, wildcards.model)
+
+
+def evals_of(variant):
+    return list(variant_cfg(variant).get("evals", []))
+
+
+def variants_with(eval_name):
+    return [v for v in VARIANTS if eval_name in evals_of(v)]
+
+
+wildcard_constraints:
+    variant="|".join(VARIANTS),
+    norm="|".join(NORMS),
+    method="|".join(METHODS),
+    model="|".join(["teacher"] + [f"init-{n}" for n in NORMS] + METHODS),
+    step=r"\d+",

@@ -1,0 +1,1 @@
+# convert stage: see the owner notes in docs/architecture.md

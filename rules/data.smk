@@ -1,0 +1,1 @@
+# data stage: see the owner notes in docs/architecture.md

@@ -1,0 +1,1 @@
+# eval_harness stage: see the owner notes in docs/architecture.md

@@ -1,0 +1,1 @@
+# longctx stage: see the owner notes in docs/architecture.md

@@ -1,0 +1,1 @@
+# mt_bench stage: see the owner notes in docs/architecture.md

@@ -1,0 +1,1 @@
+# report stage: see the owner notes in docs/architecture.md

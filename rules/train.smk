@@ -1,0 +1,1 @@
+# train stage: see the owner notes in docs/architecture.md
