@@ -1,0 +1,312 @@
+"""Tables and figures from small synthetic result files in the documented formats (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kept.cli import main as kept_main
+from kept.errors import KeptError
+from kept.report import ReportJob, build_report, paper
+from kept.report.figures import (
+    longctx_figure, mtbench_category_figure, pilot_figure, recovery_figure, train_loss_figure,
+)
+from kept.report.inputs import Item
+from kept.report.tables import (
+    best_mask, code_table, fidelity_table, h6_table, kommlu_table, longctx_table, mtbench_table,
+    render_latex, render_markdown, write_table,
+)
+
+H6 = [("ARC", "toy_arc"), ("HellaSwag", "toy_hellaswag"), ("MMLU", "toy_mmlu"),
+      ("TruthfulQA", "toy_truthfulqa_mc2"), ("Winogrande", "toy_winogrande"), ("GSM8K", "toy_gsm8k")]
+MODELS = ["teacher", "init-paper", "init-centered", "init-exact", "init-fit", "ut", "xkd_h", "xkd_z"]
+
+
+def _dump(path: Path, obj) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def harness(path: Path, *, variant: str, model: str, values: list[float], names=H6, suite="h6") -> str:
+    cols = [{"name": n, "task": t, "shots": 0, "metric": "acc,none", "value": v, "stderr": 0.01, "chance": 0.25}
+            for (n, t), v in zip(names, values)]
+    return _dump(path, {"model": model, "variant": variant, "suite": suite, "limit": None, "columns": cols,
+                        "average": sum(values) / len(values), "lm_eval_version": "0.4.13"})
+
+
+def h6_items(root: Path, values: dict[tuple[str, str], list[float]]) -> list[Item]:
+    return [Item(variant=v, model=m, path=harness(root / v / "eval" / m / "h6.json", variant=v, model=m, values=x))
+            for (v, m), x in values.items()]
+
+
+def mtbench(path: Path, *, variant: str, model: str, fmt: str, t1: float, t2: float) -> str:
+    cats = {c: {"turn1": t1, "turn2": t2, "average": (t1 + t2) / 2}
+            for c in ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"]}
+    return _dump(path, {"model": model, "variant": variant, "format": fmt, "judge": "toy", "turn1": t1,
+                        "turn2": t2, "average": (t1 + t2) / 2, "by_category": cats, "n_judgments": 160,
+                        "n_failed": 0})
+
+
+def longctx(path: Path, *, variant: str, model: str, scale: float, tml: int = 64) -> str:
+    lengths = [32, 64, 128, 256]
+    return _dump(path, {"model": model, "variant": variant, "train_max_length": tml, "sources": {
+        "en": {"lengths": lengths, "ppl": [scale * (1 + n / 1000) for n in lengths], "n_docs": 3},
+        "ko": {"lengths": lengths, "ppl": [2 * scale * (1 + n / 1000) for n in lengths], "n_docs": 3}}})
+
+
+def fidelity(model_dir: Path, *, norm: str, kl: float, top1: float) -> str:
+    _dump(model_dir / "fidelity.json", {
+        "norm": norm, "n_tokens": 512, "kl_mean": kl, "kl_max": 3 * kl, "top1_agreement": top1,
+        "max_abs_dlogit": 10 * kl, "layer_rel_err": [kl, 2 * kl], "final_norm_logit_offset_norm": 0.1,
+        "mapping": [], "dropped": []})
+    return str(model_dir)
+
+
+# ---- H6 (Table 3) -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def h6_grid(tmp_path):
+    # teacher best everywhere; among students xkd_z wins ARC, ut wins GSM8K, xkd_h and xkd_z tie on MMLU.
+    vals = {
+        "teacher": [0.90, 0.90, 0.90, 0.90, 0.90, 0.90],
+        "init-paper": [0.30, 0.30, 0.30, 0.30, 0.30, 0.30],
+        "init-centered": [0.31, 0.30, 0.30, 0.30, 0.30, 0.30],
+        "init-exact": [0.80, 0.81, 0.80, 0.80, 0.80, 0.10],
+        "init-fit": [0.50, 0.50, 0.50, 0.50, 0.50, 0.50],
+        "ut": [0.60, 0.60, 0.70, 0.60, 0.60, 0.85],
+        "xkd_h": [0.70, 0.70, 0.83, 0.70, 0.70, 0.60],
+        "xkd_z": [0.85, 0.80, 0.83, 0.80, 0.80, 0.70],
+    }
+    data = {("base", m): v for m, v in vals.items()} | {("chat", m): [x * 0.9 for x in v] for m, v in vals.items()}
+    return h6_items(tmp_path, data)
+
+
+def test_h6_table_values_and_bold(h6_grid, tmp_path):
+    table = h6_table(items=h6_grid, train_init="paper", paper_reference=False)
+    frame = table.frame
+    assert list(frame.columns) == ["Variant", "Model", "ARC", "HellaSwag", "MMLU", "TruthfulQA", "Winogrande",
+                                   "GSM8K", "Average"]
+    assert list(frame.Model[:8]) == ["Original (teacher)", "OPM", "Centered", "Exact", "Fit", "OPM + UT",
+                                     "OPM + XKD-h", "OPM + XKD-z"]
+    row = frame[(frame.Variant == "base") & (frame.Model == "OPM + XKD-z")].iloc[0]
+    assert row.ARC == pytest.approx(85.0) and row.Average == pytest.approx(100 * (0.85 + 0.8 * 3 + 0.83 + 0.7) / 6)
+    mask = best_mask(table)
+    base = frame.Variant == "base"
+    # best among students, never the teacher; ties all bold; per variant
+    assert list(frame.Model[base & mask.ARC]) == ["OPM + XKD-z"]
+    assert list(frame.Model[base & mask.GSM8K]) == ["OPM + UT"]
+    assert list(frame.Model[base & mask.MMLU]) == ["OPM + XKD-h", "OPM + XKD-z"]
+    assert list(frame.Model[base & mask.HellaSwag]) == ["Exact"]
+    assert mask.ARC.sum() == 2  # one per variant
+    assert not mask.loc[frame.Model == "Original (teacher)"].any().any()
+
+    md = render_markdown(table)
+    xkd_line = next(line for line in md.splitlines() if "base" in line and "OPM + XKD-z" in line)
+    assert "**85.00**" in xkd_line and "**90.00**" not in md
+    assert md.count("**") == 2 * int(mask.sum().sum())
+    tex = render_latex(table)
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule"):
+        assert rule in tex
+    assert "\\textbf{85.00}" in tex and "\\textbf{90.00}" not in tex
+    assert tex.count("\\midrule") == 2  # header rule + one between the two variants
+
+    out = {ext: tmp_path / "out" / f"h6.{ext}" for ext in ("csv", "md", "tex")}
+    write_table(table, **out)
+    back = pd.read_csv(out["csv"])
+    assert back.shape == frame.shape and back.ARC.tolist() == pytest.approx(frame.ARC.tolist())
+
+
+def test_h6_table_paper_reference(h6_grid):
+    table = h6_table(items=h6_grid, train_init="paper", paper_reference=True)
+    frame = table.frame.set_index(["Variant", "Model"])
+    assert list(table.frame.columns[2:6]) == ["ARC", "ARC (paper)", "HellaSwag", "HellaSwag (paper)"]
+    assert frame.loc[("base", "OPM + XKD-z"), "ARC (paper)"] == paper.TABLE3["base"]["xkd_z"][0]
+    assert frame.loc[("chat", "OPM"), "Average (paper)"] == paper.TABLE3["chat"]["opm"][6]
+    assert frame.loc[("base", "Original (teacher)"), "GSM8K (paper)"] == paper.TABLE3["base"]["original"][5]
+    assert math.isnan(frame.loc[("base", "Exact"), "ARC (paper)"])  # the paper has no such row
+    assert "–" in render_markdown(table)
+    # students trained from another mapping are not the paper's OPM + X rows
+    other = h6_table(items=h6_grid, train_init="exact", paper_reference=True).frame.set_index(["Variant", "Model"])
+    assert math.isnan(other.loc[("base", "Exact + XKD-z"), "ARC (paper)"])
+    assert other.loc[("base", "OPM"), "ARC (paper)"] == paper.TABLE3["base"]["opm"][0]
+
+
+def test_paper_numbers_are_the_published_averages():
+    # the paper's averages are the means of its six columns (to rounding): catches a mistyped number
+    for variant, rows in paper.TABLE3.items():
+        for method, row in rows.items():
+            assert sum(row[:6]) / 6 == pytest.approx(row[6], abs=0.011), (variant, method)
+    for variant, rows in paper.TABLE4.items():
+        for method, (t1, t2, avg) in rows.items():
+            assert (t1 + t2) / 2 == pytest.approx(avg, abs=0.0011), (variant, method)
+
+
+def test_h6_table_bad_inputs(h6_grid, tmp_path):
+    missing = Item(variant="base", model="ut", path=str(tmp_path / "nope" / "h6.json"))
+    with pytest.raises(KeptError, match="nope/h6.json"):
+        h6_table(items=[*h6_grid, missing], train_init="paper", paper_reference=False)
+    wrong = Item(variant="chat", model="ut", path=h6_grid[5].path)  # the file says base/ut
+    with pytest.raises(KeptError, match="'variant' is 'base'"):
+        h6_table(items=[wrong], train_init="paper", paper_reference=False)
+    obj = json.loads(Path(h6_grid[0].path).read_text())
+    del obj["columns"][2]["value"]
+    bad = Item(variant="base", model="teacher", path=_dump(tmp_path / "bad.json", obj))
+    with pytest.raises(KeptError, match=r"columns\[2\].*'value'"):
+        h6_table(items=[bad], train_init="paper", paper_reference=False)
+    obj = json.loads(Path(h6_grid[0].path).read_text())
+    obj["columns"] = obj["columns"][:5]
+    short = Item(variant="base", model="teacher", path=_dump(tmp_path / "short.json", obj))
+    with pytest.raises(KeptError, match="differ"):
+        h6_table(items=[h6_grid[1], short], train_init="paper", paper_reference=False)
+    with pytest.raises(KeptError, match="no input files"):
+        h6_table(items=[], train_init="paper", paper_reference=False)
+    # a failing job leaves no output behind
+    outputs = {ext: str(tmp_path / "t" / f"h6.{ext}") for ext in ("csv", "md", "tex")}
+    with pytest.raises(KeptError):
+        build_report(ReportJob(kind="table", name="h6", items=(*h6_grid, missing), outputs=outputs))
+    assert not any(Path(p).exists() for p in outputs.values())
+
+
+# ---- MT-Bench (Table 4), KoMMLU, transfer, fidelity --------------------------------------------------------
+
+
+def test_mtbench_table_both_formats(tmp_path):
+    items = [Item("chat", "teacher", mtbench(tmp_path / "t.json", variant="chat", model="teacher", fmt="orion",
+                                             t1=8.0, t2=7.0), "orion")]
+    for i, m in enumerate(["init-paper", "ut", "xkd_z"]):
+        for fmt, shift in (("orion", 0.5), ("llama3", 0.0)):
+            path = mtbench(tmp_path / f"{m}-{fmt}.json", variant="chat", model=m, fmt=fmt, t1=2 + 2 * i + shift,
+                           t2=1 + 2 * i)
+            items.append(Item("chat", m, path, fmt))
+    table = mtbench_table(items=items, train_init="paper", paper_reference=True)
+    frame = table.frame.set_index("Model")
+    assert list(table.frame.columns[2:8]) == ["Turn 1 (Orion)", "Turn 2 (Orion)", "Avg (Orion)",
+                                              "Turn 1 (Llama-3)", "Turn 2 (Llama-3)", "Avg (Llama-3)"]
+    assert math.isnan(frame.loc["Original (teacher)", "Avg (Llama-3)"])  # teachers answer in Orion only
+    assert frame.loc["OPM + XKD-z", "Turn 1 (Orion)"] == 6.5
+    assert frame.loc["OPM + XKD-z", "Avg (paper)"] == paper.TABLE4["chat"]["xkd_z"][2]
+    mask = best_mask(table).set_index(table.frame.Model)
+    assert mask.loc["OPM + XKD-z", "Avg (Orion)"] and not mask.loc["Original (teacher)", "Avg (Orion)"]
+    bad = Item("chat", "ut", items[3].path, "llama3")  # an orion file wired as llama3
+    with pytest.raises(KeptError, match="'format'"):
+        mtbench_table(items=[bad], train_init="paper", paper_reference=False)
+
+
+def test_kommlu_code_longctx_fidelity_tables(tmp_path):
+    kom = [Item("base", m, _dump(tmp_path / f"k-{m}.json", {
+        "model": m, "variant": "base", "suite": "kommlu", "limit": None, "columns": [], "average": 0.4 + 0.1 * i,
+        "macro": 0.4 + 0.1 * i, "micro": 0.45 + 0.1 * i, "lm_eval_version": "0.4.13"}))
+        for i, m in enumerate(["teacher", "ut", "xkd_z"])]
+    table = kommlu_table(items=kom, train_init="paper", paper_reference=True)
+    frame = table.frame.set_index("Model")
+    assert frame.loc["OPM + XKD-z", "Macro"] == pytest.approx(60.0)
+    assert frame.loc["OPM + XKD-z", "Micro"] == pytest.approx(65.0)
+    assert frame.loc["OPM + XKD-z", "Paper"] == 66.87 and math.isnan(frame.loc["OPM + UT", "Paper"])
+
+    code = [Item("base", m, _dump(tmp_path / f"c-{m}.json", {"model": m, "variant": "base", "ppl": p,
+                                                             "accuracy": a, "n": 20}))
+            for m, p, a in [("teacher", 2.0, 0.9), ("ut", 5.0, 0.5), ("xkd_z", 2.5, 0.85)]]
+    table = code_table(items=code, train_init="paper")
+    mask = best_mask(table).set_index(table.frame.Model)
+    assert mask.loc["OPM + XKD-z", "Code ppl"] and not mask.loc["OPM + UT", "Code ppl"]  # lower is better
+    assert table.frame.set_index("Model").loc["OPM + UT", "Code accuracy"] == pytest.approx(50.0)
+
+    lc = [Item("longchat", m, longctx(tmp_path / f"l-{m}.json", variant="longchat", model=m, scale=s))
+          for m, s in [("teacher", 3.0), ("xkd_z", 3.1), ("ut", 9.0)]]
+    table = longctx_table(items=lc, train_init="paper")
+    assert table.value_columns == ["en @128", "en @256", "ko @128", "ko @256"]  # only beyond 64 tokens
+    assert table.frame.set_index("Model").loc["OPM + UT", "en @256"] == pytest.approx(9.0 * 1.256)
+    with pytest.raises(KeptError, match="beyond the training length"):
+        longctx_table(items=[Item("longchat", "ut", longctx(tmp_path / "l.json", variant="longchat", model="ut",
+                                                             scale=1.0, tml=4096))], train_init="paper")
+
+    fid = [Item("base", f"init-{n}", fidelity(tmp_path / n / "model", norm=n, kl=k, top1=t))
+           for n, k, t in [("paper", 0.5, 0.6), ("exact", 1e-7, 0.999), ("fit", 0.3, 0.7)]]
+    table = fidelity_table(items=fid, train_init="paper")
+    mask = best_mask(table).set_index(table.frame.Model)
+    assert mask.loc["Exact"].drop(["Variant", "Model"]).all() and not mask.loc["OPM"].any()
+    assert "1e-07" in render_markdown(table)
+    wrong = Item("base", "init-fit", str(tmp_path / "paper" / "model"))
+    with pytest.raises(KeptError, match="'norm' is 'paper'"):
+        fidelity_table(items=[wrong], train_init="paper")
+
+
+# ---- figures -----------------------------------------------------------------------------------------------
+
+
+def _is_png_pdf(prefix: Path) -> bool:
+    png = Path(f"{prefix}.png").read_bytes()
+    pdf = Path(f"{prefix}.pdf").read_bytes()
+    return png.startswith(b"\x89PNG") and pdf.startswith(b"%PDF")
+
+
+def test_recovery_figure(tmp_path):
+    sub = H6[:2]
+    items = [Item("base", "teacher", harness(tmp_path / "t.json", variant="base", model="teacher",
+                                             values=[0.9] * 6)),
+             Item("base", "init-paper", harness(tmp_path / "i.json", variant="base", model="init-paper",
+                                                values=[0.2, 0.4, 0, 0, 0, 0]))]
+    for m, slope in (("ut", 0.001), ("xkd_z", 0.002)):
+        for step in (100, 200):
+            v = min(0.3 + slope * step, 1.0)
+            items.append(Item("base", m, harness(tmp_path / m / f"step-{step}.json", variant="base", model=m,
+                                                 values=[v, v], names=sub, suite="recovery"), str(step)))
+    frame = recovery_figure(items=items, train_init="paper", png=tmp_path / "f.png", pdf=tmp_path / "f.pdf")
+    assert _is_png_pdf(tmp_path / "f")
+    xkd = frame[frame.method == "OPM + XKD-z"]
+    assert xkd.step.tolist() == [0, 100, 200]
+    assert xkd.score.tolist() == pytest.approx([30.0, 50.0, 70.0])  # step 0 = init mean over ARC, HellaSwag
+    with pytest.raises(KeptError, match="recovery subset"):
+        bad = harness(tmp_path / "b.json", variant="base", model="teacher", values=[0.9] * 2, names=H6[2:4])
+        recovery_figure(items=[*items[2:], Item("base", "teacher", bad)], train_init="paper",
+                        png=tmp_path / "g.png", pdf=tmp_path / "g.pdf")
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_longctx_mtbench_loss_pilot_figures(tmp_path):
+    lc = [Item("longchat", m, longctx(tmp_path / f"l-{m}.json", variant="longchat", model=m, scale=s))
+          for m, s in [("teacher", 3.0), ("xkd_z", 3.1)]]
+    frame = longctx_figure(items=lc, train_init="paper", png=tmp_path / "l.png", pdf=tmp_path / "l.pdf")
+    assert _is_png_pdf(tmp_path / "l") and len(frame) == 2 * 2 * 4
+
+    mt = [Item("chat", m, mtbench(tmp_path / f"{m}-{f}.json", variant="chat", model=m, fmt=f, t1=5, t2=4), f)
+          for m, f in [("teacher", "orion"), ("xkd_z", "orion"), ("xkd_z", "llama3")]]
+    frame = mtbench_category_figure(items=mt, train_init="paper", png=tmp_path / "m.png", pdf=tmp_path / "m.pdf")
+    assert _is_png_pdf(tmp_path / "m") and len(frame) == 3 * 8 and set(frame.format) == {"Orion", "Llama-3"}
+
+    logs = []
+    for m in ("ut", "xkd_h", "xkd_z"):
+        path = tmp_path / m / "train_log.jsonl"
+        path.parent.mkdir()
+        path.write_text("".join(json.dumps({"step": s, "loss": 5.0 / s, "lr": 1e-4, "tokens": 64 * s,
+                                            "tokens_per_s": 1.0, "elapsed_s": s}) + "\n" for s in range(1, 6)))
+        logs.append(Item("base", m, str(path)))
+    frame = train_loss_figure(items=logs, train_init="paper", png=tmp_path / "t.png", pdf=tmp_path / "t.pdf")
+    assert _is_png_pdf(tmp_path / "t") and len(frame) == 15
+    Path(logs[1].path).write_text('{"step": 1, "loss": 1.0}\n{"step": 2}\n')
+    with pytest.raises(KeptError, match=r"train_log.jsonl:2: missing key 'loss'"):
+        train_loss_figure(items=logs, train_init="paper", png=tmp_path / "u.png", pdf=tmp_path / "u.pdf")
+
+    path = tmp_path / "pilot" / "cosine.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps({"step": s, "cos_mean": s / 10, "cos": [s / 10 - 0.05, s / 10 + 0.05]})
+                            + "\n" for s in range(0, 10, 2)))
+    frame = pilot_figure(items=[Item("base", "pilot", str(path))], png=tmp_path / "p.png", pdf=tmp_path / "p.pdf")
+    assert _is_png_pdf(tmp_path / "p") and set(frame.site) == {"mean", "0", "1"}
+
+
+def test_report_cli(h6_grid, tmp_path, capsys):
+    argv = ["report", "table", "h6", "--out", str(tmp_path / "cli" / "h6"), "--paper-reference"]
+    for it in h6_grid:
+        argv += ["--item", f"{it.variant}:{it.model}={it.path}"]
+    assert kept_main(argv) == 0
+    expected = best_mask(h6_table(items=h6_grid, train_init="paper", paper_reference=True)).sum().sum()
+    assert expected > 14 and (tmp_path / "cli" / "h6.tex").read_text().count("\\textbf") == expected
+    assert kept_main(["report", "table", "h6", "--out", str(tmp_path / "x"), "--item", "base=nothing"]) == 1
+    assert "VARIANT:MODEL" in capsys.readouterr().err
