@@ -1,0 +1,371 @@
+"""How close a converted student is to its Orion teacher before any training, and the Appendix-A fit.
+
+Both models run layer by layer from disk (:class:`StreamingModel`): one decoder layer's weights are in memory at
+a time, built from transformers' own layer classes (``StableLmDecoderLayer`` for the teacher, ``LlamaDecoderLayer``
+for the student), so measuring a 14B conversion needs memory for one layer, the hidden states and an LM head,
+not for two models.
+
+Metrics on a calibration batch (:func:`fidelity_report`): per-token KL(teacher || student) (mean, max), top-1
+agreement, max |logit difference|, the relative residual-stream error at each of the L+1 slots (embedding output
+and every layer's output; centred students are compared with the centred teacher stream, since centring is
+exact there), and the norm of the final-norm logit offset ``lm_head @ beta_f`` that stock Llama cannot hold.
+For ``exact`` the logit metrics are also given with that offset added back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kept.checkpoint import TensorReader
+from kept.errors import CheckpointError, ConfigError
+
+LOGIT_CHUNK_BYTES = 128 * 2**20  # float32 logits held at once per model
+VOCAB_BLOCK = 8192  # LM-head rows upcast at once
+
+# Used for the fidelity report when no calibration corpus is given (ko/zh/ja/en/code).
+BUILTIN_SAMPLE = (
+    "서울은 대한민국의 수도이며, 한강이 도시를 가로질러 흐른다. 오늘은 날씨가 맑아서 공원에 사람이 많다.\n"
+    "北京是中华人民共和国的首都，也是全国的政治和文化中心。我们明天一起去图书馆看书吧。\n"
+    "東京は日本の首都で、世界有数の大都市です。今日は雨が降っているので、家で本を読みます。\n"
+    "The quick brown fox jumps over the lazy dog. Language models predict the next token from context.\n"
+    "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n"
+)
+
+
+# ---- calibration text -----------------------------------------------------------------------------------
+
+
+def calibration_tokens(
+    corpus: str | Path, *, n_tokens: int, from_end: bool = False, max_len: int = 2048
+) -> torch.Tensor:
+    """``[B, T]`` token ids from a packed corpus directory (manifest.json + int32 shards).
+
+    Whole sequences are taken from the start of the corpus (``from_end``: from its end, so a fitting batch and a
+    fidelity batch do not overlap), cut to ``max_len`` tokens, until ``n_tokens`` are collected.
+    """
+    corpus = Path(corpus)
+    manifest_path = corpus / "manifest.json"
+    if not manifest_path.is_file():
+        raise ConfigError(f"{manifest_path}: calibration corpus has no manifest.json")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        shards = [corpus / s for s in manifest["shards"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{manifest_path}: not a packed-corpus manifest ({exc})") from exc
+    if from_end:
+        shards = shards[::-1]
+    rows: list[np.ndarray] = []
+    have = 0
+    for shard in shards:
+        if not shard.is_file():
+            raise ConfigError(f"{manifest_path}: shard {shard} is missing")
+        arr = np.load(shard, mmap_mode="r")
+        if arr.ndim != 2:
+            raise ConfigError(f"{shard}: expected a 2-D token array, found shape {arr.shape}")
+        order = range(arr.shape[0] - 1, -1, -1) if from_end else range(arr.shape[0])
+        for r in order:
+            row = np.asarray(arr[r, :max_len], dtype=np.int64)
+            rows.append(row)
+            have += row.size
+            if have >= n_tokens:
+                break
+        if have >= n_tokens:
+            break
+    if not rows:
+        raise ConfigError(f"{manifest_path}: calibration corpus holds no sequences")
+    length = min(r.size for r in rows)
+    return torch.from_numpy(np.stack([r[:length] for r in rows]))
+
+
+def builtin_tokens(tokenizer_model: str | Path) -> torch.Tensor:
+    """``[1, T]`` ids of :data:`BUILTIN_SAMPLE` under the source's SentencePiece model."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
+    ids = ([sp.bos_id()] if sp.bos_id() >= 0 else []) + sp.encode(BUILTIN_SAMPLE)
+    return torch.tensor([ids], dtype=torch.long)
+
+
+def split_batches(ids: torch.Tensor, *, tokens_per_batch: int = 8192) -> list[torch.Tensor]:
+    """Rows of ``ids`` grouped into batches of about ``tokens_per_batch`` tokens."""
+    per = max(1, tokens_per_batch // max(1, ids.shape[1]))
+    return [ids[i : i + per] for i in range(0, ids.shape[0], per)]
+
+
+# ---- layer-streaming forward ----------------------------------------------------------------------------
+
+
+class StreamingModel:
+    """Runs an Orion checkpoint (StableLm layers) or a stock Llama checkpoint one decoder layer at a time."""
+
+    def __init__(self, directory: str | Path, *, device: str | torch.device = "cpu") -> None:
+        from transformers import LlamaConfig
+        from transformers.models.llama.modeling_llama import (
+            LlamaDecoderLayer,
+            LlamaRMSNorm,
+            LlamaRotaryEmbedding,
+        )
+        from transformers.models.stablelm.modeling_stablelm import StableLmDecoderLayer, StableLmRotaryEmbedding
+
+        from kept.orion import read_orion_config, stablelm_config
+
+        self.directory = Path(directory)
+        self.device = torch.device(device)
+        raw = json.loads((self.directory / "config.json").read_text())
+        self.kind = "orion" if raw.get("model_type") == "orion" else "llama"
+        if self.kind == "orion":
+            self.config = stablelm_config(read_orion_config(self.directory))
+            layer_cls, rope_cls = StableLmDecoderLayer, StableLmRotaryEmbedding
+            self.eps = self.config.layer_norm_eps
+        else:
+            keep = {k: v for k, v in raw.items() if k not in ("rope_theta", "rope_scaling", "torch_dtype")}
+            self.config = LlamaConfig(**keep)
+            layer_cls, rope_cls = LlamaDecoderLayer, LlamaRotaryEmbedding
+            self.eps = self.config.rms_norm_eps
+            self._rms = LlamaRMSNorm
+        self.config._attn_implementation = "sdpa"  # causal via is_causal when no mask is given
+        self.num_layers = self.config.num_hidden_layers
+        with torch.device("meta"):
+            self._layer = layer_cls(self.config, layer_idx=0)
+        self._layer_keys = list(self._layer.state_dict())
+        self.rotary = rope_cls(self.config).to(self.device)
+        self.reader = TensorReader(self.directory)
+
+    def weight(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.reader.get(name).to(device=self.device, dtype=dtype)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        table = self.reader.get("model.embed_tokens.weight")
+        out = F.embedding(ids, table).to(device=self.device, dtype=torch.float32)  # (B, T, d)
+        del table
+        return out
+
+    def positions(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.arange(h.shape[1], device=self.device).unsqueeze(0)
+        return self.rotary(h, position_ids=pos)
+
+    def load_layer(self, i: int) -> torch.nn.Module:
+        """Decoder layer ``i`` with its weights (float32, on the device)."""
+        prefix = f"model.layers.{i}."
+        state = {k: self.weight(prefix + k) for k in self._layer_keys}
+        self._layer.load_state_dict(state, assign=True, strict=True)
+        return self._layer.eval()
+
+    def final_norm(self, h: torch.Tensor) -> torch.Tensor:
+        w = self.weight("model.norm.weight")
+        if self.kind == "orion":
+            return F.layer_norm(h, (h.shape[-1],), w, self.weight("model.norm.bias"), self.eps)
+        norm = self._rms(h.shape[-1], eps=self.eps).to(self.device)
+        with torch.no_grad():
+            norm.weight.copy_(w)
+        return norm(h)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _logits(h: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """``h @ head.T`` in float32 with the head upcast block by block. h: (N, d), head: (V, d) -> (N, V)."""
+    out = torch.empty(h.shape[0], head.shape[0], dtype=torch.float32, device=h.device)
+    for v0 in range(0, head.shape[0], VOCAB_BLOCK):
+        out[:, v0 : v0 + VOCAB_BLOCK] = h @ head[v0 : v0 + VOCAB_BLOCK].float().T
+    return out
+
+
+# ---- Appendix-A fit -------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def fit_rms_gains(
+    *, teacher: str | Path, batches: Iterable[torch.Tensor], device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Per-channel least-squares RMSNorm weights (Appendix A) for every norm site, from teacher activations.
+
+    For a LayerNorm site with input x and output y, the RMSNorm weight minimising E||g * x/r - y||^2, with
+    r = sqrt(mean(x^2) + eps) as in the student, is ``g_i = E[(x_i/r) y_i] / E[(x_i/r)^2]``. The sums are
+    accumulated in float64 over all calibration tokens; a channel that is never active keeps ``gamma``.
+    Returns float64 gains keyed by the Llama norm weight names.
+    """
+    model = StreamingModel(teacher, device=device)
+    sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def accumulate(site: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        x64 = x.reshape(-1, x.shape[-1]).double()  # (N, d)
+        y64 = y.reshape(-1, y.shape[-1]).double()
+        u = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + model.eps)  # x / r
+        num, den = (u * y64).sum(0), u.pow(2).sum(0)
+        if site in sums:
+            num, den = num + sums[site][0], den + sums[site][1]
+        sums[site] = (num, den)
+
+    try:
+        hidden = [model.embed(b) for b in batches]
+        if not hidden:
+            raise ConfigError("fit: no calibration batches")
+        pos = [model.positions(h) for h in hidden]
+        for i in range(model.num_layers):
+            layer = model.load_layer(i)
+            hooks = [
+                getattr(layer, site).register_forward_hook(
+                    lambda mod, inp, out, site=f"model.layers.{i}.{site}.weight": accumulate(site, inp[0], out)
+                )
+                for site in ("input_layernorm", "post_attention_layernorm")
+            ]
+            try:
+                hidden = [layer(h, attention_mask=None, position_embeddings=p) for h, p in zip(hidden, pos)]
+            finally:
+                for hook in hooks:
+                    hook.remove()
+        for h in hidden:
+            accumulate("model.norm.weight", h, model.final_norm(h))
+        gains = {}
+        for site, (num, den) in sums.items():
+            gamma = model.weight(site, torch.float64)
+            gains[site] = torch.where(den > 0, num / den.clamp_min(1e-300), gamma).cpu()
+        return gains
+    finally:
+        model.close()
+
+
+# ---- fidelity -------------------------------------------------------------------------------------------
+
+
+def _rel_err(s: torch.Tensor, t: torch.Tensor, centred: bool) -> float:
+    if centred:
+        t = t - t.mean(-1, keepdim=True)  # project out the all-ones direction
+    return float(torch.linalg.vector_norm((s - t).double()) / torch.linalg.vector_norm(t.double()).clamp_min(1e-30))
+
+
+class _LogitStats:
+    """Running KL / top-1 / |dlogit| statistics over token chunks."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.kl_sum = 0.0
+        self.kl_max = 0.0
+        self.agree = 0
+        self.dmax = 0.0
+
+    def update(self, zt: torch.Tensor, zs: torch.Tensor) -> None:  # (N, V) each
+        lt, ls = F.log_softmax(zt.double(), -1), F.log_softmax(zs.double(), -1)
+        kl = (lt.exp() * (lt - ls)).sum(-1).clamp_min(0.0)  # (N,)
+        self.n += kl.numel()
+        self.kl_sum += float(kl.sum())
+        self.kl_max = max(self.kl_max, float(kl.max()))
+        self.agree += int((zt.argmax(-1) == zs.argmax(-1)).sum())
+        self.dmax = max(self.dmax, float((zt - zs).abs().max()))
+
+    def result(self) -> dict[str, float]:
+        return {
+            "kl_mean": self.kl_sum / max(1, self.n),
+            "kl_max": self.kl_max,
+            "top1_agreement": self.agree / max(1, self.n),
+            "max_abs_dlogit": self.dmax,
+        }
+
+
+@torch.no_grad()
+def fidelity_report(
+    *,
+    teacher: str | Path,
+    student: str | Path,
+    centred: bool,
+    ids: torch.Tensor,
+    logit_offset: torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Compare teacher and student on token ids ``[B, T]`` (see the module docstring for the metrics).
+
+    ``logit_offset`` (``lm_head @ beta_f``, shape ``[V]``) is added to the student's logits for the extra
+    ``offset_corrected`` metrics (used for ``exact``).
+    """
+    t_model = StreamingModel(teacher, device=device)
+    s_model = StreamingModel(student, device=device)
+    try:
+        batches = split_batches(ids)
+        ht = [t_model.embed(b.to(device)) for b in batches]
+        hs = [s_model.embed(b.to(device)) for b in batches]
+        pos_t = [t_model.positions(h) for h in ht]
+        pos_s = [s_model.positions(h) for h in hs]
+
+        def slot_error() -> float:
+            num = sum(float(torch.linalg.vector_norm((s - (t - t.mean(-1, keepdim=True) if centred else t)).double()) ** 2)
+                      for s, t in zip(hs, ht))
+            den = sum(float(torch.linalg.vector_norm((t - t.mean(-1, keepdim=True) if centred else t).double()) ** 2)
+                      for t in ht)
+            return math.sqrt(num / max(den, 1e-300))
+
+        layer_err = [slot_error()]
+        for i in range(t_model.num_layers):
+            layer = t_model.load_layer(i)
+            ht = [layer(h, attention_mask=None, position_embeddings=p) for h, p in zip(ht, pos_t)]
+            layer = s_model.load_layer(i)
+            hs = [layer(h, attention_mask=None, position_embeddings=p) for h, p in zip(hs, pos_s)]
+            layer_err.append(slot_error())
+            if progress:
+                progress(f"fidelity: layer {i + 1}/{t_model.num_layers} rel err {layer_err[-1]:.3e}")
+
+        head_t = t_model.reader.get("lm_head.weight").to(device)
+        head_s = s_model.reader.get("lm_head.weight").to(device)
+        stats, fixed = _LogitStats(), _LogitStats()
+        vocab = head_t.shape[0]
+        chunk = max(1, LOGIT_CHUNK_BYTES // (4 * vocab))
+        offset = logit_offset.to(device=device, dtype=torch.float32) if logit_offset is not None else None
+        for h_t, h_s in zip(ht, hs):
+            nt = t_model.final_norm(h_t).reshape(-1, h_t.shape[-1])  # (N, d)
+            ns = s_model.final_norm(h_s).reshape(-1, h_s.shape[-1])
+            for c0 in range(0, nt.shape[0], chunk):
+                zt = _logits(nt[c0 : c0 + chunk], head_t)  # (n, V)
+                zs = _logits(ns[c0 : c0 + chunk], head_s)
+                stats.update(zt, zs)
+                if offset is not None:
+                    fixed.update(zt, zs + offset)
+        report: dict[str, Any] = {"n_tokens": int(ids.numel()), **stats.result(), "layer_rel_err": layer_err}
+        if offset is not None:
+            report["offset_corrected"] = fixed.result()
+        return report
+    finally:
+        t_model.close()
+        s_model.close()
+
+
+def fidelity_markdown(report: dict[str, Any]) -> str:
+    """fidelity.md: the metrics, the per-layer errors, the mapping table and the dropped tensors."""
+    lines = [
+        f"# Conversion fidelity: norm mapping `{report['norm']}`",
+        "",
+        f"Source: `{report.get('source', '?')}`; calibration: {report.get('calibration', '?')}; "
+        f"{report['n_tokens']} tokens; output dtype {report.get('dtype', '?')}.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key in ("kl_mean", "kl_max", "top1_agreement", "max_abs_dlogit", "final_norm_logit_offset_norm"):
+        value = report.get(key)
+        lines.append(f"| {key} | {value:.6g} |" if isinstance(value, (int, float)) else f"| {key} | {value} |")
+    if "offset_corrected" in report:
+        for key, value in report["offset_corrected"].items():
+            lines.append(f"| {key} (final-norm offset added back) | {value:.6g} |")
+    lines += ["", "Relative residual-stream error per slot (0 = embedding output"
+              + (", teacher stream centred" if report.get("centered") else "") + "):", "",
+              "| slot | rel. error |", "|---|---|"]
+    lines += [f"| {i} | {e:.4e} |" for i, e in enumerate(report.get("layer_rel_err", []))]
+    lines += ["", "## Mapping", "", "| source | target | rule | tensors |", "|---|---|---|---|"]
+    lines += [f"| `{m['source']}` | `{m['target']}` | {m['rule']} | {m['count']} |" for m in report["mapping"]]
+    lines += ["", "## Dropped", "", "| source | reason | tensors |", "|---|---|---|"]
+    lines += [f"| `{d['source']}` | {d['reason']} | {d['count']} |" for d in report["dropped"]]
+    return "\n".join(lines) + "\n"
+
+
+def check_ids(ids: torch.Tensor, vocab_size: int, where: str) -> None:
+    """Calibration ids must index the embedding."""
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise CheckpointError(f"{where}: token ids span [{int(ids.min())}, {int(ids.max())}], outside the vocabulary of {vocab_size}")
