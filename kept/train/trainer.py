@@ -1,0 +1,371 @@
+"""One trainer for UT, XKD-h and XKD-z (and toy-teacher pretraining), built on accelerate.
+
+accelerate supplies mixed precision, gradient accumulation, DDP / FSDP / DeepSpeed wrapping and the resumable state
+(``save_state``/``load_state``: model, optimizer, scheduler, RNG); transformers supplies gradient checkpointing. This
+module adds the objectives, the data order, snapshots, the log and the exports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from kept.atomic import write_json
+from kept.errors import CheckpointError, ConfigError
+from kept.train.config import TrainConfig
+from kept.train.data import BatchSchedule, PackedCorpus
+from kept.train.export import export_model, link_tree
+from kept.train.objectives import OBJECTIVE_METRIC, StreamCapture, StudentObjective, teacher_outputs
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+NORM_SUFFIXES = ("input_layernorm.weight", "post_attention_layernorm.weight")
+FINAL_NORM = "model.norm.weight"
+
+
+class LRSchedule:
+    """Linear warmup to the peak, then cosine to ``min_ratio`` of it; ``step`` = updates done so far, so update k
+    (0-based) runs at ``lr * self(k)``. A class (not a lambda) so the scheduler state round-trips."""
+
+    def __init__(self, *, warmup: int, total: int, min_ratio: float) -> None:
+        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices and embeddings, none on norm weights and biases."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    other = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def norm_weight_names(model: nn.Module) -> list[str]:
+    """Names of the RMSNorm weights in site order: per layer input then post-attention, then the final norm."""
+    names = [n for n, _ in model.named_parameters() if n.endswith(NORM_SUFFIXES)]
+    names.sort(key=lambda n: (int(n.split(".")[2]), 0 if "input_" in n else 1))
+    return names + [FINAL_NORM]
+
+
+def _set_trainable(model: nn.Module, cfg: TrainConfig) -> None:
+    frozen: set[str] = set()
+    if cfg.objective == "xkd_h":
+        # the final norm and the LM head do not touch the residual stream: no gradient reaches them
+        frozen |= {FINAL_NORM, "lm_head.weight"}
+    if cfg.trainable == "norms":
+        keep = set(norm_weight_names(model)) - frozen
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in keep)
+        return
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable JSON ({exc})") from exc
+
+
+def student_is_centered(student_dir: str | Path) -> bool:
+    """Whether the conversion mean-centred the student's residual stream (conversion.json "centered")."""
+    path = Path(student_dir) / "conversion.json"
+    return bool(_read_json(path).get("centered", False)) if path.is_file() else False
+
+
+def _new_accelerator(cfg: TrainConfig) -> Any:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if not PartialState().use_distributed:
+        # several runs in one process (tests, the pilot after a run): start from a clean accelerate state
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        cpu=not torch.cuda.is_available(),
+        step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the world size
+    )
+
+
+def _check_pair(student: nn.Module, teacher: nn.Module, cfg: TrainConfig) -> None:
+    s, t = student.config, teacher.config
+    for key in ("vocab_size", "hidden_size"):
+        if getattr(s, key) != getattr(t, key):
+            raise CheckpointError(
+                f"{cfg.student} vs {cfg.teacher}: {key} {getattr(s, key)} != {getattr(t, key)} (XKD needs an "
+                "equal-size teacher)"
+            )
+    if cfg.objective == "xkd_h" and s.num_hidden_layers != t.num_hidden_layers:
+        raise CheckpointError(
+            f"{cfg.student} vs {cfg.teacher}: num_hidden_layers {s.num_hidden_layers} != {t.num_hidden_layers}"
+        )
+
+
+class _Resume:
+    """work_dir/resume/: step-N/ (accelerate state + trainer_state.json + the log so far) and snapshots/ (hard
+    links of the snapshots written so far, so they survive a rerun that deletes the declared outputs)."""
+
+    def __init__(self, work_dir: Path, fingerprint: str) -> None:
+        self.root = work_dir / "resume"
+        self.fingerprint = fingerprint
+
+    def latest(self) -> tuple[Path, dict[str, Any]] | None:
+        best = None
+        for path in self.root.glob("step-*"):
+            meta_path = path / "trainer_state.json"
+            if not meta_path.is_file():
+                continue
+            meta = _read_json(meta_path)
+            if meta.get("fingerprint") != self.fingerprint:
+                continue
+            if best is None or meta["step"] > best[1]["step"]:
+                best = (path, meta)
+        return best
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def fit(
+    cfg: TrainConfig,
+    *,
+    prepare_student: Callable[[nn.Module], None] | None = None,
+    on_log: Callable[[int, nn.Module], dict[str, Any] | None] | None = None,
+    export: bool = True,
+) -> dict[str, Any]:
+    """Run ``cfg``; ``prepare_student`` edits the loaded student before training (the pilot re-initialises its
+    norms), ``on_log(step, student)`` adds fields to each log line. Returns the summary."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from kept.models import load_model, model_type
+
+    work = Path(cfg.work_dir)
+    accelerator = _new_accelerator(cfg)
+    main = accelerator.is_main_process
+    set_seed(cfg.seed)
+    device = accelerator.device
+
+    # ---- models and data -------------------------------------------------------------------------------------
+    is_orion = model_type(cfg.student) == "orion"
+    if cfg.export_format == "llama" and is_orion:
+        raise ConfigError(f"{cfg.student}: an Orion-format student can only be exported with export_format 'orion'")
+    if cfg.export_format == "orion" and not is_orion:
+        raise ConfigError(f"{cfg.student}: export_format 'orion' needs an Orion-format student")
+    if cfg.trainable == "norms" and is_orion:
+        raise ConfigError(f"{cfg.student}: trainable 'norms' (the pilot) needs a stock-Llama student")
+    student = load_model(cfg.student, dtype=cfg.model_dtype)
+    centered = student_is_centered(cfg.student)
+    teacher = None
+    teacher_capture = None
+    if cfg.teacher and not (cfg.objective == "xkd_z" and cfg.teacher_cache):
+        teacher = load_model(cfg.teacher, dtype=cfg.teacher_dtype, device=device)
+        teacher.requires_grad_(False).eval()
+        _check_pair(student, teacher, cfg)
+        if cfg.objective == "xkd_h":
+            teacher_capture = StreamCapture(teacher)
+    corpus = PackedCorpus(cfg.corpus)
+    corpus.check_vocab(student.config.vocab_size, where=cfg.student)
+    length = cfg.max_length or corpus.max_length
+    if length > corpus.max_length:
+        raise ConfigError(f"train config: max_length {length} exceeds the corpus max_length {corpus.max_length}")
+    cache = None
+    if cfg.objective == "xkd_z" and cfg.teacher_cache:
+        from kept.train.cache import TeacherCache
+
+        cache = TeacherCache(cfg.teacher_cache)
+        cache.check(corpus=corpus, temperature=cfg.temperature, vocab_size=student.config.vocab_size, length=length)
+
+    if prepare_student is not None:
+        prepare_student(student)
+    _set_trainable(student, cfg)
+    if cfg.gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    student.config.use_cache = False
+    student.train()
+    module = StudentObjective(student, objective=cfg.objective, temperature=cfg.temperature,
+                              chunk=cfg.kl_chunk_size, recompute=cfg.kl_recompute, centered=centered)
+    optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, LRSchedule(warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
+    )
+    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    schedule = BatchSchedule(corpus, seed=cfg.seed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                             world_size=accelerator.num_processes, rank=accelerator.process_index)
+    tokens_per_step = schedule.global_batch * length
+
+    # ---- resume ----------------------------------------------------------------------------------------------
+    resume = _Resume(work, cfg.fingerprint())
+    log_path = work / "train_log.jsonl"
+    snapshots = work / "snapshots"
+    start_step, elapsed_before = 0, 0.0
+    found = resume.latest()
+    if found is not None:
+        state_dir, meta = found
+        accelerator.load_state(str(state_dir))
+        start_step, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
+    if main:
+        work.mkdir(parents=True, exist_ok=True)
+        if found is None:
+            resume.clear()  # state of another configuration, or none
+            shutil.rmtree(snapshots, ignore_errors=True)
+            log_path.write_text("")
+        else:
+            shutil.copyfile(found[0] / "train_log.jsonl", log_path)
+            for kept_snap in sorted((resume.root / "snapshots").glob("step-*")):
+                if int(kept_snap.name.split("-")[1]) <= start_step and not (snapshots / kept_snap.name).is_dir():
+                    link_tree(kept_snap, snapshots / kept_snap.name)
+    accelerator.wait_for_everyone()
+
+    extra_info = {"objective": cfg.objective, "student": cfg.student, "teacher": cfg.teacher,
+                  "teacher_cache": cfg.teacher_cache, "steps": cfg.steps, "centered_teacher_stream": centered}
+
+    def write_snapshot(step: int) -> None:
+        state = accelerator.get_state_dict(module)
+        if main:
+            state = {k.removeprefix("student."): v for k, v in state.items()}
+            out = snapshots / f"step-{step}"
+            export_model(accelerator.unwrap_model(module).student, out, student_dir=cfg.student,
+                         fmt=cfg.export_format, state_dict=state, num_shards=1, extra={**extra_info, "step": step})
+            link_tree(out, resume.root / "snapshots" / out.name)
+        accelerator.wait_for_everyone()
+
+    def save_state(step: int, elapsed: float) -> None:
+        tmp = resume.root / f".tmp-step-{step}"
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        if main:
+            shutil.copyfile(log_path, tmp / "train_log.jsonl")
+            write_json(tmp / "trainer_state.json",
+                       {"step": step, "fingerprint": resume.fingerprint, "elapsed_s": elapsed,
+                        "tokens": step * tokens_per_step})
+            final = resume.root / f"step-{step}"
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in resume.root.glob("step-*"):
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    # ---- loop ------------------------------------------------------------------------------------------------
+    metric = OBJECTIVE_METRIC[cfg.objective]
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=f"{cfg.objective}", mininterval=2.0,
+               disable=not (cfg.progress and main), dynamic_ncols=True)
+    t0 = time.perf_counter()
+    window_t, window_tokens = t0, 0
+    first_loss = last_loss = None
+    last_metric = None
+    log_fh = open(log_path, "a", encoding="utf-8") if main else None
+    try:
+        for step in range(start_step, cfg.steps):
+            loss_sum = torch.zeros((), device=device)
+            metric_sum = torch.zeros((), device=device)
+            for micro in range(cfg.grad_accum):
+                idx = schedule.indices(step, micro)
+                ids = corpus.get(idx, length=length).to(device)
+                with accelerator.accumulate(module):
+                    if cache is not None:
+                        t_out: dict[str, Any] | None = {"topk": cache.get(idx, length=length, device=device)}
+                    elif teacher is not None:
+                        with accelerator.autocast():
+                            t_out = teacher_outputs(teacher, ids, objective=cfg.objective, capture=teacher_capture)
+                    else:
+                        t_out = None
+                    out = module(ids, t_out)
+                    accelerator.backward(out["loss"])
+                    del t_out
+                loss_sum += out["loss"].detach()
+                metric_sum += out[metric]
+            lr = scheduler.get_last_lr()[0]
+            grad_norm = None
+            if cfg.max_grad_norm > 0:
+                grad_norm = accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            window_tokens += tokens_per_step
+            bar.update(1)
+
+            if done == 1 or done % cfg.log_every == 0 or done == cfg.steps:
+                loss = accelerator.reduce(loss_sum / cfg.grad_accum, "mean").item()
+                value = accelerator.reduce(metric_sum / cfg.grad_accum, "mean").item()
+                gn = accelerator.reduce(grad_norm.detach().float(), "mean").item() if grad_norm is not None else None
+                now = time.perf_counter()
+                extra = on_log(done, accelerator.unwrap_model(module).student) if on_log else None
+                if main:
+                    entry = {"step": done, "loss": loss, metric: value, "lr": lr, "grad_norm": gn,
+                             "tokens": done * tokens_per_step,
+                             "tokens_per_s": window_tokens / max(now - window_t, 1e-9),
+                             "elapsed_s": elapsed_before + now - t0}
+                    entry.update(extra or {})
+                    log_fh.write(json.dumps(entry) + "\n")
+                    log_fh.flush()
+                    bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}", refresh=False)
+                first_loss = loss if first_loss is None else first_loss
+                last_loss, last_metric = loss, value
+                window_t, window_tokens = now, 0
+            if export and cfg.snapshot_every and done % cfg.snapshot_every == 0:
+                if log_fh:
+                    log_fh.flush()
+                write_snapshot(done)
+            if cfg.save_state_every and done % cfg.save_state_every == 0 and done < cfg.steps:
+                if log_fh:
+                    log_fh.flush()
+                save_state(done, elapsed_before + time.perf_counter() - t0)
+    finally:
+        bar.close()
+        if log_fh:
+            log_fh.close()
+    seconds = elapsed_before + time.perf_counter() - t0
+
+    # ---- export ----------------------------------------------------------------------------------------------
+    summary = {
+        "objective": cfg.objective, "steps": cfg.steps, "resumed_from": start_step,
+        "tokens": cfg.steps * tokens_per_step, "seconds": seconds,
+        "tokens_per_s": (cfg.steps - start_step) * tokens_per_step / max(seconds - elapsed_before, 1e-9),
+        "first_logged_loss": first_loss, "final_loss": last_loss, f"final_{metric}": last_metric,
+        "world_size": accelerator.num_processes, "output": cfg.output if export else None,
+    }
+    if export:
+        state = accelerator.get_state_dict(module)
+        if main:
+            state = {k.removeprefix("student."): v for k, v in state.items()}
+            export_model(accelerator.unwrap_model(module).student, cfg.output, student_dir=cfg.student,
+                         fmt=cfg.export_format, state_dict=state, num_shards=cfg.num_shards,
+                         extra={**extra_info, "summary": summary})
+    accelerator.wait_for_everyone()
+    if cfg.keep_resume:
+        save_state(cfg.steps, seconds)
+    elif main:
+        resume.clear()
+    if main:
+        write_json(work / "summary.json", summary)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train ``cfg.student`` with ``cfg.objective`` and write the final model to ``cfg.output`` (atomically),
+    snapshots to ``work_dir/snapshots/step-N``, the per-step log to ``work_dir/train_log.jsonl``; resumes from
+    ``work_dir/resume`` when a state of the same configuration is there. Returns the summary."""
+    return fit(cfg)
+
+
