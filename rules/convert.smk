@@ -1,1 +1,57 @@
-# convert stage: see the owner notes in docs/architecture.md
+# Convert stage: each variant's Orion teacher -> stock Llama, once per norm mapping (kept.convert).
+# Hub teachers are fetched first (weights/config/tokenizer only, at the configured revision).
+
+CONVERT = config["convert"]
+
+
+def convert_resources(wildcards):
+    return 1 if CONVERT["device"].startswith("cuda") else 0
+
+
+rule fetch_source:
+    output:
+        source=directory(R("sources", "{variant}")),
+    params:
+        repo=lambda w: variant_cfg(w.variant)["source"]["repo"],
+        revision=lambda w: variant_cfg(w.variant)["source"]["revision"],
+    log:
+        "logs/fetch_source/{variant}.log",
+    threads: 1
+    resources:
+        runtime=240,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/fetch_source.py"
+
+
+rule convert:
+    input:
+        teacher=lambda w: teacher_dir(w.variant),
+        calibration=R("corpus"),
+    output:
+        model=directory(R("{variant}", "init-{norm}", "model")),
+    params:
+        norm="{norm}",
+        dtype=CONVERT["dtype"],
+        max_shard_size=CONVERT["max_shard_size"],
+        fidelity_tokens=CONVERT["fidelity_tokens"],
+        fit_tokens=CONVERT["fit_tokens"],
+        chat=lambda w: variant_cfg(w.variant).get("chat_format") is not None,
+        device=CONVERT["device"],
+    log:
+        "logs/convert/{variant}-{norm}.log",
+    benchmark:
+        "benchmarks/convert/{variant}-{norm}.tsv"
+    threads: 2
+    resources:
+        gpu=convert_resources,
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/convert.py"
+
+
+TARGETS.extend(R(v, f"init-{n}", "model") for v in VARIANTS for n in NORMS)

@@ -1,0 +1,28 @@
+"""Snakemake script (rules/convert.smk): convert one variant's Orion teacher with one norm mapping."""
+
+import logging
+import sys
+
+import torch
+
+from kept.convert import convert_checkpoint
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
+sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
+torch.set_num_threads(smk.threads)
+
+p = smk.params
+report = convert_checkpoint(
+    source=smk.input.teacher,
+    output=smk.output.model,
+    norm=p.norm,
+    dtype=p.dtype,
+    max_shard_size=p.max_shard_size,
+    calibration=smk.input.calibration,
+    fidelity_tokens=p.fidelity_tokens,
+    fit_tokens=p.fit_tokens,
+    chat=p.chat,
+    device=p.device,
+)
+logging.info("done: kl_mean=%s top1=%s", report["kl_mean"], report["top1_agreement"])
