@@ -1,1 +1,412 @@
-# report stage: see the owner notes in docs/architecture.md
+# Report stage: the paper's tables and figures, built only from the result files of the configured grid
+# (variants x models x evals, via the helpers in common.smk), never by hand. A missing input is a missing-input
+# error of the DAG, never a blank cell. Everything is registered for `snakemake --report report.html`.
+
+
+report: "../report/workflow.rst"
+
+
+REPORT_CFG = config["report"]
+REPORT_PAPER_TABLES = {"h6", "mtbench", "kommlu"}
+REPORT_EXTS = {"table": ("csv", "md", "tex"), "figure": ("png", "pdf")}
+
+# artifact -> (kind, name, [((variant, model, tag), path), ...]) over the configured grid. Teachers answer
+# MT-Bench in Orion's format only, students in both; fidelity reads each untrained mapping's model directory.
+REPORT_ARTIFACTS = {
+    "table_h6": (
+        "table",
+        "h6",
+        [((v, m, ""), R(v, "eval", m, "h6.json")) for v in variants_with("h6") for m in model_names(v)],
+    ),
+    "table_mtbench": (
+        "table",
+        "mtbench",
+        [
+            ((v, m, f), R(v, "eval", m, f"mtbench-{f}.json"))
+            for v in variants_with("mtbench")
+            for m in model_names(v)
+            for f in ("orion", "llama3")
+            if m != "teacher" or f == "orion"
+        ],
+    ),
+    "table_kommlu": (
+        "table",
+        "kommlu",
+        [((v, m, ""), R(v, "eval", m, "kommlu.json")) for v in variants_with("kommlu") for m in model_names(v)],
+    ),
+    "table_transfer_code": (
+        "table",
+        "transfer_code",
+        [((v, m, ""), R(v, "eval", m, "code.json")) for v in variants_with("code") for m in model_names(v)],
+    ),
+    "table_transfer_longctx": (
+        "table",
+        "transfer_longctx",
+        [((v, m, ""), R(v, "eval", m, "longctx.json")) for v in variants_with("longctx") for m in model_names(v)],
+    ),
+    "table_fidelity": (
+        "table",
+        "fidelity",
+        [((v, f"init-{n}", ""), model_dir(v, f"init-{n}")) for v in VARIANTS for n in NORMS],
+    ),
+    "figure_train_loss": (
+        "figure",
+        "train_loss",
+        [((v, m, ""), R(v, m, "train_log.jsonl")) for v in VARIANTS for m in METHODS],
+    ),
+}
+REPORT_ARTIFACTS["figure_longctx"] = ("figure", "longctx", REPORT_ARTIFACTS["table_transfer_longctx"][2])
+REPORT_ARTIFACTS["figure_mtbench_categories"] = (
+    "figure",
+    "mtbench_categories",
+    REPORT_ARTIFACTS["table_mtbench"][2],
+)
+
+REPORT_INPUTS = {a: [path for _, path in items] for a, (_, _, items) in REPORT_ARTIFACTS.items()}
+REPORT_OUTPUTS = {
+    a: {ext: R("report", f"{kind}s", f"{name}.{ext}") for ext in REPORT_EXTS[kind]}
+    for a, (kind, name, _) in REPORT_ARTIFACTS.items()
+}
+# Exactly what defines an artifact besides its input files: the row/legend labels, the trained students' init
+# (display names), the paper column (paper tables only) and the PNG resolution (figures only).
+REPORT_PARAMS = {
+    a: {
+        "kind": kind,
+        "name": name,
+        "labels": [list(label) for label, _ in items],
+        "train_init": TRAIN_INIT,
+        **({"paper_reference": REPORT_CFG["paper_reference"]} if name in REPORT_PAPER_TABLES else {}),
+        **({"dpi": REPORT_CFG["dpi"]} if kind == "figure" else {}),
+    }
+    for a, (kind, name, items) in REPORT_ARTIFACTS.items()
+}
+
+# An artifact with no inputs in this grid (e.g. no variant runs kommlu) is not built.
+TARGETS.extend(
+    path for a, (_, _, items) in REPORT_ARTIFACTS.items() if items for path in REPORT_OUTPUTS[a].values()
+)
+
+
+# Small pandas/seaborn jobs: run them on the submitting host, not as cluster jobs.
+localrules:
+    report_table_h6,
+    report_table_mtbench,
+    report_table_kommlu,
+    report_table_transfer_code,
+    report_table_transfer_longctx,
+    report_table_fidelity,
+    report_figure_longctx,
+    report_figure_mtbench_categories,
+    report_figure_train_loss,
+
+
+# ---- tables -------------------------------------------------------------------------------------------------
+
+
+rule report_table_h6:
+    input:
+        REPORT_INPUTS["table_h6"],
+    output:
+        csv=report(
+            REPORT_OUTPUTS["table_h6"]["csv"],
+            caption="../report/table_h6.rst",
+            category="Tables",
+            labels={"table": "Table 3: H6 ablation", "format": "CSV"},
+        ),
+        md=report(
+            REPORT_OUTPUTS["table_h6"]["md"],
+            caption="../report/table_h6.rst",
+            category="Tables",
+            labels={"table": "Table 3: H6 ablation", "format": "Markdown"},
+        ),
+        tex=report(
+            REPORT_OUTPUTS["table_h6"]["tex"],
+            caption="../report/table_h6.rst",
+            category="Tables",
+            labels={"table": "Table 3: H6 ablation", "format": "LaTeX"},
+        ),
+    params:
+        **REPORT_PARAMS["table_h6"],
+    log:
+        R("logs", "report", "table_h6.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_table_mtbench:
+    input:
+        REPORT_INPUTS["table_mtbench"],
+    output:
+        csv=report(
+            REPORT_OUTPUTS["table_mtbench"]["csv"],
+            caption="../report/table_mtbench.rst",
+            category="Tables",
+            labels={"table": "Table 4: MT-Bench", "format": "CSV"},
+        ),
+        md=report(
+            REPORT_OUTPUTS["table_mtbench"]["md"],
+            caption="../report/table_mtbench.rst",
+            category="Tables",
+            labels={"table": "Table 4: MT-Bench", "format": "Markdown"},
+        ),
+        tex=report(
+            REPORT_OUTPUTS["table_mtbench"]["tex"],
+            caption="../report/table_mtbench.rst",
+            category="Tables",
+            labels={"table": "Table 4: MT-Bench", "format": "LaTeX"},
+        ),
+    params:
+        **REPORT_PARAMS["table_mtbench"],
+    log:
+        R("logs", "report", "table_mtbench.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_table_kommlu:
+    input:
+        REPORT_INPUTS["table_kommlu"],
+    output:
+        csv=report(
+            REPORT_OUTPUTS["table_kommlu"]["csv"],
+            caption="../report/table_kommlu.rst",
+            category="Tables",
+            labels={"table": "KoMMLU", "format": "CSV"},
+        ),
+        md=report(
+            REPORT_OUTPUTS["table_kommlu"]["md"],
+            caption="../report/table_kommlu.rst",
+            category="Tables",
+            labels={"table": "KoMMLU", "format": "Markdown"},
+        ),
+        tex=report(
+            REPORT_OUTPUTS["table_kommlu"]["tex"],
+            caption="../report/table_kommlu.rst",
+            category="Tables",
+            labels={"table": "KoMMLU", "format": "LaTeX"},
+        ),
+    params:
+        **REPORT_PARAMS["table_kommlu"],
+    log:
+        R("logs", "report", "table_kommlu.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_table_transfer_code:
+    input:
+        REPORT_INPUTS["table_transfer_code"],
+    output:
+        csv=report(
+            REPORT_OUTPUTS["table_transfer_code"]["csv"],
+            caption="../report/table_transfer_code.rst",
+            category="Tables",
+            labels={"table": "Zero-shot transfer: code", "format": "CSV"},
+        ),
+        md=report(
+            REPORT_OUTPUTS["table_transfer_code"]["md"],
+            caption="../report/table_transfer_code.rst",
+            category="Tables",
+            labels={"table": "Zero-shot transfer: code", "format": "Markdown"},
+        ),
+        tex=report(
+            REPORT_OUTPUTS["table_transfer_code"]["tex"],
+            caption="../report/table_transfer_code.rst",
+            category="Tables",
+            labels={"table": "Zero-shot transfer: code", "format": "LaTeX"},
+        ),
+    params:
+        **REPORT_PARAMS["table_transfer_code"],
+    log:
+        R("logs", "report", "table_transfer_code.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_table_transfer_longctx:
+    input:
+        REPORT_INPUTS["table_transfer_longctx"],
+    output:
+        csv=report(
+            REPORT_OUTPUTS["table_transfer_longctx"]["csv"],
+            caption="../report/table_transfer_longctx.rst",
+            category="Tables",
+            labels={"table": "Zero-shot transfer: long context", "format": "CSV"},
+        ),
+        md=report(
+            REPORT_OUTPUTS["table_transfer_longctx"]["md"],
+            caption="../report/table_transfer_longctx.rst",
+            category="Tables",
+            labels={"table": "Zero-shot transfer: long context", "format": "Markdown"},
+        ),
+        tex=report(
+            REPORT_OUTPUTS["table_transfer_longctx"]["tex"],
+            caption="../report/table_transfer_longctx.rst",
+            category="Tables",
+            labels={"table": "Zero-shot transfer: long context", "format": "LaTeX"},
+        ),
+    params:
+        **REPORT_PARAMS["table_transfer_longctx"],
+    log:
+        R("logs", "report", "table_transfer_longctx.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_table_fidelity:
+    input:
+        REPORT_INPUTS["table_fidelity"],
+    output:
+        csv=report(
+            REPORT_OUTPUTS["table_fidelity"]["csv"],
+            caption="../report/table_fidelity.rst",
+            category="Tables",
+            labels={"table": "Fidelity before training", "format": "CSV"},
+        ),
+        md=report(
+            REPORT_OUTPUTS["table_fidelity"]["md"],
+            caption="../report/table_fidelity.rst",
+            category="Tables",
+            labels={"table": "Fidelity before training", "format": "Markdown"},
+        ),
+        tex=report(
+            REPORT_OUTPUTS["table_fidelity"]["tex"],
+            caption="../report/table_fidelity.rst",
+            category="Tables",
+            labels={"table": "Fidelity before training", "format": "LaTeX"},
+        ),
+    params:
+        **REPORT_PARAMS["table_fidelity"],
+    log:
+        R("logs", "report", "table_fidelity.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+# ---- figures ------------------------------------------------------------------------------------------------
+
+
+rule report_figure_longctx:
+    input:
+        REPORT_INPUTS["figure_longctx"],
+    output:
+        png=report(
+            REPORT_OUTPUTS["figure_longctx"]["png"],
+            caption="../report/figure_longctx.rst",
+            category="Figures",
+            labels={"figure": "Figure 4: long-context perplexity", "format": "PNG"},
+        ),
+        pdf=report(
+            REPORT_OUTPUTS["figure_longctx"]["pdf"],
+            caption="../report/figure_longctx.rst",
+            category="Figures",
+            labels={"figure": "Figure 4: long-context perplexity", "format": "PDF"},
+        ),
+    params:
+        **REPORT_PARAMS["figure_longctx"],
+    log:
+        R("logs", "report", "figure_longctx.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_figure_mtbench_categories:
+    input:
+        REPORT_INPUTS["figure_mtbench_categories"],
+    output:
+        png=report(
+            REPORT_OUTPUTS["figure_mtbench_categories"]["png"],
+            caption="../report/figure_mtbench_categories.rst",
+            category="Figures",
+            labels={"figure": "MT-Bench by category", "format": "PNG"},
+        ),
+        pdf=report(
+            REPORT_OUTPUTS["figure_mtbench_categories"]["pdf"],
+            caption="../report/figure_mtbench_categories.rst",
+            category="Figures",
+            labels={"figure": "MT-Bench by category", "format": "PDF"},
+        ),
+    params:
+        **REPORT_PARAMS["figure_mtbench_categories"],
+    log:
+        R("logs", "report", "figure_mtbench_categories.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_figure_train_loss:
+    input:
+        REPORT_INPUTS["figure_train_loss"],
+    output:
+        png=report(
+            REPORT_OUTPUTS["figure_train_loss"]["png"],
+            caption="../report/figure_train_loss.rst",
+            category="Figures",
+            labels={"figure": "Training loss (UT, XKD-h, XKD-z)", "format": "PNG"},
+        ),
+        pdf=report(
+            REPORT_OUTPUTS["figure_train_loss"]["pdf"],
+            caption="../report/figure_train_loss.rst",
+            category="Figures",
+            labels={"figure": "Training loss (UT, XKD-h, XKD-z)", "format": "PDF"},
+        ),
+    params:
+        **REPORT_PARAMS["figure_train_loss"],
+    log:
+        R("logs", "report", "figure_train_loss.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
