@@ -1,0 +1,342 @@
+"""MT-Bench judging in FastChat's single-answer grading mode, through any OpenAI-compatible endpoint.
+
+Turn 1 is judged with ``single-v1`` (``single-math-v1`` with the reference answer for math, reasoning and
+coding), turn 2 with the ``-multi-turn`` forms, at temperature 0, as FastChat's ``gen_judgment`` does. The score
+is parsed from ``[[x]]`` (``[x]`` as fallback); a reply without a score, or a call that fails after its
+retries, is recorded with score -1 and an ``error`` field (FastChat's "no rating" marker, which its
+``show_result`` leaves out) — never a made-up score. Judgments are written in FastChat's judgment format.
+
+The toy world's rubric judge plugs in at the same interface (:class:`ToyBackend`): it returns a reply text with
+``[[x]]`` that goes through the same parser. The API key is passed in by the caller (read from an
+environment variable whose *name* is configured), never logged and redacted from anything written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+from kept.errors import ConfigError, KeptError
+
+log = logging.getLogger(__name__)
+
+NEED_REF_CATEGORIES = ("math", "reasoning", "coding")
+PROMPT_NAMES = ("single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn")
+_SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_SCORE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+
+
+class JudgeError(KeptError):
+    """The judge endpoint refused the request in a way retrying cannot fix (bad key, unknown model, ...)."""
+
+
+def parse_score(reply: str) -> float | None:
+    """The rating in a judge reply: ``[[x]]``, else ``[x]``; None when there is none or it is outside 1..10."""
+    m = _SCORE.search(reply) or _SCORE_BACKUP.search(reply)
+    if not m:
+        return None
+    value = float(m.group(1))
+    return value if 1.0 <= value <= 10.0 else None
+
+
+def read_api_key(env_name: str, environ: Mapping[str, str]) -> str:
+    """The API key from ``environ[env_name]``; the error names the variable, never a value."""
+    if not env_name:
+        raise ConfigError("judge: api_key_env (the NAME of the environment variable holding the key) is not set")
+    key = environ.get(env_name, "")
+    if not key.strip():
+        raise ConfigError(f"judge: environment variable {env_name} is unset or empty; export the judge API key there")
+    return key.strip()
+
+
+class Backend(Protocol):
+    name: str
+
+    def complete(self, *, system: str, user: str, match: "Match") -> str:
+        """The judge's reply text for one prompt."""
+
+
+class OpenAIChatBackend:
+    """Minimal client for ``POST {base_url}/chat/completions`` with retries and exponential backoff.
+
+    Retries on HTTP 5xx, 429, timeouts and connection errors; any other HTTP error raises :class:`JudgeError`
+    at once. Error messages name the URL and status, never the key (and the key is redacted from any
+    text that passes through).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str,
+        api_key: str,
+        max_tokens: int = 2048,
+        temperature: float = 0.0,
+        timeout_s: float = 120.0,
+        max_retries: int = 6,
+        backoff_s: float = 2.0,
+        max_backoff_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not base_url:
+            raise ConfigError("judge: base_url is not set")
+        if not model:
+            raise ConfigError("judge: model is not set")
+        self.name = model
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self._key = api_key
+        self.max_tokens, self.temperature, self.timeout_s = max_tokens, temperature, timeout_s
+        self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
+        self._sleep = sleep
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAIChatBackend(model={self.name!r}, url={self.url!r})"
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def _post(self, body: bytes) -> dict[str, Any]:
+        req = urllib.request.Request(
+            self.url, data=body, method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._key}"},
+        )
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            return json.loads(resp.read().decode("utf-8"))
+
+    def complete(self, *, system: str, user: str, match: "Match | None" = None) -> str:
+        body = json.dumps({
+            "model": self.name,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "n": 1,
+        }).encode("utf-8")
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            try:
+                data = self._post(body)
+                content = data["choices"][0]["message"]["content"]
+                if not isinstance(content, str):
+                    raise TypeError(f"message content is {type(content).__name__}")
+                return self.redact(content)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 429 and exc.code < 500:
+                    raise JudgeError(f"judge endpoint {self.url}: HTTP {exc.code} {exc.reason} "
+                                     f"(model {self.name!r}); not retrying") from None
+                last = f"HTTP {exc.code} {exc.reason}"
+            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
+                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+                last = f"malformed response ({type(exc).__name__}: {exc})"
+            last = self.redact(last)
+            if attempt < self.max_retries:
+                delay = min(self.max_backoff_s, self.backoff_s * 2 ** attempt) * (1 + 0.1 * random.random())
+                log.warning("judge call failed (%s); retry %d/%d in %.1f s", last, attempt + 1, self.max_retries, delay)
+                self._sleep(delay)
+        raise TimeoutError(f"judge endpoint {self.url}: no answer after {self.max_retries + 1} tries ({last})")
+
+
+class ToyBackend:
+    """The toy world's rubric judge behind the judge interface: its integer score comes back as a reply text
+    with ``[[x]]``, parsed like any judge reply."""
+
+    def __init__(self, *, rubric: str, name: str = "toy-judge") -> None:
+        from kept.world.judge import ToyJudge
+
+        if not Path(rubric).is_file():
+            raise KeptError(f"{rubric}: missing toy judge rubric")
+        self.name = name
+        self._judge = ToyJudge(rubric)
+
+    def complete(self, *, system: str, user: str, match: "Match") -> str:
+        score = self._judge.score(int(match.question["question_id"]), match.turn, match.answer_turns[match.turn - 1])
+        return f"Rubric score for turn {match.turn}. Rating: [[{int(score)}]]"
+
+    def redact(self, text: str) -> str:
+        return text
+
+
+@dataclass
+class Match:
+    """One judge call: a question, the model's answers, the turn judged and its prompt."""
+
+    question: dict[str, Any]
+    answer_turns: list[str]
+    turn: int  # 1 or 2
+    prompt_name: str
+    reference: list[str] | None
+
+
+def load_prompts(path: str | Path | None) -> dict[str, dict[str, Any]]:
+    """FastChat's judge_prompts.jsonl as ``{name: record}``; the four single-grading prompts must be there.
+    ``None`` gives minimal built-in prompts (only for judges that ignore the prompt text, e.g. the toy)."""
+    if path is None:
+        return {name: {"name": name, "system_prompt": "", "output_format": "[[rating]]",
+                       "prompt_template": "[Question]\n{question_1}\n[Answer]\n{answer_1}" if "multi" in name
+                       else "[Question]\n{question}\n[Answer]\n{answer}"} for name in PROMPT_NAMES}
+    from kept.eval.common import read_jsonl, require_keys
+
+    prompts = {}
+    for i, row in enumerate(read_jsonl(path, what="judge prompts"), start=1):
+        require_keys(row, ("name", "system_prompt", "prompt_template", "output_format"), where=f"{path}:{i}")
+        prompts[row["name"]] = row
+    missing = [n for n in PROMPT_NAMES if n not in prompts]
+    if missing:
+        raise KeptError(f"{path}: missing judge prompt(s) {missing}")
+    for name in PROMPT_NAMES:
+        if prompts[name]["output_format"] != "[[rating]]":
+            raise KeptError(f"{path}: prompt {name!r} has output_format {prompts[name]['output_format']!r}, "
+                            "expected '[[rating]]'")
+    return prompts
+
+
+def load_references(path: str | Path | None, questions: list[dict[str, Any]]) -> dict[Any, list[str]]:
+    """Reference answers by question id: from a FastChat reference answer file (answer format) when given,
+    else from the questions' own ``reference`` field."""
+    refs: dict[Any, list[str]] = {}
+    if path is not None:
+        from kept.eval.common import read_jsonl
+
+        for i, row in enumerate(read_jsonl(path, what="reference answers"), start=1):
+            try:
+                refs[row["question_id"]] = list(row["choices"][0]["turns"])
+            except (KeyError, IndexError, TypeError) as exc:
+                raise KeptError(f"{path}:{i}: not a FastChat answer record ({exc})") from exc
+    for q in questions:
+        if q["question_id"] not in refs and isinstance(q.get("reference"), list):
+            refs[q["question_id"]] = list(q["reference"])
+    return refs
+
+
+def build_matches(
+    questions: list[dict[str, Any]], answers: dict[Any, list[str]], refs: dict[Any, list[str]], *, where: str
+) -> list[Match]:
+    """Every (question, turn) to judge, with its FastChat prompt name. Checks answers and references first,
+    so a missing one fails before any judge call."""
+    matches = []
+    for q in questions:
+        qid = q["question_id"]
+        if qid not in answers:
+            raise KeptError(f"{where}: no answer to question {qid!r}")
+        turns = answers[qid]
+        ref_based = q["category"] in NEED_REF_CATEGORIES
+        ref = refs.get(qid) if ref_based else None
+        n = len(q["turns"])
+        if len(turns) < n:
+            raise KeptError(f"{where}: question {qid!r} has {n} turns but the answer has {len(turns)}")
+        if ref_based and (ref is None or len(ref) < n):
+            raise KeptError(f"question {qid!r} ({q['category']}): no reference answer for all {n} turns")
+        for turn in range(1, min(n, 2) + 1):
+            name = ("single-math-v1" if ref_based else "single-v1") + ("-multi-turn" if turn == 2 else "")
+            matches.append(Match(question=q, answer_turns=turns, turn=turn, prompt_name=name, reference=ref))
+    return matches
+
+
+def format_prompt(match: Match, prompt: dict[str, Any]) -> str:
+    """The judge's user prompt, filled as FastChat's ``run_judge_single`` fills it."""
+    q, a = match.question["turns"], match.answer_turns
+    kwargs: dict[str, str] = {}
+    if match.reference is not None:
+        kwargs["ref_answer_1"] = match.reference[0]
+        if match.turn == 2:
+            kwargs["ref_answer_2"] = match.reference[1]
+    try:
+        if match.turn == 2:
+            return prompt["prompt_template"].format(
+                question_1=q[0], question_2=q[1], answer_1=a[0], answer_2=a[1], **kwargs)
+        return prompt["prompt_template"].format(question=q[0], answer=a[0], **kwargs)
+    except (KeyError, IndexError) as exc:
+        raise KeptError(f"judge prompt {match.prompt_name!r}: cannot fill template ({exc})") from exc
+
+
+def judge_one(backend: Any, match: Match, prompt: dict[str, Any], model_id: str) -> dict[str, Any]:
+    """One FastChat judgment record. Transient endpoint failures become a failed record (score -1)."""
+    user = format_prompt(match, prompt)
+    record: dict[str, Any] = {
+        "question_id": match.question["question_id"],
+        "model": model_id,
+        "judge": [backend.name, match.prompt_name],
+        "user_prompt": backend.redact(user),
+        "turn": match.turn,
+    }
+    try:
+        reply = backend.complete(system=prompt["system_prompt"], user=user, match=match)
+    except JudgeError:
+        raise
+    except (TimeoutError, OSError) as exc:
+        record.update(judgment="$ERROR$", score=-1, error=backend.redact(str(exc)), tstamp=time.time())
+        return record
+    score = parse_score(reply)
+    record.update(judgment=reply, score=score if score is not None else -1, tstamp=time.time())
+    if score is None:
+        record["error"] = "no [[rating]] score between 1 and 10 in the judge reply"
+    return record
+
+
+@dataclass
+class JudgeConfig:
+    """Judge one model's MT-Bench answer file."""
+
+    answers: str  # FastChat answer file (model_answer/{model_id}.jsonl)
+    questions: str  # FastChat question.jsonl
+    output: str  # judgments, FastChat single-grading format
+    prompts: str | None = None  # FastChat judge_prompts.jsonl (required by API judges)
+    reference_answers: str | None = None  # FastChat reference_answer/{model}.jsonl (else question "reference")
+    parallel: int = 4  # concurrent judge calls
+    question_limit: int | None = None
+
+
+def judge_answers(cfg: JudgeConfig, backend: Any) -> list[dict[str, Any]]:
+    """Judge every answer of ``cfg.answers`` with ``backend`` and write the judgment file atomically."""
+    from kept.eval.common import read_jsonl
+    from kept.eval.mtbench import load_questions, write_jsonl
+
+    questions = load_questions(cfg.questions, limit=cfg.question_limit)
+    rows = read_jsonl(cfg.answers, what="MT-Bench answers")
+    model_ids = {r.get("model_id") for r in rows}
+    if len(model_ids) != 1 or None in model_ids:
+        raise KeptError(f"{cfg.answers}: expected answers of exactly one model_id, found {sorted(map(str, model_ids))}")
+    model_id = model_ids.pop()
+    answers = {}
+    for i, r in enumerate(rows, start=1):
+        try:
+            answers[r["question_id"]] = list(r["choices"][0]["turns"])
+        except (KeyError, IndexError, TypeError) as exc:
+            raise KeptError(f"{cfg.answers}:{i}: not a FastChat answer record ({exc})") from exc
+    prompts = load_prompts(cfg.prompts)
+    refs = load_references(cfg.reference_answers, questions)
+    matches = build_matches(questions, answers, refs, where=cfg.answers)
+    log.info("judging %d turns of %s with %s", len(matches), model_id, backend.name)
+    with ThreadPoolExecutor(max_workers=max(1, cfg.parallel)) as pool:
+        records = list(pool.map(lambda m: judge_one(backend, m, prompts[m.prompt_name], model_id), matches))
+    failed = sum(r["score"] == -1 for r in records)
+    log.info("%d judgments, %d failed", len(records), failed)
+    write_jsonl(cfg.output, records)
+    return records
+
+
+def make_backend(settings: Mapping[str, Any], *, api_key: str | None = None) -> Any:
+    """A judge backend from its settings: ``{"backend": "toy", "rubric": ...}`` or ``{"backend": "openai",
+    "model", "base_url", ...}`` (``api_key`` passed separately, read by the caller)."""
+    kind = settings.get("backend")
+    if kind == "toy":
+        return ToyBackend(rubric=settings["rubric"], name=settings.get("model") or "toy-judge")
+    if kind == "openai":
+        if api_key is None:
+            raise ConfigError("judge: the openai backend needs an API key")
+        return OpenAIChatBackend(
+            model=settings.get("model") or "", base_url=settings.get("base_url") or "", api_key=api_key,
+            max_tokens=int(settings.get("max_tokens", 2048)), timeout_s=float(settings.get("timeout_s", 120)),
+            max_retries=int(settings.get("max_retries", 6)), backoff_s=float(settings.get("backoff_s", 2.0)),
+        )
+    raise ConfigError(f"judge: unknown backend {kind!r}; expected 'openai' or 'toy'")
