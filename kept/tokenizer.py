@@ -5,7 +5,8 @@ with the ``tokenizers`` library from the model proto itself: the BPE or unigram 
 normalizer exactly as the proto's ``normalizer_spec`` describes it (precompiled character map,
 ``add_dummy_prefix``, ``remove_extra_whitespaces``, ``escape_whitespaces``) and ``trainer_spec`` (model type,
 ``byte_fallback``, special ids). No setting is assumed from Llama's defaults, so the ids equal SentencePiece's
-on any text (special-token strings in the text become their ids, as in every HF tokenizer).
+on any text (special-token strings in the text become their ids, as in every HF tokenizer; the one known
+exception, a text that starts with a user-defined symbol, is described in :func:`build_tokenizer`).
 
 Orion's tokenizer adds no BOS/EOS (``add_bos_token: false``, ``add_eos_token: false``); ours neither.
 """
@@ -13,6 +14,7 @@ Orion's tokenizer adds no BOS/EOS (``add_bos_token: false``, ``add_eos_token: fa
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +107,18 @@ def build_tokenizer(model_file: str | Path) -> Any:
             normalizers.Replace(Regex(r" +\z"), ""),
             normalizers.Replace(Regex(r" {2,}"), " "),
         ]
+    user = [p for p, _, t in entries if t == USER_DEFINED]
     if ns.add_dummy_prefix:
-        steps.append(normalizers.Prepend(SPIECE))
+        if user:
+            # SentencePiece matches user-defined symbols inside the normalised text, so as HF added tokens they
+            # are "normalized" tokens, whose own content goes through this normalizer too. A plain Prepend("▁")
+            # would make that content "▁<sym>"; this prefix skips strings that start with a user symbol (or are
+            # empty). One difference remains: a text whose normalised form *starts* with a user-defined symbol
+            # lacks SentencePiece's lone leading "▁" token.
+            alts = "|".join(re.escape(u) for u in sorted(user, key=len, reverse=True))
+            steps.append(normalizers.Replace(Regex(rf"\A(?!{alts}|\z)"), SPIECE))
+        else:
+            steps.append(normalizers.Prepend(SPIECE))
     if ns.escape_whitespaces:
         steps.append(normalizers.Replace(" ", SPIECE))
     if steps:
@@ -126,9 +138,8 @@ def build_tokenizer(model_file: str | Path) -> Any:
     # before the model, as SentencePiece does.
     specials = [AddedToken(p, special=True, normalized=False) for p, _, t in entries if t in (CONTROL, UNKNOWN)]
     tok.add_special_tokens(specials)
-    user = [AddedToken(p, special=False, normalized=True) for p, _, t in entries if t == USER_DEFINED]
     if user:
-        tok.add_tokens(user)
+        tok.add_tokens([AddedToken(p, special=False, normalized=True) for p in user])
     return tok
 
 
