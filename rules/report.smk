@@ -10,39 +10,39 @@ REPORT_CFG = config["report"]
 REPORT_PAPER_TABLES = {"h6", "mtbench", "kommlu"}
 REPORT_EXTS = {"table": ("csv", "md", "tex"), "figure": ("png", "pdf")}
 
-# artifact -> (kind, name, [((variant, model, tag), path), ...]) over the configured grid. Teachers answer
-# MT-Bench in Orion's format only, students in both; fidelity reads each untrained mapping's model directory.
+# artifact -> (kind, name, [((variant, model, tag), path), ...]) over the configured grid (eval_models,
+# mtbench_formats, snapshot_steps in common.smk; recovery_variants in eval_harness.smk). Fidelity reads each
+# untrained mapping's model directory.
 REPORT_ARTIFACTS = {
     "table_h6": (
         "table",
         "h6",
-        [((v, m, ""), R(v, "eval", m, "h6.json")) for v in variants_with("h6") for m in model_names(v)],
+        [((v, m, ""), R(v, "eval", m, "h6.json")) for v in VARIANTS for m in eval_models(v, "h6")],
     ),
     "table_mtbench": (
         "table",
         "mtbench",
         [
             ((v, m, f), R(v, "eval", m, f"mtbench-{f}.json"))
-            for v in variants_with("mtbench")
-            for m in model_names(v)
-            for f in ("orion", "llama3")
-            if m != "teacher" or f == "orion"
+            for v in VARIANTS
+            for m in eval_models(v, "mtbench")
+            for f in mtbench_formats(m)
         ],
     ),
     "table_kommlu": (
         "table",
         "kommlu",
-        [((v, m, ""), R(v, "eval", m, "kommlu.json")) for v in variants_with("kommlu") for m in model_names(v)],
+        [((v, m, ""), R(v, "eval", m, "kommlu.json")) for v in VARIANTS for m in eval_models(v, "kommlu")],
     ),
     "table_transfer_code": (
         "table",
         "transfer_code",
-        [((v, m, ""), R(v, "eval", m, "code.json")) for v in variants_with("code") for m in model_names(v)],
+        [((v, m, ""), R(v, "eval", m, "code.json")) for v in VARIANTS for m in eval_models(v, "code")],
     ),
     "table_transfer_longctx": (
         "table",
         "transfer_longctx",
-        [((v, m, ""), R(v, "eval", m, "longctx.json")) for v in variants_with("longctx") for m in model_names(v)],
+        [((v, m, ""), R(v, "eval", m, "longctx.json")) for v in VARIANTS for m in eval_models(v, "longctx")],
     ),
     "table_fidelity": (
         "table",
@@ -53,6 +53,25 @@ REPORT_ARTIFACTS = {
         "figure",
         "train_loss",
         [((v, m, ""), R(v, m, "train_log.jsonl")) for v in VARIANTS for m in METHODS],
+    ),
+    # Figure 2: the recovery subset of H6 on every snapshot of every method, from the untrained init (step 0,
+    # its h6 summary) towards the teacher (dashed line), where those two are evaluated on h6.
+    "figure_recovery": (
+        "figure",
+        "recovery",
+        [
+            ((v, m, str(step)), R(v, "recovery", m, f"step-{step}.json"))
+            for v in recovery_variants()
+            for m in METHODS
+            for step in snapshot_steps()
+        ]
+        + [
+            ((v, m, ""), R(v, "eval", m, "h6.json"))
+            for v in recovery_variants()
+            if snapshot_steps()
+            for m in ("teacher", f"init-{TRAIN_INIT}")
+            if m in eval_models(v, "h6")
+        ],
     ),
 }
 REPORT_ARTIFACTS["figure_longctx"] = ("figure", "longctx", REPORT_ARTIFACTS["table_transfer_longctx"][2])
@@ -98,6 +117,7 @@ localrules:
     report_figure_longctx,
     report_figure_mtbench_categories,
     report_figure_train_loss,
+    report_figure_recovery,
 
 
 # ---- tables -------------------------------------------------------------------------------------------------
@@ -128,7 +148,7 @@ rule report_table_h6:
     params:
         **REPORT_PARAMS["table_h6"],
     log:
-        R("logs", "report", "table_h6.log"),
+        "logs/report/table_h6.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -164,7 +184,7 @@ rule report_table_mtbench:
     params:
         **REPORT_PARAMS["table_mtbench"],
     log:
-        R("logs", "report", "table_mtbench.log"),
+        "logs/report/table_mtbench.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -200,7 +220,7 @@ rule report_table_kommlu:
     params:
         **REPORT_PARAMS["table_kommlu"],
     log:
-        R("logs", "report", "table_kommlu.log"),
+        "logs/report/table_kommlu.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -236,7 +256,7 @@ rule report_table_transfer_code:
     params:
         **REPORT_PARAMS["table_transfer_code"],
     log:
-        R("logs", "report", "table_transfer_code.log"),
+        "logs/report/table_transfer_code.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -272,7 +292,7 @@ rule report_table_transfer_longctx:
     params:
         **REPORT_PARAMS["table_transfer_longctx"],
     log:
-        R("logs", "report", "table_transfer_longctx.log"),
+        "logs/report/table_transfer_longctx.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -308,7 +328,7 @@ rule report_table_fidelity:
     params:
         **REPORT_PARAMS["table_fidelity"],
     log:
-        R("logs", "report", "table_fidelity.log"),
+        "logs/report/table_fidelity.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -341,7 +361,7 @@ rule report_figure_longctx:
     params:
         **REPORT_PARAMS["figure_longctx"],
     log:
-        R("logs", "report", "figure_longctx.log"),
+        "logs/report/figure_longctx.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -371,7 +391,7 @@ rule report_figure_mtbench_categories:
     params:
         **REPORT_PARAMS["figure_mtbench_categories"],
     log:
-        R("logs", "report", "figure_mtbench_categories.log"),
+        "logs/report/figure_mtbench_categories.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -401,7 +421,37 @@ rule report_figure_train_loss:
     params:
         **REPORT_PARAMS["figure_train_loss"],
     log:
-        R("logs", "report", "figure_train_loss.log"),
+        "logs/report/figure_train_loss.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_figure_recovery:
+    input:
+        REPORT_INPUTS["figure_recovery"],
+    output:
+        png=report(
+            REPORT_OUTPUTS["figure_recovery"]["png"],
+            caption="../report/figure_recovery.rst",
+            category="Figures",
+            labels={"figure": "Figure 2: recovery curves", "format": "PNG"},
+        ),
+        pdf=report(
+            REPORT_OUTPUTS["figure_recovery"]["pdf"],
+            caption="../report/figure_recovery.rst",
+            category="Figures",
+            labels={"figure": "Figure 2: recovery curves", "format": "PDF"},
+        ),
+    params:
+        **REPORT_PARAMS["figure_recovery"],
+    log:
+        "logs/report/figure_recovery.log",
     threads: 1
     resources:
         mem_mb=2000,

@@ -1,0 +1,237 @@
+"""Workflow behaviour through Snakemake itself: dry runs of the shipped configs and profiles, GPU resources,
+one shared smoke run (session-scoped, in a temporary copy of the workflow), the report after it, and reruns
+limited to what a config change touches."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "OMP_NUM_THREADS": "1"}
+SKIP_DIRS = {".git", ".venv", ".snakemake", "results", "logs", "benchmarks", ".pytest_cache", "__pycache__"}
+
+
+def copy_workflow(dst: Path) -> None:
+    """Copy the working tree (tracked and untracked, minus ignored outputs) so runs never touch the repo's
+    .snakemake state or results."""
+    proc = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                          text=True)
+    if proc.returncode == 0 and proc.stdout.strip():
+        files = [f for f in proc.stdout.splitlines() if not set(Path(f).parts) & SKIP_DIRS]
+        for rel in files:
+            src = ROOT / rel
+            if src.is_file():
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst / rel)
+    else:  # not a git checkout
+        shutil.copytree(ROOT, dst, dirs_exist_ok=True, ignore=lambda d, names: [n for n in names if n in SKIP_DIRS])
+
+
+def snakemake(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def parse_jobs(text: str) -> list[dict]:
+    """The jobs a dry run lists: rule, reason, wildcards, resources, output."""
+    jobs: list[dict] = []
+    for line in text.splitlines():
+        head = re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", line)
+        if head:
+            jobs.append({"rule": head.group(1), "wildcards": {}, "resources": {}, "output": [], "reason": ""})
+            continue
+        field = re.match(r"^    (\w+): (.*)$", line)
+        if not (jobs and field):
+            continue
+        key, value = field.groups()
+        if key in ("wildcards", "resources"):
+            jobs[-1][key] = dict(kv.split("=", 1) for kv in re.split(r", (?=\w+=)", value))
+        elif key == "output":
+            jobs[-1]["output"] = value.split(", ")
+        elif key == "reason":
+            jobs[-1]["reason"] = value
+    return jobs
+
+
+def declared_gpu_rules() -> set[str]:
+    """Rules whose resources mention gpu= (parsed from the rule files)."""
+    names = set()
+    for path in [ROOT / "Snakefile", *(ROOT / "rules").glob("*.smk")]:
+        for block in re.split(r"^(?=(?:rule|checkpoint) )", path.read_text(), flags=re.M):
+            head = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            res = re.search(r"^    resources:\n((?:        .*\n)+)", block, flags=re.M)
+            if head and res and re.search(r"\bgpu\s*=", res.group(1)):
+                names.add(head.group(1))
+    return names
+
+
+@pytest.fixture(scope="session")
+def workflow_copy(tmp_path_factory) -> Path:
+    """A results-free copy of the workflow for dry runs."""
+    wd = tmp_path_factory.mktemp("workflow")
+    copy_workflow(wd)
+    return wd
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory) -> Path:
+    """ONE smoke run of the whole DAG (config/smoke.yaml), shared by every test that needs finished outputs."""
+    wd = tmp_path_factory.mktemp("smoke-run")
+    copy_workflow(wd)
+    proc = snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=wd, timeout=3000)
+    if proc.returncode != 0:
+        pytest.fail("smoke run failed:\n" + (proc.stdout + proc.stderr)[-8000:])
+    return wd
+
+
+# ---- dry runs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("configfile", ["config.yaml", "config/smoke.yaml", "config/paper.yaml"])
+def test_dry_run_of_shipped_config(workflow_copy, configfile):
+    jobs = parse_jobs(ok(snakemake("-n", "--configfile", configfile, cwd=workflow_copy)))
+    rules = {j["rule"] for j in jobs}
+    assert {"all", "report_table_h6", "report_table_fidelity"} <= rules
+    assert all(j["rule"] == "all" or j["resources"] for j in jobs)
+
+
+@pytest.mark.slow
+def test_gpu_rules_request_one_gpu_with_memory_and_runtime(workflow_copy):
+    """Paper config (cuda devices) under --resources gpu=1: every GPU rule's jobs ask for one GPU, memory and a
+    runtime; the toy default (cpu) asks for none, so plain --cores runs work."""
+    declared = declared_gpu_rules()
+    assert declared
+    paper = parse_jobs(ok(snakemake("-n", "--cores", "8", "--resources", "gpu=1", "--configfile",
+                                    "config/paper.yaml", cwd=workflow_copy)))
+    gpu_jobs = [j for j in paper if int(j["resources"].get("gpu", 0)) > 0]
+    assert {j["rule"] for j in gpu_jobs} == declared & {j["rule"] for j in paper}
+    for job in gpu_jobs:
+        assert job["resources"]["gpu"] == "1", job
+        assert int(job["resources"]["mem_mb"]) >= 16000 and int(job["resources"]["runtime"]) >= 30, job
+    toy = parse_jobs(ok(snakemake("-n", "--cores", "2", "--resources", "gpu=1", cwd=workflow_copy)))
+    assert not [j for j in toy if int(j["resources"].get("gpu", 0)) > 0]
+
+
+@pytest.mark.slow
+def test_slurm_profile_dry_run(workflow_copy):
+    """`snakemake -n --profile profiles/slurm` with the plugin installed. A dry run does not call sbatch, so we
+    also hand every GPU job's resources to the plugin's own gres builder and check the GPU request it makes."""
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    ok(snakemake("-n", "--profile", "profiles/slurm", cwd=workflow_copy))
+    jobs = parse_jobs(ok(snakemake("-n", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml",
+                                   cwd=workflow_copy)))
+    cluster = [j for j in jobs if j["rule"] != "all" and not j["rule"].startswith("report_")]
+    assert cluster
+    for job in cluster:
+        res = job["resources"]
+        assert res.get("slurm_account") == "<ACCOUNT>" and res.get("slurm_partition", "").startswith("<"), job
+        assert "runtime" in res and "mem_mb" in res, job
+    gpu_jobs = [j for j in cluster if int(j["resources"].get("gpu", 0)) > 0]
+    assert gpu_jobs
+    for job in gpu_jobs:
+        res = {k: int(v) if v.isdigit() else v for k, v in job["resources"].items()}
+        fake = SimpleNamespace(resources=SimpleNamespace(get=res.get, **res))
+        assert set_gres_string(fake).strip() == "--gpus=1", job
+        assert res["slurm_partition"] == "<GPU_PARTITION>", job
+    for rule in profile.get("set-resources", {}):
+        assert rule in declared_rules(), f"profiles/slurm sets resources for unknown rule {rule}"
+
+
+def declared_rules() -> set[str]:
+    names = set()
+    for path in [ROOT / "Snakefile", *(ROOT / "rules").glob("*.smk")]:
+        names |= set(re.findall(r"^(?:rule|checkpoint) (\w+):", path.read_text(), flags=re.M))
+    return names
+
+
+# ---- after one smoke run -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smoke_run_is_complete_and_reports(smoke):
+    out = ok(snakemake("-n", "--configfile", "config/smoke.yaml", cwd=smoke))
+    assert "Nothing to be done" in out
+    results = Path(yaml.safe_load((smoke / "config/smoke.yaml").read_text())["results"])
+    tables = sorted((smoke / results / "report" / "tables").glob("*.md"))
+    figures = sorted((smoke / results / "report" / "figures").glob("*.png"))
+    assert {t.stem for t in tables} >= {"h6", "mtbench", "fidelity", "transfer_code"}
+    assert {f.stem for f in figures} >= {"recovery", "train_loss", "mtbench_categories"}
+    for table in tables:
+        rows = [line for line in table.read_text().splitlines() if line.startswith("| ")]
+        assert len(rows) >= 3 and "nan" not in table.read_text().lower(), table
+    ok(snakemake("--report", "report.html", "--configfile", "config/smoke.yaml", cwd=smoke))
+    html = (smoke / "report.html").read_text(errors="replace")
+    assert "Table 3 of the paper" in html and "Figure 2 of the paper" in html
+
+
+def _changed_run(smoke: Path, tmp_path: Path, change) -> list[dict]:
+    config = yaml.safe_load((smoke / "config/smoke.yaml").read_text())
+    changed = copy.deepcopy(config)
+    change(changed)
+    assert changed != config
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    return parse_jobs(ok(snakemake("-n", "--configfile", str(path), cwd=smoke)))
+
+
+def _touches(job: dict, names: set[str]) -> bool:
+    return bool(set(job["wildcards"].values()) & names)
+
+
+AGGREGATES = re.compile(r"^(all|report_\w+)$")
+
+
+@pytest.mark.slow
+def test_changing_xkd_z_lr_reruns_only_xkd_z_and_dependants(smoke, tmp_path):
+    def change(cfg):
+        cfg["train"].setdefault("xkd_z", {})
+        cfg["train"]["xkd_z"]["lr"] = 0.5 * float(cfg["train"]["xkd_z"].get("lr", cfg["train"].get("lr", 1e-3)))
+
+    jobs = _changed_run(smoke, tmp_path, change)
+    assert jobs, "changing train.xkd_z.lr reran nothing"
+    params_changed = [j for j in jobs if "Params have changed" in j["reason"]]
+    assert params_changed and all(_touches(j, {"xkd_z"}) for j in params_changed), params_changed
+    for job in jobs:
+        if AGGREGATES.match(job["rule"]):
+            continue
+        assert _touches(job, {"xkd_z"}), f"{job['rule']} {job['wildcards']} reruns ({job['reason']})"
+        assert not _touches(job, {"ut", "xkd_h"}), job
+    variants = yaml.safe_load((smoke / "config/smoke.yaml").read_text())["variants"]
+    trained = {j["wildcards"].get("variant") for j in params_changed}
+    assert trained == set(variants), trained
+
+
+@pytest.mark.slow
+def test_adding_a_variant_adds_only_its_jobs(smoke, tmp_path):
+    def change(cfg):
+        first = next(iter(cfg["variants"]))
+        cfg["variants"]["extra"] = copy.deepcopy(cfg["variants"][first])
+
+    jobs = _changed_run(smoke, tmp_path, change)
+    own = [j for j in jobs if j["wildcards"].get("variant") == "extra"]
+    assert own, "the new variant has no jobs"
+    for job in jobs:
+        if job in own or AGGREGATES.match(job["rule"]):
+            continue
+        pytest.fail(f"adding a variant reruns {job['rule']} {job['wildcards']} ({job['reason']})")
