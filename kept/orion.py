@@ -48,7 +48,9 @@ def read_orion_config(directory: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: key {key!r} must be a positive integer, found {cfg.get(key)!r}")
     heads = cfg["num_attention_heads"]
     if cfg["hidden_size"] % heads:
-        raise CheckpointError(f"{path}: hidden_size {cfg['hidden_size']} is not divisible by {heads} heads")
+        raise CheckpointError(
+            f"{path}: hidden_size {cfg['hidden_size']} is not divisible by num_attention_heads {heads}"
+        )
     kv = cfg.get("num_key_value_heads", heads)
     if kv != heads:
         raise CheckpointError(f"{path}: num_key_value_heads {kv} != num_attention_heads {heads} (Orion is MHA)")
