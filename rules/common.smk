@@ -71,6 +71,39 @@ def variants_with(eval_name):
     return [v for v in VARIANTS if eval_name in evals_of(v)]
 
 
+def eval_models(variant, eval_name):
+    """Grid models that `eval_name` evaluates in `variant` (config eval.models; [] if the variant skips it).
+    Tokens: all, teacher, init (= init-<train.init>), inits, trained, or a model name."""
+    if eval_name not in evals_of(variant):
+        return []
+    names = model_names(variant)
+    chosen = set()
+    for token in config["eval"]["models"][eval_name]:
+        if token == "all":
+            chosen.update(names)
+        elif token == "init":
+            chosen.add(f"init-{TRAIN_INIT}")
+        elif token == "inits":
+            chosen.update(n for n in names if n.startswith("init-"))
+        elif token == "trained":
+            chosen.update(METHODS)
+        else:
+            chosen.add(token)
+    return [n for n in names if n in chosen]
+
+
+def mtbench_formats(model):
+    """Chat formats a model answers MT-Bench in: the teacher its own, students both (config eval.mtbench.formats)."""
+    kind = "teacher" if model == "teacher" else "student"
+    return list(config["eval"]["mtbench"]["formats"][kind])
+
+
+def snapshot_steps():
+    """Training steps at which snapshots are written (every train.snapshot_every steps up to train.steps)."""
+    every, steps = config["train"].get("snapshot_every", 0), config["train"].get("steps", 0)
+    return list(range(every, steps + 1, every)) if every else []
+
+
 wildcard_constraints:
     variant="|".join(VARIANTS),
     norm="|".join(NORMS),

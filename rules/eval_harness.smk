@@ -1,1 +1,168 @@
-# eval_harness stage: see the owner notes in docs/architecture.md
+# Evaluation stage, lm-eval part: H6 and KoMMLU per grid model, the recovery subset of H6 on every training
+# snapshot (Figure 2), and the code probe (zero-shot transfer). Tasks, shots and metrics come from the config, so
+# the toy suites (eval_data/tasks from the world stage) and the leaderboard tasks run through the same rules.
+
+EVAL = config["eval"]
+HARNESS = EVAL["harness"]
+
+
+def eval_gpu(wildcards=None):
+    return 1 if EVAL["device"].startswith("cuda") else 0
+
+
+def eval_data(*parts):
+    """A file or directory the world stage writes under eval_data/ (toy suites)."""
+    return R("eval_data", *parts)
+
+
+def harness_input(wildcards):
+    inputs = {"model": model_dir(wildcards.variant, wildcards.model)}
+    if HARNESS["tasks_from"] == "toy":
+        inputs["tasks"] = eval_data("tasks")
+    return inputs
+
+
+def recovery_tasks():
+    """The h6 columns named by eval.recovery.columns, in that order."""
+    by_name = {t["name"]: t for t in EVAL["h6"]}
+    missing = [c for c in EVAL["recovery"]["columns"] if c not in by_name]
+    if missing:
+        raise ValueError(f"eval.recovery.columns: {missing} are not columns of eval.h6 ({sorted(by_name)})")
+    return [by_name[c] for c in EVAL["recovery"]["columns"]]
+
+
+def recovery_variants():
+    chosen = EVAL["recovery"]["variants"]
+    return [v for v in variants_with("h6") if chosen is None or v in chosen]
+
+
+def recovery_input(wildcards):
+    inputs = {"snapshots": R(wildcards.variant, wildcards.method, "snapshots")}
+    if HARNESS["tasks_from"] == "toy":
+        inputs["tasks"] = eval_data("tasks")
+    return inputs
+
+
+def code_probe_file():
+    probe = EVAL["code"]["probe"]
+    if probe == "toy":
+        return eval_data("code", "probe.jsonl")
+    if probe == "humaneval":
+        return R("code_probe", "humaneval.jsonl")
+    return probe
+
+
+rule eval_harness:
+    input:
+        unpack(harness_input),
+    output:
+        summary=R("{variant}", "eval", "{model}", "{suite}.json"),
+        raw=directory(R("{variant}", "eval", "{model}", "{suite}")),
+    wildcard_constraints:
+        suite="h6|kommlu",
+    params:
+        suite="{suite}",
+        tasks=lambda w: EVAL[w.suite],
+        harness=HARNESS,
+        micro_macro=lambda w: w.suite == "kommlu",
+        model_name="{model}",
+        variant="{variant}",
+        seed=config["seed"],
+        dtype=EVAL["dtype"],
+        device=EVAL["device"],
+    log:
+        "logs/eval_harness/{variant}-{model}-{suite}.log",
+    benchmark:
+        "benchmarks/eval_harness/{variant}-{model}-{suite}.tsv"
+    threads: 1
+    resources:
+        gpu=eval_gpu,
+        mem_mb=60000 if EVAL["device"].startswith("cuda") else 4000,
+        runtime=720 if EVAL["device"].startswith("cuda") else 30,
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/eval_harness.py"
+
+
+rule eval_recovery:
+    input:
+        unpack(recovery_input),
+    output:
+        summary=R("{variant}", "recovery", "{method}", "step-{step}.json"),
+        raw=directory(R("{variant}", "recovery", "{method}", "step-{step}")),
+    params:
+        step="{step}",
+        method="{method}",
+        variant="{variant}",
+        tasks=recovery_tasks(),
+        harness=HARNESS,
+        seed=config["seed"],
+        dtype=EVAL["dtype"],
+        device=EVAL["device"],
+    log:
+        "logs/eval_recovery/{variant}-{method}-{step}.log",
+    benchmark:
+        "benchmarks/eval_recovery/{variant}-{method}-{step}.tsv"
+    threads: 1
+    resources:
+        gpu=eval_gpu,
+        mem_mb=60000 if EVAL["device"].startswith("cuda") else 4000,
+        runtime=720 if EVAL["device"].startswith("cuda") else 30,
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/eval_recovery.py"
+
+
+rule code_probe_data:
+    output:
+        probe=R("code_probe", "humaneval.jsonl"),
+    params:
+        dataset="openai/openai_humaneval",
+        revision=None,
+    log:
+        "logs/code_probe_data/humaneval.log",
+    threads: 1
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/code_probe_data.py"
+
+
+rule eval_code:
+    input:
+        model=model_input,
+        probe=code_probe_file(),
+    output:
+        summary=R("{variant}", "eval", "{model}", "code.json"),
+        details=R("{variant}", "eval", "{model}", "code.items.jsonl"),
+    params:
+        model_name="{model}",
+        variant="{variant}",
+        limit=EVAL["code"]["limit"],
+        batch_size=EVAL["code"]["batch_size"],
+        dtype=EVAL["dtype"],
+        device=EVAL["device"],
+    log:
+        "logs/eval_code/{variant}-{model}.log",
+    benchmark:
+        "benchmarks/eval_code/{variant}-{model}.tsv"
+    threads: 1
+    resources:
+        gpu=eval_gpu,
+        mem_mb=60000 if EVAL["device"].startswith("cuda") else 4000,
+        runtime=120 if EVAL["device"].startswith("cuda") else 10,
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/eval_code.py"
+
+
+TARGETS.extend(
+    R(v, "eval", m, f"{suite}.json") for suite in ("h6", "kommlu") for v in VARIANTS for m in eval_models(v, suite)
+)
+TARGETS.extend(
+    R(v, "recovery", m, f"step-{s}.json") for v in recovery_variants() for m in METHODS for s in snapshot_steps()
+)
+TARGETS.extend(R(v, "eval", m, "code.json") for v in VARIANTS for m in eval_models(v, "code"))

@@ -1,1 +1,57 @@
-# longctx stage: see the owner notes in docs/architecture.md
+# Evaluation stage, long context: perplexity against input length per grid model (Figure 4). Toy sources are the
+# world stage's long documents (eval_data/longctx/<name>.jsonl); paper sources are Wikipedia passages chosen by a
+# fixed rule (rule longctx_docs). The packed corpus's max_length is recorded as the training length.
+
+LONGCTX = EVAL["longctx"]
+
+
+def longctx_doc_file(name):
+    spec = LONGCTX["sources"][name]
+    return R("longctx_docs", f"{name}.jsonl") if spec.get("dataset") else eval_data("longctx", f"{name}.jsonl")
+
+
+rule longctx_docs:
+    output:
+        docs=R("longctx_docs", "{source}.jsonl"),
+    params:
+        source=lambda w: LONGCTX["sources"][w.source],
+    log:
+        "logs/longctx_docs/{source}.log",
+    threads: 1
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/longctx_docs.py"
+
+
+rule eval_longctx:
+    input:
+        model=model_input,
+        docs=[longctx_doc_file(name) for name in LONGCTX["sources"]],
+        corpus=R("corpus"),
+    output:
+        summary=R("{variant}", "eval", "{model}", "longctx.json"),
+    params:
+        sources=list(LONGCTX["sources"]),
+        lengths=LONGCTX["lengths"],
+        max_docs=LONGCTX["max_docs"],
+        model_name="{model}",
+        variant="{variant}",
+        dtype=EVAL["dtype"],
+        device=EVAL["device"],
+    log:
+        "logs/eval_longctx/{variant}-{model}.log",
+    benchmark:
+        "benchmarks/eval_longctx/{variant}-{model}.tsv"
+    threads: 1
+    resources:
+        gpu=eval_gpu,
+        mem_mb=75000 if EVAL["device"].startswith("cuda") else 4000,
+        runtime=240 if EVAL["device"].startswith("cuda") else 30,
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/eval_longctx.py"
+
+
+TARGETS.extend(R(v, "eval", m, "longctx.json") for v in VARIANTS for m in eval_models(v, "longctx"))

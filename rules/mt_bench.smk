@@ -1,1 +1,176 @@
-# mt_bench stage: see the owner notes in docs/architecture.md
+# Evaluation stage, MT-Bench: FastChat answer files per grid model and chat format (teachers in Orion's format,
+# students in both Llama-3 and Orion), single-grading judgments through the configured judge (an OpenAI-compatible
+# endpoint or the toy world's rubric judge), a summary per model and format, and each variant's judgments
+# collected into one FastChat judgment file. Question/prompt/reference data: the world stage (toy), a PyPI wheel
+# (pypi) or a directory laid out like FastChat's llm_judge/data.
+
+import re
+
+MTB = EVAL["mtbench"]
+MTB_JUDGE = MTB["judge"]
+
+if variants_with("mtbench") and MTB_JUDGE is None:
+    raise ValueError(
+        "eval.mtbench.judge is not configured, but variants "
+        f"{variants_with('mtbench')} run mtbench: configure a judge (backend: openai with model, base_url and "
+        "api_key_env, or backend: toy) or remove mtbench from their evals. No MT-Bench score is ever made up."
+    )
+if MTB_JUDGE is not None and MTB_JUDGE["backend"] == "openai" and MTB["data"] == "toy":
+    raise ValueError("eval.mtbench: an openai judge needs FastChat's judge prompts; set eval.mtbench.data to pypi or a path")
+
+
+def mtbench_files():
+    """{questions, prompts?, reference?, rubric?} for the configured MT-Bench data."""
+    if MTB["data"] == "toy":
+        return {"questions": eval_data("mtbench", "question.jsonl"), "rubric": eval_data("mtbench", "rubric.jsonl")}
+    root = R("mtbench_data") if MTB["data"] == "pypi" else MTB["data"]
+    files = {
+        "questions": str(Path(root, MTB["bench"], "question.jsonl")),
+        "prompts": str(Path(root, "judge_prompts.jsonl")),
+        "reference": str(Path(root, MTB["bench"], "reference_answer", f"{MTB['reference_model']}.jsonl")),
+    }
+    if MTB_JUDGE is not None and MTB_JUDGE["backend"] == "toy":
+        files["rubric"] = eval_data("mtbench", "rubric.jsonl")
+    return files
+
+
+def mtbench_judge_name():
+    judge = MTB_JUDGE or {}
+    return judge.get("model") or ("toy-judge" if judge.get("backend") == "toy" else "judge")
+
+
+def mtbench_pairs(variant):
+    """(model, format) of every MT-Bench answer file of a variant."""
+    return [(m, f) for m in eval_models(variant, "mtbench") for f in mtbench_formats(m)]
+
+
+def mtbench_judge_input(wildcards):
+    return {"answers": R(wildcards.variant, "mtbench", "model_answer", f"{wildcards.model}-{wildcards.fmt}.jsonl"),
+            **MTB_FILES}
+
+
+MTB_FILES = mtbench_files()
+MTB_JUDGE_FILE = re.sub(r"[^A-Za-z0-9_.-]+", "_", mtbench_judge_name())
+
+
+rule mtbench_data:
+    output:
+        questions=R("mtbench_data", MTB["bench"], "question.jsonl"),
+        prompts=R("mtbench_data", "judge_prompts.jsonl"),
+        reference=R("mtbench_data", MTB["bench"], "reference_answer", f"{MTB['reference_model']}.jsonl"),
+    params:
+        package=MTB["package"],
+        sha256=MTB["package_sha256"],
+        data_dir=MTB["package_data_dir"],
+        bench=MTB["bench"],
+        reference_model=MTB["reference_model"],
+    log:
+        "logs/mtbench_data/data.log",
+    threads: 1
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/mtbench_data.py"
+
+
+rule mtbench_answer:
+    input:
+        model=model_input,
+        questions=MTB_FILES["questions"],
+    output:
+        answers=R("{variant}", "mtbench", "model_answer", "{model}-{fmt}.jsonl"),
+    wildcard_constraints:
+        fmt="orion|llama3",
+    params:
+        model_id="{model}-{fmt}",
+        chat_format="{fmt}",
+        max_new_tokens=MTB["max_new_tokens"],
+        temperatures=MTB["temperatures"],
+        default_temperature=MTB["default_temperature"],
+        batch_size=MTB["batch_size"],
+        question_limit=MTB["question_limit"],
+        seed=config["seed"],
+        dtype=EVAL["dtype"],
+        device=EVAL["device"],
+    log:
+        "logs/mtbench_answer/{variant}-{model}-{fmt}.log",
+    benchmark:
+        "benchmarks/mtbench_answer/{variant}-{model}-{fmt}.tsv"
+    threads: 1
+    resources:
+        gpu=eval_gpu,
+        mem_mb=60000 if EVAL["device"].startswith("cuda") else 4000,
+        runtime=240 if EVAL["device"].startswith("cuda") else 30,
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/mtbench_answer.py"
+
+
+rule mtbench_judge:
+    input:
+        unpack(mtbench_judge_input),
+    output:
+        judgments=R("{variant}", "mtbench", "judgments", "{model}-{fmt}.jsonl"),
+    wildcard_constraints:
+        fmt="orion|llama3",
+    params:
+        # the judge's settings; for an API judge only the NAME of the key's environment variable
+        judge={k: v for k, v in (MTB_JUDGE or {}).items()},
+        question_limit=MTB["question_limit"],
+    log:
+        "logs/mtbench_judge/{variant}-{model}-{fmt}.log",
+    benchmark:
+        "benchmarks/mtbench_judge/{variant}-{model}-{fmt}.tsv"
+    threads: 1
+    resources:
+        runtime=120,
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/mtbench_judge.py"
+
+
+rule mtbench_summary:
+    input:
+        judgments=R("{variant}", "mtbench", "judgments", "{model}-{fmt}.jsonl"),
+        questions=MTB_FILES["questions"],
+    output:
+        summary=R("{variant}", "eval", "{model}", "mtbench-{fmt}.json"),
+    wildcard_constraints:
+        fmt="orion|llama3",
+    params:
+        model="{model}",
+        variant="{variant}",
+        chat_format="{fmt}",
+        judge=mtbench_judge_name(),
+    log:
+        "logs/mtbench_summary/{variant}-{model}-{fmt}.log",
+    threads: 1
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/mtbench_summary.py"
+
+
+rule mtbench_collect:
+    # One FastChat judgment file per variant, as FastChat's show_result reads it.
+    input:
+        lambda w: [R(w.variant, "mtbench", "judgments", f"{m}-{f}.jsonl") for m, f in mtbench_pairs(w.variant)],
+    output:
+        R("{variant}", "mtbench", "model_judgment", f"{MTB_JUDGE_FILE}_single.jsonl"),
+    log:
+        "logs/mtbench_collect/{variant}.log",
+    threads: 1
+    shell:
+        "(cat {input} > {output}.tmp && mv {output}.tmp {output}) 2> {log}"
+
+
+localrules:
+    mtbench_summary,
+    mtbench_collect,
+
+
+for _v in variants_with("mtbench"):
+    TARGETS.extend(R(_v, "eval", m, f"mtbench-{f}.json") for m, f in mtbench_pairs(_v))
+    TARGETS.append(R(_v, "mtbench", "model_judgment", f"{MTB_JUDGE_FILE}_single.jsonl"))

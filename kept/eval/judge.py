@@ -340,3 +340,19 @@ def make_backend(settings: Mapping[str, Any], *, api_key: str | None = None) -> 
             max_retries=int(settings.get("max_retries", 6)), backoff_s=float(settings.get("backoff_s", 2.0)),
         )
     raise ConfigError(f"judge: unknown backend {kind!r}; expected 'openai' or 'toy'")
+
+
+def run_judge_job(cfg: JudgeConfig, *, settings: Mapping[str, Any], environ: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Judge ``cfg.answers`` with the judge described by ``settings`` (config eval.mtbench.judge). For an
+    API judge the key comes from ``environ[settings["api_key_env"]]``; only the variable's name is ever
+    configured, logged or recorded."""
+    if not settings or not settings.get("backend"):
+        raise ConfigError("eval.mtbench.judge is not configured: set a judge (backend toy or openai); "
+                          "MT-Bench scores are never made up")
+    key = None
+    if settings["backend"] == "openai":
+        key = read_api_key(settings.get("api_key_env") or "", environ)
+        if cfg.prompts is None:
+            raise ConfigError("judge: an API judge needs FastChat's judge_prompts.jsonl (eval.mtbench.data)")
+    backend = make_backend(settings, api_key=key)
+    return judge_answers(cfg, backend)

@@ -33,6 +33,7 @@ class LongCtxConfig:
     variant: str = ""
     max_docs: int | None = None  # documents per source (first N long enough)
     train_max_length: int | None = None  # sequence length the students were trained at (for the plot)
+    corpus_manifest: str | None = None  # packed corpus dir or its manifest.json: train_max_length = its max_length
     chunk: int = 4096  # positions per vocabulary-projection chunk
     dtype: str | None = None
     device: str = "cpu"
@@ -71,6 +72,21 @@ def perplexity_curve(lm: Any, docs: Iterable[dict[str, Any]], *, lengths: list[i
     return {"lengths": list(lengths), "ppl": ppl, "n_docs": len(used), "doc_ids": used}
 
 
+def corpus_max_length(path: str | Path) -> int:
+    """``max_length`` of a packed corpus (its directory or its manifest.json)."""
+    import json
+
+    path = Path(path)
+    manifest = path / "manifest.json" if path.is_dir() else path
+    try:
+        value = json.loads(manifest.read_text())["max_length"]
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise KeptError(f"{manifest}: cannot read max_length ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(value, int) or value < 1:
+        raise KeptError(f"{manifest}: max_length must be a positive integer, found {value!r}")
+    return value
+
+
 def run_longctx(cfg: LongCtxConfig) -> dict[str, Any]:
     """Perplexity at each length for every source; writes ``cfg.output`` atomically."""
     from kept.eval.common import load_eval_model
@@ -81,6 +97,9 @@ def run_longctx(cfg: LongCtxConfig) -> dict[str, Any]:
     if not cfg.sources:
         raise ConfigError("longctx: no sources configured")
     docs = {name: _docs(path) for name, path in cfg.sources.items()}
+    train_max_length = cfg.train_max_length
+    if cfg.corpus_manifest is not None:
+        train_max_length = corpus_max_length(cfg.corpus_manifest)
     lm = load_eval_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     if lm.max_positions and lengths[-1] > lm.max_positions:
         log.warning("%s: max_position_embeddings %d < longest eval length %d (evaluating beyond it)",
@@ -88,7 +107,7 @@ def run_longctx(cfg: LongCtxConfig) -> dict[str, Any]:
     out = {
         "model": cfg.model_name,
         "variant": cfg.variant,
-        "train_max_length": cfg.train_max_length,
+        "train_max_length": train_max_length,
         "max_position_embeddings": lm.max_positions or None,
         "sources": {
             name: perplexity_curve(lm, rows, lengths=lengths, max_docs=cfg.max_docs, chunk=cfg.chunk,

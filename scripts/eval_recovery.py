@@ -1,0 +1,30 @@
+"""Snakemake script (rules/eval_harness.smk): the recovery subset of H6 on one training snapshot."""
+
+import logging
+import sys
+
+import torch
+
+from kept.eval.harness import RecoveryConfig, TaskSpec, run_recovery
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
+sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
+torch.set_num_threads(smk.threads)
+
+p = smk.params
+h = p.harness
+(summary,) = run_recovery(RecoveryConfig(
+    snapshots=smk.input.snapshots,
+    outputs={int(p.step): smk.output.summary},
+    tasks=[TaskSpec.from_dict(t, where=f"eval.recovery[{i}]") for i, t in enumerate(p.tasks)],
+    method=p.method,
+    variant=p.variant,
+    harness=dict(
+        task_dir=smk.input.get("tasks"), include_defaults=h["tasks_from"] == "lm_eval", batch_size=h["batch_size"],
+        max_batch_size=h["max_batch_size"], limit=h["limit"], log_samples=h["log_samples"],
+        bootstrap_iters=h["bootstrap_iters"], add_bos_token=h["add_bos_token"], seed=p.seed, dtype=p.dtype,
+        device=p.device,
+    ),
+))
+logging.info("done: step %s average %s", summary["step"], summary["average"])

@@ -1,0 +1,29 @@
+"""Snakemake script (rules/mt_bench.smk): judge one MT-Bench answer file (FastChat single grading).
+
+The API key is read here from the environment variable NAMED in the config; it is never a param, never logged."""
+
+import logging
+import os
+import sys
+
+from kept.eval.judge import JudgeConfig, run_judge_job
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
+sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
+
+p = smk.params
+records = run_judge_job(
+    JudgeConfig(
+        answers=smk.input.answers,
+        questions=smk.input.questions,
+        output=smk.output.judgments,
+        prompts=smk.input.get("prompts"),
+        reference_answers=smk.input.get("reference"),
+        parallel=p.judge.get("parallel", 4),
+        question_limit=p.question_limit,
+    ),
+    settings=dict(p.judge, rubric=smk.input.get("rubric")),
+    environ=os.environ,
+)
+logging.info("done: %d judgments, %d failed", len(records), sum(r["score"] == -1 for r in records))
