@@ -1,0 +1,72 @@
+"""The evaluation rules through Snakemake: the paper config without a judge stops with a clear error before
+any job; dry runs schedule the grid of the config (H6 on every model, MT-Bench students in both formats,
+KoMMLU/code/long context on the configured subsets, recovery on every snapshot)."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import yaml
+
+from test_workflow import ROOT, copy_workflow, parse_jobs, snakemake
+
+
+@pytest.fixture(scope="module")
+def wd(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evalwf")
+    copy_workflow(d)
+    return d
+
+
+def _config(wd, name, edit):
+    cfg = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    edit(cfg)
+    path = wd / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path.name
+
+
+def test_paper_config_without_judge_stops_with_a_clear_error(wd):
+    def no_judge(cfg):
+        cfg["eval"]["mtbench"]["judge"] = None
+
+    proc = snakemake("-n", "--configfile", _config(wd, "nojudge", no_judge), cwd=wd, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "eval.mtbench.judge is not configured" in out and "never made up" in out
+    assert "mtbench_answer" not in out  # stopped before scheduling anything
+
+
+@pytest.mark.slow
+def test_paper_dry_run_schedules_the_eval_grid(wd):
+    def steps(cfg):
+        cfg["train"]["steps"], cfg["train"]["snapshot_every"] = 30, 10
+
+    proc = snakemake("-n", "--configfile", _config(wd, "paper_steps", steps), cwd=wd, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    jobs = parse_jobs(proc.stdout + proc.stderr)
+    by_rule = collections.defaultdict(list)
+    for j in jobs:
+        by_rule[j["rule"]].append(j)
+    h6 = [j for j in by_rule["eval_harness"] if j["wildcards"].get("suite") == "h6"]
+    kommlu = [j for j in by_rule["eval_harness"] if j["wildcards"].get("suite") == "kommlu"]
+    grid = {"teacher", "init-paper", "init-centered", "init-exact", "init-fit", "ut", "xkd_h", "xkd_z"}
+    assert {(j["wildcards"]["variant"], j["wildcards"]["model"]) for j in h6} == \
+        {(v, m) for v in ("base", "chat") for m in grid}
+    table4 = {"teacher", "init-paper", "ut", "xkd_h", "xkd_z"}
+    assert {j["wildcards"]["model"] for j in kommlu} == table4
+    answers = {(j["wildcards"]["variant"], j["wildcards"]["model"], j["wildcards"]["fmt"])
+               for j in by_rule["mtbench_answer"]}
+    assert answers == {(v, m, f) for v in ("base", "chat") for m in table4
+                       for f in (["orion"] if m == "teacher" else ["llama3", "orion"])}
+    assert len(by_rule["mtbench_judge"]) == len(answers) == len(by_rule["mtbench_summary"])
+    assert len(by_rule["mtbench_data"]) == 1
+    assert {(j["wildcards"]["variant"], j["wildcards"]["method"], j["wildcards"]["step"])
+            for j in by_rule["eval_recovery"]} == \
+        {(v, m, s) for v in ("base", "chat") for m in ("ut", "xkd_h", "xkd_z") for s in ("10", "20", "30")}
+    assert {j["wildcards"]["model"] for j in by_rule["eval_longctx"]} == table4
+    assert len(by_rule["longctx_docs"]) == 2 and len(by_rule["code_probe_data"]) == 1
+    for rule in ("eval_harness", "mtbench_answer", "eval_longctx", "eval_code", "eval_recovery"):
+        assert all(j["resources"].get("gpu") == "1" for j in by_rule[rule]), rule
+    assert all("gpu" not in j["resources"] or j["resources"]["gpu"] == "0" for j in by_rule["mtbench_judge"])
