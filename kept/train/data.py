@@ -48,7 +48,8 @@ class PackedCorpus:
                     f"found {arr.dtype} {arr.shape}"
                 )
             self._shards.append(arr)
-        self._offsets = np.cumsum([0] + [len(a) for a in self._shards])
+        self.shard_rows = [len(a) for a in self._shards]
+        self._offsets = np.cumsum([0] + self.shard_rows)
         self.num_sequences = int(self._offsets[-1])
         if self.num_sequences == 0:
             raise CheckpointError(f"{path}: the corpus holds no sequences")

@@ -30,11 +30,11 @@ def side_files(student_dir: str | Path) -> list[Path]:
     return out
 
 
-def shard_size(state: dict[str, torch.Tensor], num_shards: int) -> str:
-    """A ``max_shard_size`` for save_pretrained that gives about ``num_shards`` shards."""
+def shard_size(state: dict[str, torch.Tensor], num_shards: int) -> int:
+    """A ``max_shard_size`` (bytes) for save_pretrained that gives about ``num_shards`` shards."""
     total = sum(t.numel() * t.element_size() for t in state.values())
     largest = max(t.numel() * t.element_size() for t in state.values())
-    return str(max(largest, -(-total // max(1, num_shards))) + 1)
+    return max(largest, -(-total // max(1, num_shards))) + 1
 
 
 def export_model(model: nn.Module, out_dir: str | Path, *, student_dir: str | Path, fmt: str,

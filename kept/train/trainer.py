@@ -89,14 +89,15 @@ def _new_accelerator(cfg: TrainConfig) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    if not PartialState().use_distributed:
+    cpu = not torch.cuda.is_available()
+    if not PartialState(cpu=cpu).use_distributed:
         # several runs in one process (tests, the pilot after a run): start from a clean accelerate state
         AcceleratorState._reset_state()
         GradientState._reset_state()
     return Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
-        cpu=not torch.cuda.is_available(),
+        cpu=cpu,
         step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the world size
     )
 
