@@ -40,13 +40,15 @@ class JudgeError(KeptError):
     """The judge endpoint refused the request in a way retrying cannot fix (bad key, unknown model, ...)."""
 
 
-def parse_score(reply: str) -> float | None:
-    """The rating in a judge reply: ``[[x]]``, else ``[x]``; None when there is none or it is outside 1..10."""
+def parse_score(reply: str) -> int | float | None:
+    """The rating in a judge reply: ``[[x]]``, else ``[x]`` (int or float, as FastChat's literal_eval reads it);
+    None when there is none or it is outside 1..10."""
     m = _SCORE.search(reply) or _SCORE_BACKUP.search(reply)
     if not m:
         return None
-    value = float(m.group(1))
-    return value if 1.0 <= value <= 10.0 else None
+    text = m.group(1)
+    value: int | float = float(text) if "." in text else int(text)
+    return value if 1 <= value <= 10 else None
 
 
 def read_api_key(env_name: str, environ: Mapping[str, str]) -> str:
