@@ -1,1 +1,99 @@
-# train stage: see the owner notes in docs/architecture.md
+# Training stage: UT / XKD-h / XKD-z per variant on one matched budget (kept.train), the offline teacher cache
+# for XKD-z, and the Appendix-A pilot. Resume state lives in {variant}/{method}/resume/, which is not a declared
+# output, so Snakemake never deletes it: a killed job rerun with --rerun-incomplete resumes where it stopped.
+
+include: "train_common.smk"
+
+
+rule train:
+    input:
+        unpack(train_input),
+    output:
+        model=directory(R("{variant}", "{method}", "model")),
+        snapshots=directory(R("{variant}", "{method}", "snapshots")),
+        log=R("{variant}", "{method}", "train_log.jsonl"),
+    params:
+        objective="{method}",
+        settings=lambda w: train_settings(w.method),
+        work_dir=lambda w: R(w.variant, w.method),
+        launcher=TRAIN["launcher"],
+        num_processes=TRAIN["num_processes"],
+        accelerate_config=accelerate_config(),
+    log:
+        "logs/train/{variant}-{method}.log",
+    benchmark:
+        "benchmarks/train/{variant}-{method}.tsv"
+    threads: TRAIN["threads"]
+    resources:
+        gpu=TRAIN["resources"]["gpu"],
+        mem_mb=TRAIN["resources"]["mem_mb"],
+        runtime=TRAIN["resources"]["runtime"],
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule cache_teacher:
+    input:
+        teacher=lambda w: teacher_dir(w.variant),
+        corpus=R("corpus"),
+    output:
+        cache=directory(R("{variant}", "teacher_cache")),
+    params:
+        top_k=TRAIN["offline_teacher"].get("top_k", 64),
+        logprob_dtype=TRAIN["offline_teacher"].get("logprob_dtype", "float16"),
+        batch_size=TRAIN["offline_teacher"].get("batch_size", 8),
+        device=TRAIN["offline_teacher"].get("device", "cpu"),
+        temperature=train_settings("xkd_z")["temperature"],
+        teacher_dtype=train_settings("xkd_z")["teacher_dtype"],
+        chunk_size=train_settings("xkd_z")["kl_chunk_size"],
+    log:
+        "logs/cache_teacher/{variant}.log",
+    benchmark:
+        "benchmarks/cache_teacher/{variant}.tsv"
+    threads: TRAIN["threads"]
+    resources:
+        gpu=1 if TRAIN["offline_teacher"].get("device", "cpu").startswith("cuda") else 0,
+        mem_mb=TRAIN["resources"]["mem_mb"],
+        runtime=TRAIN["resources"]["runtime"],
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/cache_teacher.py"
+
+
+rule pilot:
+    input:
+        student=R("{variant}", f"init-{TRAIN_INIT}", "model"),
+        teacher=lambda w: teacher_dir(w.variant),
+        corpus=R("corpus"),
+    output:
+        cosine=R("{variant}", "pilot", "cosine.jsonl"),
+    params:
+        settings={k: v for k, v in PILOT.items() if k != "variants"},
+        seed=config["seed"],
+        max_length=TRAIN["max_length"],
+        kl_chunk_size=TRAIN["common"]["kl_chunk_size"],
+        model_dtype=TRAIN["common"]["model_dtype"],
+        teacher_dtype=TRAIN["common"]["teacher_dtype"],
+        mixed_precision=TRAIN["common"]["mixed_precision"],
+        work_dir=lambda w: R(w.variant, "pilot"),
+    log:
+        "logs/pilot/{variant}.log",
+    benchmark:
+        "benchmarks/pilot/{variant}.tsv"
+    threads: TRAIN["threads"]
+    resources:
+        gpu=TRAIN["resources"]["gpu"],
+        mem_mb=TRAIN["resources"]["mem_mb"],
+        runtime=TRAIN["resources"]["runtime"],
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/pilot.py"
+
+
+TARGETS.extend(R(v, m, "model") for v in VARIANTS for m in METHODS)
+TARGETS.extend(R(v, m, "train_log.jsonl") for v in VARIANTS for m in METHODS)
+TARGETS.extend(R(v, "pilot", "cosine.jsonl") for v in PILOT.get("variants", []) if v in VARIANTS)

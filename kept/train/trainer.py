@@ -116,6 +116,17 @@ def _check_pair(student: nn.Module, teacher: nn.Module, cfg: TrainConfig) -> Non
         )
 
 
+def _register_head_for_zero3(accelerator: Any, module: StudentObjective) -> None:
+    """Under DeepSpeed ZeRO-3 a parameter read outside its own module's forward must be registered with the module
+    that reads it, or it is still partitioned (empty) when the chunked loss reads the LM-head weight."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or plugin.zero_stage != 3:
+        return
+    import deepspeed  # type: ignore[import-not-found]
+
+    deepspeed.zero.register_external_parameter(module, module.student.lm_head.weight)
+
+
 class _Resume:
     """work_dir/resume/: step-N/ (accelerate state + trainer_state.json + the log so far) and snapshots/ (hard
     links of the snapshots written so far, so they survive a rerun that deletes the declared outputs)."""
@@ -200,6 +211,7 @@ def fit(
     student.train()
     module = StudentObjective(student, objective=cfg.objective, temperature=cfg.temperature,
                               chunk=cfg.kl_chunk_size, recompute=cfg.kl_recompute, centered=centered)
+    _register_head_for_zero3(accelerator, module)
     optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, LRSchedule(warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
@@ -230,6 +242,8 @@ def fit(
             for kept_snap in sorted((resume.root / "snapshots").glob("step-*")):
                 if int(kept_snap.name.split("-")[1]) <= start_step and not (snapshots / kept_snap.name).is_dir():
                     link_tree(kept_snap, snapshots / kept_snap.name)
+        if export:
+            snapshots.mkdir(exist_ok=True)  # a declared output even when snapshot_every is 0
     accelerator.wait_for_everyone()
 
     extra_info = {"objective": cfg.objective, "student": cfg.student, "teacher": cfg.teacher,
@@ -308,7 +322,7 @@ def fit(
             if done == 1 or done % cfg.log_every == 0 or done == cfg.steps:
                 loss = accelerator.reduce(loss_sum / cfg.grad_accum, "mean").item()
                 value = accelerator.reduce(metric_sum / cfg.grad_accum, "mean").item()
-                gn = accelerator.reduce(grad_norm.detach().float(), "mean").item() if grad_norm is not None else None
+                gn = float(grad_norm) if grad_norm is not None else None  # clipped-before norm (same on all ranks)
                 now = time.perf_counter()
                 extra = on_log(done, accelerator.unwrap_model(module).student) if on_log else None
                 if main:

@@ -1,0 +1,32 @@
+"""Snakemake script (rules/train.smk): the Appendix-A pilot (only the RMSNorm weights learn)."""
+
+import logging
+import sys
+
+import torch
+
+from kept.train.pilot import PilotConfig, run_pilot
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
+sys.stderr = open(smk.log[0], "a")
+torch.set_num_threads(smk.threads)
+
+p = smk.params
+summary = run_pilot(
+    PilotConfig(
+        student=smk.input.student,
+        teacher=smk.input.teacher,
+        corpus=smk.input.corpus,
+        output=smk.output.cosine,
+        work_dir=p.work_dir,
+        seed=p.seed,
+        max_length=p.max_length,
+        kl_chunk_size=p.kl_chunk_size,
+        model_dtype=p.model_dtype,
+        teacher_dtype=p.teacher_dtype,
+        mixed_precision=p.mixed_precision,
+        **p.settings,
+    )
+)
+logging.info("done: cos_mean %.3f -> %.3f", summary["cos_mean_start"], summary["cos_mean_end"])
