@@ -412,8 +412,8 @@ class TensorReader:
         assert self._fh is not None
         return self._fh
 
-    def _read(self, fh: BinaryIO, offset: int, nbytes: int, where: str) -> torch.Tensor:
-        buf = torch.empty(nbytes, dtype=torch.uint8)
+    def _read(self, fh: BinaryIO, offset: int, nbytes: int, where: str, out: torch.Tensor | None) -> torch.Tensor:
+        buf = torch.empty(nbytes, dtype=torch.uint8) if out is None else out[:nbytes]
         if nbytes:
             fh.seek(offset)
             got = fh.readinto(memoryview(buf.numpy()))
@@ -421,19 +421,39 @@ class TensorReader:
                 raise CheckpointError(f"{where}: short read ({got} of {nbytes} bytes; truncated shard?)")
         return buf
 
-    def get(self, name: str) -> torch.Tensor:
-        """Load one tensor into fresh memory (CPU, its stored dtype)."""
+    def get(self, name: str, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Load one tensor (CPU, its stored dtype) into fresh memory, or into ``out`` (a 1-D uint8 CPU buffer of
+        at least ``info(name).nbytes`` bytes; the result then aliases it, so a streaming reader can reuse one
+        buffer for every tensor)."""
         ti = self.info(name)
         fh = self._file(ti.file)
         where = f"{self.directory / ti.file}: tensor {name!r}"
         item = ti.dtype.itemsize
+        if out is not None and (out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < ti.nbytes):
+            raise ValueError(f"out must be a 1-D uint8 tensor of at least {ti.nbytes} bytes")
         if ti.stride == _contiguous_stride(ti.shape) or ti.numel <= 1:
             # Common case: a dense view; read exactly its bytes.
-            raw = self._read(fh, ti.offset + ti.storage_offset * item, ti.nbytes, where)
+            raw = self._read(fh, ti.offset + ti.storage_offset * item, ti.nbytes, where, out)
             return raw.view(ti.dtype).reshape(ti.shape)
-        raw = self._read(fh, ti.offset, ti.storage_numel * item, where)
+        raw = self._read(fh, ti.offset, ti.storage_numel * item, where, None)
         storage = raw.view(ti.dtype)
         return storage.as_strided(ti.shape, ti.stride, ti.storage_offset).clone()
+
+    def get_rows(self, name: str, start: int, stop: int, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``start:stop`` of a dense tensor, reading only their bytes (e.g. a vocabulary block of a head);
+        ``out`` as in :meth:`get`."""
+        ti = self.info(name)
+        if not ti.shape or ti.stride != _contiguous_stride(ti.shape):
+            return self.get(name)[start:stop].clone()
+        start, stop = max(0, start), min(stop, ti.shape[0])
+        row = math.prod(ti.shape[1:]) * ti.dtype.itemsize
+        nbytes = max(0, stop - start) * row
+        if out is not None and (out.dtype != torch.uint8 or out.dim() != 1 or out.numel() < nbytes):
+            raise ValueError(f"out must be a 1-D uint8 tensor of at least {nbytes} bytes")
+        offset = ti.offset + ti.storage_offset * ti.dtype.itemsize + start * row
+        where = f"{self.directory / ti.file}: tensor {name!r}"
+        raw = self._read(self._file(ti.file), offset, nbytes, where, out)
+        return raw.view(ti.dtype).reshape(max(0, stop - start), *ti.shape[1:])
 
     def iter_by_shard(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(name, tensor)`` one at a time, one shard open at a time."""

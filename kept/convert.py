@@ -29,9 +29,27 @@ from kept.orion import DTYPES, read_orion_config
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 32 * 2**20  # float64 working block of the row-wise arithmetic
+BLOCK_BYTES = 8 * 2**20  # float64 working block of the row-wise arithmetic
 INDEX = "model.safetensors.index.json"
 GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
+
+
+def bound_heap(threshold: int = 1 << 20) -> bool:
+    """Serve allocations of ``threshold`` bytes or more with mmap (glibc ``mallopt(M_MMAP_THRESHOLD)``).
+
+    glibc raises its mmap threshold dynamically (up to 32 MB) as large blocks are freed, after which blocks of a
+    few MB come from the heap, fragment it, and keep resident memory growing layer after layer of a streaming
+    pass. A fixed threshold returns every freed block to the system at once, so resident memory tracks what is
+    live. Process-wide and harmless elsewhere; a no-op (False) off glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 def parse_size(text: str | int) -> int:
@@ -51,49 +69,83 @@ def parse_size(text: str | int) -> int:
 
 
 # ---- tensor arithmetic (float64, row blocks) --------------------------------------------------------------
-
-
-def _rows_per_block(t: torch.Tensor) -> int:
-    row = max(1, t[0].numel() if t.dim() > 1 else 1)
-    return max(1, BLOCK_BYTES // (8 * row))
-
-
-def _blocks(t: torch.Tensor) -> Iterator[torch.Tensor]:
-    if t.dim() == 0:
-        yield t.reshape(1)
-        return
-    step = _rows_per_block(t)
-    for r in range(0, t.shape[0], step):
-        yield t[r : r + step]
-
-
-def _check_finite(block: torch.Tensor, name: str, where: Path) -> None:
-    if block.is_floating_point() and not bool(torch.isfinite(block).all()):
-        raise CheckpointError(f"{where}: tensor {name!r} contains NaN or Inf")
+#
+# Memory discipline: every source tensor is read into one reusable buffer sized for the largest tensor, and the
+# float64 arithmetic runs on row blocks in one reusable float64 work buffer, cast into one reusable output
+# buffer that is written out before the next block is computed. Nothing else of a tensor's size is allocated,
+# so the resident memory stays near the largest tensor plus two blocks, without allocator fragmentation.
 
 
 class _Source:
-    """The reader plus a one-tensor cache (a fold step reuses the weight its copy step just read)."""
+    """Tensor access for the conversion: a shared read buffer, a one-tensor cache (a fold step reuses the
+    weight its copy step just read), finiteness checks, and the block work buffers."""
 
-    def __init__(self, reader: TensorReader, where: Path) -> None:
+    def __init__(self, reader: TensorReader, where: Path, names: list[str]) -> None:
         self.reader = reader
         self.where = where
+        nbytes = max((reader.info(n).nbytes for n in names), default=0)
+        self._buf = torch.empty(nbytes, dtype=torch.uint8)
+        self._small: dict[str, torch.Tensor] = {}  # 1-D tensors (norm weights/biases) read on the side
         self._name: str | None = None
         self._tensor: torch.Tensor | None = None
+        self._work = torch.empty(BLOCK_BYTES // 8, dtype=torch.float64)
+        self._out = torch.empty(BLOCK_BYTES, dtype=torch.uint8)
 
     def get(self, name: str) -> torch.Tensor:
-        if self._name != name:
-            self._name, self._tensor = None, None  # release before reading the next one
+        """The tensor, checked finite; valid until the next call for a different large tensor."""
+        if self._name == name:
+            assert self._tensor is not None
+            return self._tensor
+        if name in self._small:
+            return self._small[name]
+        info = self.reader.info(name)
+        if len(info.shape) <= 1:
             tensor = self.reader.get(name)
-            for block in _blocks(tensor):
-                _check_finite(block, name, self.where)
-            self._name, self._tensor = name, tensor
-        assert self._tensor is not None
-        return self._tensor
+            self._check(tensor, name)
+            self._small = {name: tensor}
+            return tensor
+        self._name, self._tensor = None, None
+        tensor = self.reader.get(name, out=self._buf)
+        self._check(tensor, name)
+        self._name, self._tensor = name, tensor
+        return tensor
+
+    def _check(self, t: torch.Tensor, name: str) -> None:
+        if not t.is_floating_point():
+            return
+        for blk in self.blocks(t):
+            if not bool(torch.isfinite(blk.sum())):  # NaN or Inf anywhere makes the float64 sum non-finite
+                raise CheckpointError(f"{self.where}: tensor {name!r} contains NaN or Inf")
+
+    def rows(self, t: torch.Tensor) -> int:
+        row = t[0].numel() if t.dim() > 1 else 1
+        return max(1, BLOCK_BYTES // (8 * max(1, row)))
+
+    def blocks(self, t: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Row blocks of ``t`` copied into the float64 work buffer (each valid until the next)."""
+        flat = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(-1, 1)
+        step = self.rows(t)
+        cols = flat.shape[1]
+        if step * cols > self._work.numel():  # a single row larger than the block
+            self._work = torch.empty(step * cols, dtype=torch.float64)
+        for r in range(0, flat.shape[0], step):
+            src = flat[r : r + step]
+            work = self._work[: src.numel()].view(src.shape)
+            work.copy_(src)
+            yield work
+
+    def cast(self, block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``block`` cast into the reusable output buffer."""
+        need = block.numel() * dtype.itemsize
+        if need > self._out.numel():
+            self._out = torch.empty(need, dtype=torch.uint8)
+        out = self._out[:need].view(dtype).view(block.shape)
+        out.copy_(block)
+        return out
 
 
 def _produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, torch.Tensor]) -> Iterator[torch.Tensor]:
-    """Blocks of the target tensor, in row-major order, already cast to ``out_dtype``."""
+    """Blocks of the target tensor, in row-major order, cast to ``out_dtype`` (each valid until the next)."""
     op = step.op
     if op == "zeros":
         yield torch.zeros(step.shape, dtype=out_dtype)
@@ -101,28 +153,35 @@ def _produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, 
     if op == "fit_gain":
         yield gains[step.target].to(out_dtype)
         return
-    if op == "fold":  # b = W @ beta
+    if op == "fold":  # b = W @ beta, W [out, in]
         w = src.get(step.sources[0])  # the weight its copy step just read (cached)
-        beta = src.reader.get(step.sources[1])
-        _check_finite(beta, step.sources[1], src.where)
-        b64 = beta.double()
-        yield torch.cat([blk.double() @ b64 for blk in _blocks(w)]).to(out_dtype)
+        beta = src.get(step.sources[1]).double()
+        bias = torch.empty(w.shape[0], dtype=torch.float64)
+        r = 0
+        for blk in src.blocks(w):
+            torch.mv(blk, beta, out=bias[r : r + blk.shape[0]])
+            r += blk.shape[0]
+        yield bias.to(out_dtype)
         return
     t = src.get(step.sources[0])
     if op in ("copy", "gain"):
-        for blk in _blocks(t):
-            yield blk.to(out_dtype) if blk.dtype != out_dtype else blk
+        if t.dtype == out_dtype:
+            yield t  # NPM: the bytes as read
+        else:
+            for blk in src.blocks(t):
+                yield src.cast(blk, out_dtype)
     elif op == "center_rows":  # rows written into the stream: E - E.mean(dim=1)
-        for blk in _blocks(t):
-            b64 = blk.double()
-            yield (b64 - b64.mean(dim=1, keepdim=True)).to(out_dtype)
+        for blk in src.blocks(t):
+            blk -= blk.mean(dim=1, keepdim=True)
+            yield src.cast(blk, out_dtype)
     elif op == "center_out":  # [out, in] projection into the stream: W - W.mean(dim=0)
         col = torch.zeros(t.shape[1:], dtype=torch.float64)
-        for blk in _blocks(t):
-            col += blk.double().sum(dim=0)
+        for blk in src.blocks(t):
+            col += blk.sum(dim=0)
         col /= t.shape[0]
-        for blk in _blocks(t):
-            yield (blk.double() - col).to(out_dtype)
+        for blk in src.blocks(t):
+            blk -= col
+            yield src.cast(blk, out_dtype)
     else:  # pragma: no cover - plan_conversion only emits the ops above
         raise AssertionError(f"unknown op {op!r}")
 
@@ -177,7 +236,7 @@ def _write_bytes(fh: BinaryIO, block: torch.Tensor) -> int:
 
 def write_weights(
     *,
-    reader: TensorReader,
+    reader: TensorReader | _Source,
     plan: Plan,
     out_dir: Path,
     out_dtype: torch.dtype,
@@ -185,7 +244,10 @@ def write_weights(
     gains: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Stream every target tensor of ``plan`` into safetensors shards + index under ``out_dir``."""
-    src = _Source(reader, reader.directory)
+    if isinstance(reader, _Source):
+        src = reader
+    else:
+        src = _Source(reader, reader.directory, [n for step in plan.steps for n in step.sources])
     shards = plan_shards(plan.steps, itemsize=out_dtype.itemsize, max_bytes=max_shard_size)
     weight_map: dict[str, str] = {}
     for shard in shards:
@@ -224,11 +286,19 @@ def check_tokenizer(source: Path, cfg: dict[str, Any]) -> Path:
     return path
 
 
-def final_norm_offset(reader: TensorReader) -> torch.Tensor:
+def final_norm_offset(reader: TensorReader | _Source) -> torch.Tensor:
     """``lm_head @ beta_f`` in float64: the per-vocab logit offset the final LayerNorm's bias adds."""
-    beta = reader.get("model.norm.bias").double()
-    head = reader.get("lm_head.weight")
-    return torch.cat([blk.double() @ beta for blk in _blocks(head)])
+    src = reader if isinstance(reader, _Source) else _Source(reader, reader.directory, ["lm_head.weight"])
+    beta = src.get("model.norm.bias").double()
+    head = src.get("lm_head.weight")
+    offset = torch.empty(head.shape[0], dtype=torch.float64)
+    r = 0
+    for blk in src.blocks(head):
+        torch.mv(blk, beta, out=offset[r : r + blk.shape[0]])
+        r += blk.shape[0]
+    if not bool(torch.isfinite(offset).all()):
+        raise CheckpointError(f"{src.where}: lm_head.weight or model.norm.bias contains NaN or Inf")
+    return offset
 
 
 def _generation_config(source: Path, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -296,6 +366,7 @@ def convert_checkpoint(
     from kept.tokenizer import write_tokenizer
 
     source, output = Path(source), Path(output)
+    bound_heap()
     if norm not in NORMS:
         raise ConfigError(f"unknown norm mapping {norm!r}; expected one of {', '.join(NORMS)}")
     if dtype is not None and dtype not in DTYPES:
@@ -336,11 +407,13 @@ def convert_checkpoint(
                 if not bool(torch.isfinite(g).all()):
                     raise CheckpointError(f"{calibration}: fitted gain {site!r} is not finite")
 
-        offset = final_norm_offset(reader)
+        src = _Source(reader, source, [n for step in plan.steps for n in step.sources])
+        offset = final_norm_offset(src)
         chat = _is_chat(source) if chat is None else chat
         with atomic_dir(output) as tmp:
-            write_weights(reader=reader, plan=plan, out_dir=tmp, out_dtype=out_dtype,
+            write_weights(reader=src, plan=plan, out_dir=tmp, out_dtype=out_dtype,
                           max_shard_size=max_bytes, gains=gains)
+            del src  # release the read buffer before the fidelity pass
             (tmp / "config.json").write_text(json.dumps(plan.llama_config, indent=2) + "\n")
             (tmp / "generation_config.json").write_text(json.dumps(_generation_config(source, cfg), indent=2) + "\n")
             write_tokenizer(model_file=tok_model, output=tmp, model_max_length=cfg["max_position_embeddings"],

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from kept.checkpoint import TensorReader
 from kept.errors import CheckpointError, ConfigError
 
-LOGIT_CHUNK_BYTES = 128 * 2**20  # float32 logits held at once per model
-VOCAB_BLOCK = 8192  # LM-head rows upcast at once
+HEAD_BLOCK_BYTES = 16 * 2**20  # LM-head rows (float32) read from disk at once, per model
+LOGIT_BLOCK_BYTES = 4 * 2**20  # float64 logits of one (token chunk x vocab block) tile
 
 # Used for the fidelity report when no calibration corpus is given (ko/zh/ja/en/code).
 BUILTIN_SAMPLE = (
@@ -132,31 +132,55 @@ class StreamingModel:
             self._rms = LlamaRMSNorm
         self.config._attn_implementation = "sdpa"  # causal via is_causal when no mask is given
         self.num_layers = self.config.num_hidden_layers
-        with torch.device("meta"):
-            self._layer = layer_cls(self.config, layer_idx=0)
-        self._layer_keys = list(self._layer.state_dict())
-        self.rotary = rope_cls(self.config).to(self.device)
         self.reader = TensorReader(self.directory)
+        with torch.device("meta"):
+            layer = layer_cls(self.config, layer_idx=0)
+        # One layer's parameters (float32, on the device), allocated once and refilled for every layer, and one
+        # read buffer for the largest tensor read here: memory stays flat over the layers.
+        self._layer = layer.to_empty(device=self.device).float().eval()
+        self._params = dict(self._layer.state_dict(keep_vars=True))
+        names = [f"model.layers.0.{k}" for k in self._params]
+        self._buf = torch.empty(max(self.reader.info(n).nbytes for n in names), dtype=torch.uint8)
+        self.rotary = rope_cls(self.config).to(self.device)
 
     def weight(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.reader.get(name).to(device=self.device, dtype=dtype)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        table = self.reader.get("model.embed_tokens.weight")
-        out = F.embedding(ids, table).to(device=self.device, dtype=torch.float32)  # (B, T, d)
-        del table
-        return out
+        """Embedding output (B, T, d), float32; reads only the rows of the ids present."""
+        uniq, inverse = torch.unique(ids.cpu(), return_inverse=True)
+        rows = torch.cat([self.reader.get_rows("model.embed_tokens.weight", u, u + 1) for u in uniq.tolist()])
+        return F.embedding(inverse, rows).to(device=self.device, dtype=torch.float32)
 
     def positions(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.arange(h.shape[1], device=self.device).unsqueeze(0)
         return self.rotary(h, position_ids=pos)
 
+    @torch.no_grad()
     def load_layer(self, i: int) -> torch.nn.Module:
         """Decoder layer ``i`` with its weights (float32, on the device)."""
-        prefix = f"model.layers.{i}."
-        state = {k: self.weight(prefix + k) for k in self._layer_keys}
-        self._layer.load_state_dict(state, assign=True, strict=True)
-        return self._layer.eval()
+        for key, param in self._params.items():
+            name = f"model.layers.{i}.{key}"
+            src = self.reader.get(name, out=self._buf)
+            if tuple(src.shape) != tuple(param.shape):
+                raise CheckpointError(f"{self.directory}: tensor {name!r} has shape {tuple(src.shape)}, "
+                                      f"expected {tuple(param.shape)}")
+            param.copy_(src)
+        return self._layer
+
+    def head_rows(self, start: int, stop: int) -> torch.Tensor:
+        """LM-head rows ``start:stop`` (float32, on the device)."""
+        d = self.config.hidden_size
+        info = self.reader.info("lm_head.weight")
+        need = (min(stop, info.shape[0]) - start) * d * info.dtype.itemsize
+        if need > self._buf.numel():
+            self._buf = torch.empty(need, dtype=torch.uint8)
+        rows = self.reader.get_rows("lm_head.weight", start, stop, out=self._buf)
+        if getattr(self, "_head", None) is None or self._head.shape[0] < rows.shape[0]:
+            self._head = torch.empty(rows.shape, dtype=torch.float32, device=self.device)
+        out = self._head[: rows.shape[0]]
+        out.copy_(rows)
+        return out
 
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
         w = self.weight("model.norm.weight")
@@ -169,14 +193,6 @@ class StreamingModel:
 
     def close(self) -> None:
         self.reader.close()
-
-
-def _logits(h: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-    """``h @ head.T`` in float32 with the head upcast block by block. h: (N, d), head: (V, d) -> (N, V)."""
-    out = torch.empty(h.shape[0], head.shape[0], dtype=torch.float32, device=h.device)
-    for v0 in range(0, head.shape[0], VOCAB_BLOCK):
-        out[:, v0 : v0 + VOCAB_BLOCK] = h @ head[v0 : v0 + VOCAB_BLOCK].float().T
-    return out
 
 
 # ---- Appendix-A fit -------------------------------------------------------------------------------------
@@ -237,36 +253,49 @@ def fit_rms_gains(
 # ---- fidelity -------------------------------------------------------------------------------------------
 
 
-def _rel_err(s: torch.Tensor, t: torch.Tensor, centred: bool) -> float:
-    if centred:
-        t = t - t.mean(-1, keepdim=True)  # project out the all-ones direction
-    return float(torch.linalg.vector_norm((s - t).double()) / torch.linalg.vector_norm(t.double()).clamp_min(1e-30))
+class _OnlineLogitStats:
+    """KL(teacher || student), top-1 agreement and max |dlogit| per token, accumulated over vocabulary blocks
+    (online log-sum-exp), so no full ``(tokens, V)`` logit matrix is ever held."""
 
-
-class _LogitStats:
-    """Running KL / top-1 / |dlogit| statistics over token chunks."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.kl_sum = 0.0
-        self.kl_max = 0.0
-        self.agree = 0
+    def __init__(self, n: int, device: str | torch.device = "cpu") -> None:
+        f64: dict[str, Any] = dict(dtype=torch.float64, device=device)
+        self.m_t = torch.full((n,), -math.inf, **f64)  # running max of teacher logits
+        self.s_t = torch.zeros(n, **f64)  # sum exp(z_t - m_t)
+        self.a = torch.zeros(n, **f64)  # sum exp(z_t - m_t) * (z_t - z_s)
+        self.m_s = torch.full((n,), -math.inf, **f64)
+        self.s_s = torch.zeros(n, **f64)
+        self.best_t = torch.full((n,), -math.inf, **f64)
+        self.arg_t = torch.zeros(n, dtype=torch.long, device=device)
+        self.best_s = torch.full((n,), -math.inf, **f64)
+        self.arg_s = torch.zeros(n, dtype=torch.long, device=device)
         self.dmax = 0.0
 
-    def update(self, zt: torch.Tensor, zs: torch.Tensor) -> None:  # (N, V) each
-        lt, ls = F.log_softmax(zt.double(), -1), F.log_softmax(zs.double(), -1)
-        kl = (lt.exp() * (lt - ls)).sum(-1).clamp_min(0.0)  # (N,)
-        self.n += kl.numel()
-        self.kl_sum += float(kl.sum())
-        self.kl_max = max(self.kl_max, float(kl.max()))
-        self.agree += int((zt.argmax(-1) == zs.argmax(-1)).sum())
+    def update(self, rows: slice, v0: int, zt: torch.Tensor, zs: torch.Tensor) -> None:
+        """Logit tiles (n, vb) for tokens ``rows`` and vocabulary ids ``v0:v0+vb``, float64."""
+        m_t = torch.maximum(self.m_t[rows], zt.max(-1).values)
+        scale = torch.exp(self.m_t[rows] - m_t)
+        e = torch.exp(zt - m_t[:, None])  # (n, vb)
+        self.s_t[rows] = self.s_t[rows] * scale + e.sum(-1)
+        self.a[rows] = self.a[rows] * scale + (e * (zt - zs)).sum(-1)
+        self.m_t[rows] = m_t
+        m_s = torch.maximum(self.m_s[rows], zs.max(-1).values)
+        self.s_s[rows] = self.s_s[rows] * torch.exp(self.m_s[rows] - m_s) + torch.exp(zs - m_s[:, None]).sum(-1)
+        self.m_s[rows] = m_s
+        for z, best, arg in ((zt, self.best_t, self.arg_t), (zs, self.best_s, self.arg_s)):
+            val, idx = z.max(-1)
+            better = val > best[rows]
+            best[rows] = torch.where(better, val, best[rows])
+            arg[rows] = torch.where(better, idx + v0, arg[rows])
         self.dmax = max(self.dmax, float((zt - zs).abs().max()))
 
     def result(self) -> dict[str, float]:
+        lse_t = self.m_t + torch.log(self.s_t)
+        lse_s = self.m_s + torch.log(self.s_s)
+        kl = (self.a / self.s_t - lse_t + lse_s).clamp_min(0.0)  # sum p_t (z_t - z_s) - lse_t + lse_s
         return {
-            "kl_mean": self.kl_sum / max(1, self.n),
-            "kl_max": self.kl_max,
-            "top1_agreement": self.agree / max(1, self.n),
+            "kl_mean": float(kl.mean()),
+            "kl_max": float(kl.max()),
+            "top1_agreement": float((self.arg_t == self.arg_s).double().mean()),
             "max_abs_dlogit": self.dmax,
         }
 
@@ -313,21 +342,26 @@ def fidelity_report(
             if progress:
                 progress(f"fidelity: layer {i + 1}/{t_model.num_layers} rel err {layer_err[-1]:.3e}")
 
-        head_t = t_model.reader.get("lm_head.weight").to(device)
-        head_s = s_model.reader.get("lm_head.weight").to(device)
-        stats, fixed = _LogitStats(), _LogitStats()
-        vocab = head_t.shape[0]
-        chunk = max(1, LOGIT_CHUNK_BYTES // (4 * vocab))
-        offset = logit_offset.to(device=device, dtype=torch.float32) if logit_offset is not None else None
-        for h_t, h_s in zip(ht, hs):
-            nt = t_model.final_norm(h_t).reshape(-1, h_t.shape[-1])  # (N, d)
-            ns = s_model.final_norm(h_s).reshape(-1, h_s.shape[-1])
-            for c0 in range(0, nt.shape[0], chunk):
-                zt = _logits(nt[c0 : c0 + chunk], head_t)  # (n, V)
-                zs = _logits(ns[c0 : c0 + chunk], head_s)
-                stats.update(zt, zs)
+        nt = torch.cat([t_model.final_norm(h).reshape(-1, h.shape[-1]) for h in ht])  # (N, d)
+        ns = torch.cat([s_model.final_norm(h).reshape(-1, h.shape[-1]) for h in hs])
+        del ht, hs
+        n_tok, d = nt.shape
+        stats, fixed = _OnlineLogitStats(n_tok, device), _OnlineLogitStats(n_tok, device)
+        vocab = t_model.reader.info("lm_head.weight").shape[0]
+        vb = max(1, HEAD_BLOCK_BYTES // (4 * d))
+        offset = logit_offset.to(device=device, dtype=torch.float64) if logit_offset is not None else None
+        for v0 in range(0, vocab, vb):
+            w_t = t_model.head_rows(v0, v0 + vb)  # (vb, d)
+            w_s = s_model.head_rows(v0, v0 + vb)
+            chunk = max(1, LOGIT_BLOCK_BYTES // (8 * w_t.shape[0]))
+            for c0 in range(0, n_tok, chunk):
+                rows = slice(c0, min(n_tok, c0 + chunk))
+                zt = (nt[rows] @ w_t.T).double()  # (n, vb)
+                zs = (ns[rows] @ w_s.T).double()
+                stats.update(rows, v0, zt, zs)
                 if offset is not None:
-                    fixed.update(zt, zs + offset)
+                    fixed.update(rows, v0, zt, zs + offset[v0 : v0 + w_t.shape[0]])
+            del w_t, w_s
         report: dict[str, Any] = {"n_tokens": int(ids.numel()), **stats.result(), "layer_rel_err": layer_err}
         if offset is not None:
             report["offset_corrected"] = fixed.result()
