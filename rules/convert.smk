@@ -4,10 +4,6 @@
 CONVERT = config["convert"]
 
 
-def convert_resources(wildcards):
-    return 1 if CONVERT["device"].startswith("cuda") else 0
-
-
 rule fetch_source:
     output:
         source=directory(R("sources", "{variant}")),
@@ -45,7 +41,7 @@ rule convert:
         "benchmarks/convert/{variant}-{norm}.tsv"
     threads: 2
     resources:
-        gpu=convert_resources,
+        gpu=1 if CONVERT["device"].startswith("cuda") else 0,
         mem_mb=8000,
         runtime=120,
     conda:

@@ -73,6 +73,12 @@ REPORT_ARTIFACTS = {
             if m in eval_models(v, "h6")
         ],
     ),
+    # Appendix A: the pilot's cosine(g, gamma) per norm site against step (train.pilot.variants).
+    "figure_pilot": (
+        "figure",
+        "pilot",
+        [((v, "pilot", ""), R(v, "pilot", "cosine.jsonl")) for v in PILOT.get("variants", []) if v in VARIANTS],
+    ),
 }
 REPORT_ARTIFACTS["figure_longctx"] = ("figure", "longctx", REPORT_ARTIFACTS["table_transfer_longctx"][2])
 REPORT_ARTIFACTS["figure_mtbench_categories"] = (
@@ -118,6 +124,7 @@ localrules:
     report_figure_mtbench_categories,
     report_figure_train_loss,
     report_figure_recovery,
+    report_figure_pilot,
 
 
 # ---- tables -------------------------------------------------------------------------------------------------
@@ -452,6 +459,36 @@ rule report_figure_recovery:
         **REPORT_PARAMS["figure_recovery"],
     log:
         "logs/report/figure_recovery.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_figure_pilot:
+    input:
+        REPORT_INPUTS["figure_pilot"],
+    output:
+        png=report(
+            REPORT_OUTPUTS["figure_pilot"]["png"],
+            caption="../report/figure_pilot.rst",
+            category="Figures",
+            labels={"figure": "Appendix A: pilot (RMSNorm weights vs LayerNorm weights)", "format": "PNG"},
+        ),
+        pdf=report(
+            REPORT_OUTPUTS["figure_pilot"]["pdf"],
+            caption="../report/figure_pilot.rst",
+            category="Figures",
+            labels={"figure": "Appendix A: pilot (RMSNorm weights vs LayerNorm weights)", "format": "PDF"},
+        ),
+    params:
+        **REPORT_PARAMS["figure_pilot"],
+    log:
+        "logs/report/figure_pilot.log",
     threads: 1
     resources:
         mem_mb=2000,

@@ -205,11 +205,12 @@ AGGREGATES = re.compile(r"^(all|report_\w+)$")
 @pytest.mark.slow
 def test_changing_xkd_z_lr_reruns_only_xkd_z_and_dependants(smoke, tmp_path):
     def change(cfg):
-        cfg["train"].setdefault("xkd_z", {})
-        cfg["train"]["xkd_z"]["lr"] = 0.5 * float(cfg["train"]["xkd_z"].get("lr", cfg["train"].get("lr", 1e-3)))
+        per_method = cfg["train"]["per_method"]
+        lr = (per_method.get("xkd_z") or {}).get("lr") or cfg["train"]["common"]["lr"]
+        per_method["xkd_z"] = {**(per_method.get("xkd_z") or {}), "lr": 0.5 * float(lr)}
 
     jobs = _changed_run(smoke, tmp_path, change)
-    assert jobs, "changing train.xkd_z.lr reran nothing"
+    assert jobs, "changing train.per_method.xkd_z.lr reran nothing"
     params_changed = [j for j in jobs if "Params have changed" in j["reason"]]
     assert params_changed and all(_touches(j, {"xkd_z"}) for j in params_changed), params_changed
     for job in jobs:
