@@ -114,6 +114,7 @@ class StreamingModel:
         )
         from transformers.models.stablelm.modeling_stablelm import StableLmDecoderLayer, StableLmRotaryEmbedding
 
+        from kept.mapping import LEGACY_KEYS
         from kept.orion import read_orion_config, stablelm_config
 
         self.directory = Path(directory)
@@ -125,7 +126,7 @@ class StreamingModel:
             layer_cls, rope_cls = StableLmDecoderLayer, StableLmRotaryEmbedding
             self.eps = self.config.layer_norm_eps
         else:
-            keep = {k: v for k, v in raw.items() if k not in ("rope_theta", "rope_scaling", "torch_dtype")}
+            keep = {k: v for k, v in raw.items() if k not in LEGACY_KEYS}
             self.config = LlamaConfig(**keep)
             layer_cls, rope_cls = LlamaDecoderLayer, LlamaRotaryEmbedding
             self.eps = self.config.rms_norm_eps

@@ -138,10 +138,12 @@ def llama_config(orion_cfg: dict[str, Any], *, norm: str, dtype: str) -> dict[st
     """config.json of the stock ``LlamaForCausalLM`` that holds the converted weights.
 
     Dimensions, context length, eps, rope_theta and the special ids are carried over; ``exact`` switches on
-    ``attention_bias`` and ``mlp_bias``. ``rope_theta``/``rope_scaling`` are written at top level too, so
-    transformers 4.x (which leaderboard stacks still run) reads the same RoPE as transformers 5.
+    ``attention_bias`` and ``mlp_bias``. The keys are those ``LlamaConfig.to_dict()`` writes (checked in the
+    tests), built here without importing transformers' model code, which would cost the converter ~130 MB of
+    resident memory. ``rope_theta``/``rope_scaling`` are written at top level too, so transformers 4.x (which
+    leaderboard stacks still run) reads the same RoPE as transformers 5.
     """
-    from transformers import LlamaConfig
+    from importlib.metadata import version
 
     if norm not in NORMS:
         raise MappingError(f"unknown norm mapping {norm!r}; expected one of {', '.join(NORMS)}")
@@ -150,35 +152,45 @@ def llama_config(orion_cfg: dict[str, Any], *, norm: str, dtype: str) -> dict[st
     heads = orion_cfg["num_attention_heads"]
     theta = float(orion_cfg.get("rope_theta", 10000.0))
     bias = norm == "exact"
-    cfg = LlamaConfig(
-        vocab_size=orion_cfg["vocab_size"],
-        hidden_size=orion_cfg["hidden_size"],
-        intermediate_size=orion_cfg["intermediate_size"],
-        num_hidden_layers=orion_cfg["num_hidden_layers"],
-        num_attention_heads=heads,
-        num_key_value_heads=orion_cfg.get("num_key_value_heads", heads),
-        hidden_act="silu",
-        max_position_embeddings=orion_cfg["max_position_embeddings"],
-        rms_norm_eps=float(orion_cfg.get("rms_norm_eps", 1e-5)),  # Orion's LayerNorm eps, same key
-        rope_parameters={"rope_type": "default", "rope_theta": theta},
-        attention_bias=bias,
-        mlp_bias=bias,
-        tie_word_embeddings=False,
-        bos_token_id=orion_cfg.get("bos_token_id", 1),
-        eos_token_id=orion_cfg.get("eos_token_id", 2),
-        pad_token_id=orion_cfg.get("pad_token_id", 0),
-        initializer_range=orion_cfg.get("initializer_range", 0.02),
-        dtype=dtype,
-        architectures=["LlamaForCausalLM"],
-    ).to_dict()
-    cfg["rope_theta"] = theta
-    cfg["rope_scaling"] = None
-    cfg["torch_dtype"] = dtype
-    return cfg
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": bias,
+        "attention_dropout": 0.0,
+        "bos_token_id": orion_cfg.get("bos_token_id", 1),
+        "dtype": dtype,
+        "eos_token_id": orion_cfg.get("eos_token_id", 2),
+        "head_dim": orion_cfg["hidden_size"] // heads,
+        "hidden_act": "silu",
+        "hidden_size": orion_cfg["hidden_size"],
+        "initializer_range": orion_cfg.get("initializer_range", 0.02),
+        "intermediate_size": orion_cfg["intermediate_size"],
+        "max_position_embeddings": orion_cfg["max_position_embeddings"],
+        "mlp_bias": bias,
+        "model_type": "llama",
+        "num_attention_heads": heads,
+        "num_hidden_layers": orion_cfg["num_hidden_layers"],
+        "num_key_value_heads": orion_cfg.get("num_key_value_heads", heads),
+        "pad_token_id": orion_cfg.get("pad_token_id", 0),
+        "pretraining_tp": 1,
+        "rms_norm_eps": float(orion_cfg.get("rms_norm_eps", 1e-5)),  # Orion's LayerNorm eps, same key
+        "rope_parameters": {"rope_theta": theta, "rope_type": "default"},
+        "tie_word_embeddings": False,
+        "transformers_version": version("transformers"),
+        "use_cache": True,
+        "vocab_size": orion_cfg["vocab_size"],
+        # for transformers 4.x readers
+        "rope_theta": theta,
+        "rope_scaling": None,
+        "torch_dtype": dtype,
+    }
+
+
+LEGACY_KEYS = ("rope_theta", "rope_scaling", "torch_dtype")
 
 
 def expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of a transformers model config, built on the meta device (no memory)."""
+    """Tensor names and shapes of a transformers model config, built on the meta device (no memory). Used by
+    the tests to check :func:`orion_shapes` and :func:`llama_shapes` against transformers itself."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -187,19 +199,42 @@ def expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def orion_shapes(orion_cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes an Orion checkpoint of this config must hold."""
-    from kept.orion import stablelm_config
+def _decoder_shapes(cfg: dict[str, Any], *, norm_bias: bool, linear_bias: bool) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the Llama-layout decoder, in transformers' state_dict order."""
+    v, d, inter = cfg["vocab_size"], cfg["hidden_size"], cfg["intermediate_size"]
+    heads = cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads", heads) * (d // heads)
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, d)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}"
+        for name, out, inp in (("self_attn.q_proj", d, d), ("self_attn.k_proj", kv, d), ("self_attn.v_proj", kv, d),
+                               ("self_attn.o_proj", d, d), ("mlp.gate_proj", inter, d), ("mlp.up_proj", inter, d),
+                               ("mlp.down_proj", d, inter)):
+            shapes[f"{p}.{name}.weight"] = (out, inp)
+            if linear_bias:
+                shapes[f"{p}.{name}.bias"] = (out,)
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            shapes[f"{p}.{name}.weight"] = (d,)
+            if norm_bias:
+                shapes[f"{p}.{name}.bias"] = (d,)
+    shapes["model.norm.weight"] = (d,)
+    if norm_bias:
+        shapes["model.norm.bias"] = (d,)
+    shapes["lm_head.weight"] = (v, d)
+    return shapes
 
-    return expected_shapes(stablelm_config(orion_cfg))
+
+def orion_shapes(orion_cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes an Orion checkpoint of this config must hold (LayerNorms with bias)."""
+    return _decoder_shapes(orion_cfg, norm_bias=True, linear_bias=False)
 
 
 def llama_shapes(llama_cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of the stock Llama model of this config.json."""
-    from transformers import LlamaConfig
-
-    cfg = {k: v for k, v in llama_cfg.items() if k not in ("rope_theta", "rope_scaling", "torch_dtype")}
-    return expected_shapes(LlamaConfig(**cfg))
+    """Tensor names and shapes of the stock Llama model of this config.json, in its state_dict order."""
+    bias = bool(llama_cfg.get("attention_bias"))
+    if bias != bool(llama_cfg.get("mlp_bias")):
+        raise MappingError("attention_bias and mlp_bias must agree for the Orion->Llama mapping")
+    return _decoder_shapes(llama_cfg, norm_bias=False, linear_bias=bias)
 
 
 def plan_conversion(

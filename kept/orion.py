@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import StableLmConfig, StableLmForCausalLM
 
 from kept.atomic import atomic_dir
 from kept.checkpoint import TensorReader
 from kept.errors import CheckpointError
+
+if TYPE_CHECKING:  # transformers' model code is imported where it is used: the converter does not need it
+    from transformers import StableLmConfig, StableLmForCausalLM
 
 # Keys an Orion config.json must carry for us to rebuild the model.
 REQUIRED_KEYS = (
@@ -61,8 +63,10 @@ def read_orion_config(directory: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def stablelm_config(cfg: dict[str, Any]) -> StableLmConfig:
+def stablelm_config(cfg: dict[str, Any]) -> "StableLmConfig":
     """The StableLm config that computes exactly the Orion forward pass of ``cfg``."""
+    from transformers import StableLmConfig
+
     return StableLmConfig(
         vocab_size=cfg["vocab_size"],
         hidden_size=cfg["hidden_size"],
@@ -89,19 +93,23 @@ def stablelm_config(cfg: dict[str, Any]) -> StableLmConfig:
     )
 
 
-def new_orion_model(cfg: dict[str, Any], *, dtype: torch.dtype = torch.float32) -> StableLmForCausalLM:
+def new_orion_model(cfg: dict[str, Any], *, dtype: torch.dtype = torch.float32) -> "StableLmForCausalLM":
     """A randomly initialised model with Orion's computation and tensor names."""
+    from transformers import StableLmForCausalLM
+
     model = StableLmForCausalLM(stablelm_config(cfg))
     return model.to(dtype)
 
 
 def load_teacher(
     directory: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
-) -> StableLmForCausalLM:
+) -> "StableLmForCausalLM":
     """Load an Orion checkpoint into the StableLm runtime, one tensor at a time, names unchanged.
 
     ``dtype=None`` keeps the dtype of the checkpoint's config (``torch_dtype``), float32 if absent.
     """
+    from transformers import StableLmForCausalLM
+
     directory = Path(directory)
     cfg = read_orion_config(directory)
     if dtype is None:
@@ -132,7 +140,7 @@ def load_teacher(
     return model.eval()
 
 
-def orion_config_dict(model: StableLmForCausalLM, **extra: Any) -> dict[str, Any]:
+def orion_config_dict(model: "StableLmForCausalLM", **extra: Any) -> dict[str, Any]:
     """Orion's config.json for a StableLm-runtime model (the inverse of :func:`stablelm_config`)."""
     c = model.config
     rope = c.rope_parameters or {}
@@ -165,7 +173,7 @@ def orion_config_dict(model: StableLmForCausalLM, **extra: Any) -> dict[str, Any
 
 
 def save_orion_checkpoint(
-    model: StableLmForCausalLM,
+    model: "StableLmForCausalLM",
     out_dir: str | Path,
     *,
     tokenizer_model: str | Path,

@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaForCausalL
 
 from kept.checkpoint import TensorReader
 from kept.convert import convert_checkpoint, parse_size
-from kept.mapping import NORMS, llama_shapes, orion_shapes, plan_conversion
-from kept.orion import load_teacher
+from kept.mapping import LEGACY_KEYS, NORMS, expected_shapes, llama_shapes, orion_shapes, plan_conversion
+from kept.orion import load_teacher, stablelm_config
 
 TOL = 1e-4
 
@@ -209,8 +209,11 @@ def test_full_orion14b_key_map_on_meta():
             "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "tie_word_embeddings": False,
             "hidden_act": "silu", "torch_dtype": "bfloat16"}
     longchat = {**base, "max_position_embeddings": 200000, "rope_theta": 50000000.0}
+    from transformers import LlamaConfig
+
     for cfg in (base, longchat):
         source = orion_shapes(cfg)
+        assert list(source.items()) == list(expected_shapes(stablelm_config(cfg)).items())  # = transformers' own
         assert len(source) == 40 * 11 + 4  # 7 projections + 2 LayerNorms x (w, b) per layer; embed, norm w/b, head
         source["model.layers.0.self_attn.rotary_emb.inv_freq"] = (64,)  # some checkpoints carry it
         for norm in NORMS:
@@ -223,7 +226,11 @@ def test_full_orion14b_key_map_on_meta():
             assert c["rope_theta"] == cfg["rope_theta"] == c["rope_parameters"]["rope_theta"]
             assert c["max_position_embeddings"] == cfg["max_position_embeddings"]
             assert c["attention_bias"] is (norm == "exact") and c["dtype"] == "bfloat16"
+            hf = LlamaConfig(**{k: v for k, v in c.items() if k not in LEGACY_KEYS})
+            written_by_hf = json.loads(hf.to_json_string())  # what LlamaConfig.save_pretrained writes
+            assert {k: v for k, v in c.items() if k not in LEGACY_KEYS} == written_by_hf
             target = llama_shapes(c)
+            assert list(target.items()) == list(expected_shapes(hf).items())
             written = {s.target: s.shape for s in plan.steps}
             assert written == target  # no missing, no unexpected keys, shapes agree
             assert len(written) == 40 * (9 + (7 if norm == "exact" else 0)) + 3

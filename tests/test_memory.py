@@ -1,6 +1,6 @@
 """Memory bound of a conversion, measured from a child process on a 376 MiB checkpoint (3 pickled shards).
 
-The child imports kept.convert (torch + transformers, ~370 MB resident on its own), records VmRSS, converts,
+The child imports kept.convert and the transformers model code (~370 MB resident), records VmRSS, converts,
 then reads its peak resident memory (VmHWM; per process image, so the parent's memory does not leak into it
 as it does into ``ru_maxrss`` across fork+exec). The bound is on what the conversion adds (MiB):
 
@@ -38,8 +38,11 @@ def status(key):
                 return int(line.split()[1]) * 1024
 
 from kept.convert import convert_checkpoint
-import kept.fidelity, kept.mapping, kept.tokenizer  # noqa: F401  (imports are not the conversion's memory)
-from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: F401
+# imports are not the conversion's memory: load the model code the fidelity pass uses before measuring
+import kept.fidelity, kept.mapping, kept.tokenizer  # noqa: F401
+from transformers import PreTrainedTokenizerFast  # noqa: F401
+from transformers.models.llama import modeling_llama  # noqa: F401
+from transformers.models.stablelm import modeling_stablelm  # noqa: F401
 
 before = status("VmRSS")
 convert_checkpoint(source=sys.argv[1], output=sys.argv[2], norm="exact", fidelity_tokens=int(sys.argv[3]),
