@@ -5,7 +5,7 @@ the given sequences: the XKD-z objective. Both trainers get the same tiny studen
 Orion teacher by the paper's mapping), the same frozen teacher (Orion on the StableLm runtime), the same packed
 sequences, batch, AdamW settings and cosine schedule, on CPU in float32 with one thread. Each run is a fresh
 process; throughput is steady-state tokens/s between the end of a warm-up step and the last step; memory is the
-process's peak RSS. TRL is a bench-only dependency (requirements.txt pins the release used).
+process's peak RSS. TRL is a bench-only dependency (bench/requirements.txt pins the release used).
 
     .venv/bin/python -m bench.bench_trainer [--quick]
 """
