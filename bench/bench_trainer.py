@@ -142,11 +142,11 @@ def _worker(kind: str, world: dict, **kw) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    out = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
-    if kind == "trl":
-        res = _trl(world, out=out, **kw)
-    else:
-        res = _ours(world, out=out, recompute=(kind == "ours_recompute"), **kw)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp:
+        if kind == "trl":
+            res = _trl(world, out=Path(tmp), **kw)
+        else:
+            res = _ours(world, out=Path(tmp), recompute=(kind == "ours_recompute"), **kw)
     res["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return res
 
