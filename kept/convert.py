@@ -113,8 +113,12 @@ class _Source:
     def _check(self, t: torch.Tensor, name: str) -> None:
         if not t.is_floating_point():
             return
-        for blk in self.blocks(t):
-            if not bool(torch.isfinite(blk.sum())):  # NaN or Inf anywhere makes the float64 sum non-finite
+        flat = t.reshape(-1)
+        step = 1 << 20
+        for i in range(0, flat.numel(), step):
+            # A float64 sum of 2^20 finite bf16/fp16/fp32 values cannot overflow, so it is finite exactly when
+            # the chunk holds no NaN or Inf (and it is ~5x faster than torch.isfinite on bf16).
+            if not bool(torch.isfinite(flat[i : i + step].sum(dtype=torch.float64))):
                 raise CheckpointError(f"{self.where}: tensor {name!r} contains NaN or Inf")
 
     def rows(self, t: torch.Tensor) -> int:

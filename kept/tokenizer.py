@@ -210,16 +210,27 @@ def load_hf_tokenizer(directory: str | Path) -> Any:
 def write_tokenizer(
     *, model_file: str | Path, output: str | Path, model_max_length: int, chat_template: str | None = None
 ) -> None:
-    """Write a converted model's tokenizer files: ``tokenizer.json`` (stock fast tokenizer), the original
-    ``tokenizer.model``, ``tokenizer_config.json`` (``add_bos_token``/``add_eos_token`` false, as Orion) and
-    ``special_tokens_map.json``; with ``chat_template`` the Jinja chat template."""
+    """Write a converted model's tokenizer files: ``tokenizer.json`` (for the stock ``PreTrainedTokenizerFast``),
+    the original ``tokenizer.model``, ``tokenizer_config.json`` (``add_bos_token``/``add_eos_token`` false, as
+    Orion; with ``chat_template`` the Jinja chat template, where transformers 4.x and 5.x both read it) and
+    ``special_tokens_map.json``. Written with the ``tokenizers`` library alone (importing transformers would
+    cost the converter seconds and memory); the tests load the result with ``AutoTokenizer``."""
     import shutil
 
     output = Path(output)
-    tok = hf_tokenizer_from_sp(model_file, model_max_length=model_max_length, chat_template=chat_template)
-    tok.save_pretrained(str(output))
+    proto = load_sp_proto(model_file)
+    build_tokenizer(model_file).save(str(output / "tokenizer.json"))
     shutil.copyfile(model_file, output / "tokenizer.model")
-    cfg_path = output / "tokenizer_config.json"
-    cfg = _json(cfg_path)
-    cfg.update({"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": False})
-    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+    specials = {k: v for k, v in special_tokens(proto).items() if v is not None}
+    cfg: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **specials,
+        "model_max_length": int(model_max_length),
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,  # decode like SentencePiece
+    }
+    if chat_template:
+        cfg["chat_template"] = chat_template
+    (output / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+    (output / "special_tokens_map.json").write_text(json.dumps(specials, indent=2, ensure_ascii=False) + "\n")

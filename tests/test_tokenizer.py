@@ -91,6 +91,7 @@ def test_orion_dir_and_converted_dir_tokenize_alike(tmp_path):
         assert orion_tok(text)["input_ids"] == want
         assert converted(text)["input_ids"] == want
         assert converted.encode(text) == want
+        assert converted.decode(want) == sp.decode(want)
     assert (converted.bos_token_id, converted.eos_token_id, converted.unk_token_id) == (1, 2, 0)
     assert converted.pad_token == "<unk>"
     # special-token strings become their ids, as in any HF tokenizer
