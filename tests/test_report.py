@@ -193,6 +193,15 @@ def test_mtbench_table_both_formats(tmp_path):
     assert frame.loc["OPM + XKD-z", "Avg (paper)"] == paper.TABLE4["chat"]["xkd_z"][2]
     mask = best_mask(table).set_index(table.frame.Model)
     assert mask.loc["OPM + XKD-z", "Avg (Orion)"] and not mask.loc["Original (teacher)", "Avg (Orion)"]
+    obj = json.loads(Path(items[1].path).read_text())
+    obj["turn2"] = None  # every turn-2 judgment failed: a gap, not a number
+    items[1] = Item("chat", items[1].model, _dump(tmp_path / "failed.json", obj), items[1].tag)
+    frame = mtbench_table(items=items, train_init="paper", paper_reference=False).frame
+    assert math.isnan(frame.set_index("Model").loc["OPM", "Turn 2 (Orion)"])
+    obj["turn1"] = "7"
+    with pytest.raises(KeptError, match="'turn1' is not a finite number"):
+        mtbench_table(items=[Item("chat", "init-paper", _dump(tmp_path / "str.json", obj), "orion")],
+                      train_init="paper", paper_reference=False)
     bad = Item("chat", "ut", items[3].path, "llama3")  # an orion file wired as llama3
     with pytest.raises(KeptError, match="'format'"):
         mtbench_table(items=[bad], train_init="paper", paper_reference=False)

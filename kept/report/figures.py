@@ -21,7 +21,7 @@ import seaborn as sns  # noqa: E402
 from kept.atomic import atomic_file  # noqa: E402
 from kept.errors import KeptError  # noqa: E402
 from kept.report.inputs import Item, check_labels, check_number, get, number, read_json, read_jsonl  # noqa: E402
-from kept.report.tables import FORMAT_NAMES, model_label, read_longctx  # noqa: E402
+from kept.report.tables import FORMAT_NAMES, judged, model_label, read_longctx  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, *, png: str | Path, pdf: str | Path, dpi: int) -> None:
@@ -175,7 +175,7 @@ def mtbench_category_frame(*, items: list[Item], train_init: str) -> pd.DataFram
                 raise KeptError(f"{where}: expected an object")
             rows.append({"variant": it.variant, "model": model_label(it.model, train_init=train_init),
                          "format": FORMAT_NAMES.get(it.tag, it.tag), "category": cat,
-                         "score": number(scores, "average", path=where, lo=1.0, hi=10.0)})
+                         "score": judged(scores, "average", path=where)})
     return pd.DataFrame(rows)
 
 

@@ -126,6 +126,13 @@ def h6_table(*, items: list[Item], train_init: str, paper_reference: bool) -> Ta
                           formats={c: ".2f" for c in columns}, contender=contender)
 
 
+def judged(obj: dict, key: str, *, path: str) -> float:
+    """An MT-Bench score (1-10). null = every judgment of that cell failed: shown as "–", never invented."""
+    if get(obj, key, path=path) is None:
+        return math.nan
+    return number(obj, key, path=path, lo=1.0, hi=10.0)
+
+
 def mtbench_table(*, items: list[Item], train_init: str, paper_reference: bool) -> Table:
     """Table 4: MT-Bench turn 1 / turn 2 / average per chat format (``Item.tag``), on 1-10."""
     keys = _group_rows(items, what="MT-Bench table")
@@ -141,7 +148,7 @@ def mtbench_table(*, items: list[Item], train_init: str, paper_reference: bool) 
             raise KeptError(f"{it.path}: key 'format' is {obj['format']!r}, expected {it.tag!r}")
         fmt = FORMAT_NAMES[it.tag]
         for key, head in (("turn1", "Turn 1"), ("turn2", "Turn 2"), ("average", "Avg")):
-            cells[(it.variant, it.model)][f"{head} ({fmt})"] = number(obj, key, path=it.path, lo=1.0, hi=10.0)
+            cells[(it.variant, it.model)][f"{head} ({fmt})"] = judged(obj, key, path=it.path)
     columns = [f"{h} ({FORMAT_NAMES[f]})" for f in formats for h in ("Turn 1", "Turn 2", "Avg")]
     if paper_reference:
         columns += ["Turn 1 (paper)", "Turn 2 (paper)", "Avg (paper)"]
