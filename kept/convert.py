@@ -114,11 +114,11 @@ class _Source:
         if not t.is_floating_point():
             return
         flat = t.reshape(-1)
-        step = 1 << 20
+        step = 1 << 17  # temporaries below the mmap threshold (bound_heap), so they are reused, not faulted in
         for i in range(0, flat.numel(), step):
-            # A float64 sum of 2^20 finite bf16/fp16/fp32 values cannot overflow, so it is finite exactly when
-            # the chunk holds no NaN or Inf (and it is ~5x faster than torch.isfinite on bf16).
-            if not bool(torch.isfinite(flat[i : i + step].sum(dtype=torch.float64))):
+            # max |x| is NaN if any element is NaN (torch's max propagates NaN) and Inf if any is infinite: one
+            # vectorised pass, several times faster than torch.isfinite(...).all() on bf16.
+            if not bool(torch.isfinite(flat[i : i + step].abs().max())):
                 raise CheckpointError(f"{self.where}: tensor {name!r} contains NaN or Inf")
 
     def rows(self, t: torch.Tensor) -> int:
@@ -180,8 +180,9 @@ def _produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, 
             yield src.cast(blk, out_dtype)
     elif op == "center_out":  # [out, in] projection into the stream: W - W.mean(dim=0)
         col = torch.zeros(t.shape[1:], dtype=torch.float64)
+        ones = torch.ones(src.rows(t), dtype=torch.float64)
         for blk in src.blocks(t):
-            col += blk.sum(dim=0)
+            col += ones[: blk.shape[0]] @ blk  # column sums (a BLAS pass; sum(dim=0) is strided and slower)
         col /= t.shape[0]
         for blk in src.blocks(t):
             blk -= col
