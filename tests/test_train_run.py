@@ -195,7 +195,7 @@ def test_pilot_norm_weights_move_toward_gamma(tiny_world, tmp_path):
     summary = run_pilot(PilotConfig(student=str(tiny_world["students"]["paper"]), teacher=str(tiny_world["teacher"]),
                                     corpus=str(tiny_world["corpus"]), output=str(out), work_dir=str(tmp_path / "pilot"),
                                     objective="xkd_h", steps=150, lr=0.1, batch_size=4, log_every=50,
-                                    progress=False))
+                                    init_mean=0.0, init_std=1.0, progress=False))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["step"] == 0 and rows[-1]["step"] == 150
     assert len(rows[0]["cos"]) == 4  # 2 layers x 2 sites (the final norm gets no XKD-h signal)

@@ -350,6 +350,10 @@ def fit(
         if log_fh:
             log_fh.close()
     seconds = elapsed_before + time.perf_counter() - t0
+    if main and start_step > 0:  # lines from before a resume count too
+        lines = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if lines:
+            first_loss, last_loss, last_metric = lines[0]["loss"], lines[-1]["loss"], lines[-1].get(metric)
 
     # ---- export ----------------------------------------------------------------------------------------------
     summary = {
