@@ -18,7 +18,7 @@ rule train:
         work_dir=lambda w: R(w.variant, w.method),
         launcher=TRAIN["launcher"],
         num_processes=TRAIN["num_processes"],
-        accelerate_config=accelerate_config(),
+        accelerate_profile=accelerate_profile(),
     log:
         "logs/train/{variant}-{method}.log",
     benchmark:

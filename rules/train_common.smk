@@ -19,10 +19,9 @@ def train_settings(method):
     return settings
 
 
-def accelerate_config():
-    if TRAIN["launcher"] != "accelerate":
-        return None
-    return str(Path(workflow.basedir, "profiles", "accelerate", f"{TRAIN['accelerate_profile']}.yaml"))
+def accelerate_profile():
+    """Name of the accelerate config under profiles/accelerate/ (None unless launcher is accelerate)."""
+    return TRAIN["accelerate_profile"] if TRAIN["launcher"] == "accelerate" else None
 
 
 def train_input(wildcards):

@@ -2,6 +2,7 @@
 
 import logging
 import sys
+from pathlib import Path
 
 import torch
 
@@ -24,6 +25,7 @@ cfg = TrainConfig(
     work_dir=p.work_dir,
     **p.settings,
 )
-summary = launch(cfg, launcher=p.launcher, num_processes=p.num_processes, accelerate_config=p.accelerate_config,
-                 log_file=smk.log[0])
+profile = p.accelerate_profile and Path(smk.scriptdir).parent / "profiles" / "accelerate" / f"{p.accelerate_profile}.yaml"
+summary = launch(cfg, launcher=p.launcher, num_processes=p.num_processes,
+                 accelerate_config=str(profile) if profile else None, log_file=smk.log[0])
 logging.info("done: %s", summary)
