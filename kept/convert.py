@@ -30,6 +30,7 @@ from kept.orion import DTYPES, read_orion_config
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 8 * 2**20  # float64 working block of the row-wise arithmetic
+STAGING_BYTES = 16 * 2**20  # output bytes gathered per write call
 INDEX = "model.safetensors.index.json"
 GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
 
@@ -71,9 +72,9 @@ def parse_size(text: str | int) -> int:
 # ---- tensor arithmetic (float64, row blocks) --------------------------------------------------------------
 #
 # Memory discipline: every source tensor is read into one reusable buffer sized for the largest tensor, and the
-# float64 arithmetic runs on row blocks in one reusable float64 work buffer, cast into one reusable output
-# buffer that is written out before the next block is computed. Nothing else of a tensor's size is allocated,
-# so the resident memory stays near the largest tensor plus two blocks, without allocator fragmentation.
+# float64 arithmetic runs on row blocks in one reusable float64 work buffer, cast into one reusable staging
+# buffer that is written out when full. Nothing else of a tensor's size is allocated, so the resident memory
+# stays near the largest tensor plus the two buffers, without allocator fragmentation.
 
 
 class _Source:
@@ -89,7 +90,6 @@ class _Source:
         self._name: str | None = None
         self._tensor: torch.Tensor | None = None
         self._work = torch.empty(BLOCK_BYTES // 8, dtype=torch.float64)
-        self._out = torch.empty(BLOCK_BYTES, dtype=torch.uint8)
 
     def get(self, name: str) -> torch.Tensor:
         """The tensor, checked finite; valid until the next call for a different large tensor."""
@@ -138,24 +138,16 @@ class _Source:
             work.copy_(src)
             yield work
 
-    def cast(self, block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``block`` cast into the reusable output buffer."""
-        need = block.numel() * dtype.itemsize
-        if need > self._out.numel():
-            self._out = torch.empty(need, dtype=torch.uint8)
-        out = self._out[:need].view(dtype).view(block.shape)
-        out.copy_(block)
-        return out
-
 
 def _produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, torch.Tensor]) -> Iterator[torch.Tensor]:
-    """Blocks of the target tensor, in row-major order, cast to ``out_dtype`` (each valid until the next)."""
+    """Blocks of the target tensor in row-major order (any dtype: the writer casts them to ``out_dtype``); each
+    block is valid until the next one is asked for."""
     op = step.op
     if op == "zeros":
         yield torch.zeros(step.shape, dtype=out_dtype)
         return
     if op == "fit_gain":
-        yield gains[step.target].to(out_dtype)
+        yield gains[step.target]
         return
     if op == "fold":  # b = W @ beta, W [out, in]
         w = src.get(step.sources[0])  # the weight its copy step just read (cached)
@@ -165,19 +157,20 @@ def _produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, 
         for blk in src.blocks(w):
             torch.mv(blk, beta, out=bias[r : r + blk.shape[0]])
             r += blk.shape[0]
-        yield bias.to(out_dtype)
+        yield bias
         return
     t = src.get(step.sources[0])
     if op in ("copy", "gain"):
-        if t.dtype == out_dtype:
+        if t.dtype == out_dtype or t.dim() == 0:
             yield t  # NPM: the bytes as read
         else:
-            for blk in src.blocks(t):
-                yield src.cast(blk, out_dtype)
+            rows = src.rows(t)
+            for r in range(0, t.shape[0], rows):
+                yield t[r : r + rows]  # cast (one rounding) by the writer
     elif op == "center_rows":  # rows written into the stream: E - E.mean(dim=1)
         for blk in src.blocks(t):
             blk -= blk.mean(dim=1, keepdim=True)
-            yield src.cast(blk, out_dtype)
+            yield blk
     elif op == "center_out":  # [out, in] projection into the stream: W - W.mean(dim=0)
         col = torch.zeros(t.shape[1:], dtype=torch.float64)
         ones = torch.ones(src.rows(t), dtype=torch.float64)
@@ -186,7 +179,7 @@ def _produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, 
         col /= t.shape[0]
         for blk in src.blocks(t):
             blk -= col
-            yield src.cast(blk, out_dtype)
+            yield blk
     else:  # pragma: no cover - plan_conversion only emits the ops above
         raise AssertionError(f"unknown op {op!r}")
 
@@ -232,11 +225,35 @@ def _header(shard: _Shard, out_dtype: torch.dtype) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _write_bytes(fh: BinaryIO, block: torch.Tensor) -> int:
-    flat = block.contiguous().reshape(-1)
-    data = flat.view(torch.uint8) if flat.dtype.itemsize > 1 or flat.dtype != torch.uint8 else flat
-    fh.write(memoryview(data.numpy()))
-    return data.numel()
+class _StagedWriter:
+    """Writes tensor bytes to a file. Blocks are cast to the output dtype straight into one staging buffer
+    (one pass, no separate cast buffer) and written out in large ``write`` calls; a whole tensor that is already
+    in the output dtype is written directly from where it was read."""
+
+    def __init__(self, fh: BinaryIO, staging: torch.Tensor, dtype: torch.dtype) -> None:
+        self.fh = fh
+        self.staging = staging  # 1-D uint8
+        self.dtype = dtype
+        self.used = 0
+
+    def write(self, block: torch.Tensor) -> int:
+        n = block.numel() * self.dtype.itemsize
+        if block.dtype == self.dtype and n > self.staging.numel() // 2:
+            self.flush()
+            self.fh.write(memoryview(block.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            return n
+        if n > self.staging.numel():
+            self.staging = torch.empty(n, dtype=torch.uint8)
+        if self.used + n > self.staging.numel():
+            self.flush()
+        self.staging[self.used : self.used + n].view(self.dtype).view(block.shape).copy_(block)  # cast
+        self.used += n
+        return n
+
+    def flush(self) -> None:
+        if self.used:
+            self.fh.write(memoryview(self.staging[: self.used].numpy()))
+            self.used = 0
 
 
 def write_weights(
@@ -254,16 +271,19 @@ def write_weights(
     else:
         src = _Source(reader, reader.directory, [n for step in plan.steps for n in step.sources])
     shards = plan_shards(plan.steps, itemsize=out_dtype.itemsize, max_bytes=max_shard_size)
+    staging = torch.empty(STAGING_BYTES, dtype=torch.uint8)
     weight_map: dict[str, str] = {}
     for shard in shards:
         with open(out_dir / shard.name, "wb") as fh:
             fh.write(_header(shard, out_dtype))
+            writer = _StagedWriter(fh, staging, out_dtype)
             for step in shard.steps:
                 want = math.prod(step.shape) * out_dtype.itemsize
-                got = sum(_write_bytes(fh, blk) for blk in _produce(step, src, out_dtype, gains or {}))
+                got = sum(writer.write(blk) for blk in _produce(step, src, out_dtype, gains or {}))
                 if got != want:  # pragma: no cover - guards the header/data agreement
                     raise AssertionError(f"{step.target}: wrote {got} bytes, header says {want}")
                 weight_map[step.target] = shard.name
+            writer.flush()
         log.info("wrote %s (%d tensors)", shard.name, len(shard.steps))
     total = sum(s.nbytes(out_dtype.itemsize) for s in shards)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
