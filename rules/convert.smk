@@ -4,6 +4,11 @@
 CONVERT = config["convert"]
 
 
+# The download needs the network, which cluster compute nodes often lack: run it on the submitting host.
+localrules:
+    fetch_source,
+
+
 rule fetch_source:
     output:
         source=directory(R("sources", "{variant}")),

@@ -179,6 +179,33 @@ def test_fidelity_report(world):
     assert paper["layer_rel_err"][0] == 0.0  # the embedding is copied
 
 
+@pytest.mark.parametrize("norm", ["paper", "fit"])
+def test_fidelity_metrics_match_full_models(world, norm):
+    """The layer-streaming, vocabulary-blocked metrics equal those computed from the full HF models (teacher
+    runtime and stock Llama student) with output_hidden_states, on the same calibration ids."""
+    from kept.fidelity import calibration_tokens
+
+    ids = calibration_tokens(world["corpus"], n_tokens=64, from_end=True)
+    teacher = load_teacher(world["src"], dtype=torch.float32)
+    student = AutoModelForCausalLM.from_pretrained(world["outs"][norm], trust_remote_code=False).eval()
+    with torch.no_grad():
+        t_out = teacher(ids, output_hidden_states=True)
+        s_out = student(ids, output_hidden_states=True)
+    zt, zs = t_out.logits.double(), s_out.logits.double()
+    lt, ls = zt.log_softmax(-1), zs.log_softmax(-1)
+    kl = (lt.exp() * (lt - ls)).sum(-1)
+    rep = world["reports"][norm]
+    assert rep["kl_mean"] == pytest.approx(float(kl.mean()), rel=1e-4)
+    assert rep["kl_max"] == pytest.approx(float(kl.max()), rel=1e-4)
+    assert rep["top1_agreement"] == pytest.approx(float((zt.argmax(-1) == zs.argmax(-1)).double().mean()))
+    assert rep["max_abs_dlogit"] == pytest.approx(float((zt - zs).abs().max()), rel=1e-4)
+    # slots 0..L-1: HF's hidden_states[i] is the stream entering layer i (the last entry is after the final norm)
+    for i in range(teacher.config.num_hidden_layers):
+        t, st = t_out.hidden_states[i].double(), s_out.hidden_states[i].double()
+        want = float((st - t).norm() / t.norm())
+        assert rep["layer_rel_err"][i] == pytest.approx(want, rel=1e-4, abs=1e-7), i
+
+
 def test_dtype_and_shards(tmp_path, world):
     """--dtype bfloat16 casts every tensor; --max-shard-size splits the safetensors shards."""
     out = tmp_path / "bf16"
