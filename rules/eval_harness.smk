@@ -42,10 +42,10 @@ rule eval_recovery:
     input:
         unpack(recovery_input),
     output:
-        summary=R("{variant}", "recovery", "{method}", "step-{step}.json"),
-        raw=directory(R("{variant}", "recovery", "{method}", "step-{step}")),
+        summaries=expand(R("{{variant}}", "recovery", "{{method}}", "step-{step}.json"), step=snapshot_steps()),
+        raw=directory(R("{variant}", "recovery", "{method}", "raw")),
     params:
-        step="{step}",
+        steps=snapshot_steps(),
         method="{method}",
         variant="{variant}",
         tasks=recovery_tasks(),
@@ -54,9 +54,9 @@ rule eval_recovery:
         dtype=EVAL["dtype"],
         device=EVAL["device"],
     log:
-        "logs/eval_recovery/{variant}-{method}-{step}.log",
+        "logs/eval_recovery/{variant}-{method}.log",
     benchmark:
-        "benchmarks/eval_recovery/{variant}-{method}-{step}.tsv"
+        "benchmarks/eval_recovery/{variant}-{method}.tsv"
     threads: 1
     resources:
         gpu=eval_gpu,

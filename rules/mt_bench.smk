@@ -24,17 +24,20 @@ rule mtbench_data:
         "../scripts/mtbench_data.py"
 
 
-rule mtbench_answer:
+rule mtbench_answer_teacher:
+    # One job per model answers in each of its formats (one model load); teachers answer in the teacher formats.
     input:
         model=model_input,
         questions=MTB_FILES["questions"],
     output:
-        answers=R("{variant}", "mtbench", "model_answer", "{model}-{fmt}.jsonl"),
+        answers=expand(
+            R("{{variant}}", "mtbench", "model_answer", "{{model}}-{fmt}.jsonl"), fmt=mtbench_formats("teacher")
+        ),
     wildcard_constraints:
-        fmt="orion|llama3",
+        model="teacher",
     params:
-        model_id="{model}-{fmt}",
-        chat_format="{fmt}",
+        model="{model}",
+        formats=mtbench_formats("teacher"),
         max_new_tokens=MTB["max_new_tokens"],
         temperatures=MTB["temperatures"],
         default_temperature=MTB["default_temperature"],
@@ -44,9 +47,9 @@ rule mtbench_answer:
         dtype=EVAL["dtype"],
         device=EVAL["device"],
     log:
-        "logs/mtbench_answer/{variant}-{model}-{fmt}.log",
+        "logs/mtbench_answer/{variant}-{model}.log",
     benchmark:
-        "benchmarks/mtbench_answer/{variant}-{model}-{fmt}.tsv"
+        "benchmarks/mtbench_answer/{variant}-{model}.tsv"
     threads: 1
     resources:
         gpu=eval_gpu,
@@ -58,17 +61,60 @@ rule mtbench_answer:
         "../scripts/mtbench_answer.py"
 
 
+rule mtbench_answer_student:
+    # Converted and trained students answer in every student format (Llama-3 and Orion by default).
+    input:
+        model=model_input,
+        questions=MTB_FILES["questions"],
+    output:
+        answers=expand(
+            R("{{variant}}", "mtbench", "model_answer", "{{model}}-{fmt}.jsonl"), fmt=mtbench_formats("student")
+        ),
+    wildcard_constraints:
+        model="|".join([f"init-{n}" for n in NORMS] + METHODS),
+    params:
+        model="{model}",
+        formats=mtbench_formats("student"),
+        max_new_tokens=MTB["max_new_tokens"],
+        temperatures=MTB["temperatures"],
+        default_temperature=MTB["default_temperature"],
+        batch_size=MTB["batch_size"],
+        question_limit=MTB["question_limit"],
+        seed=config["seed"],
+        dtype=EVAL["dtype"],
+        device=EVAL["device"],
+    log:
+        "logs/mtbench_answer/{variant}-{model}.log",
+    benchmark:
+        "benchmarks/mtbench_answer/{variant}-{model}.tsv"
+    threads: 1
+    resources:
+        gpu=eval_gpu,
+        mem_mb=60000 if EVAL["device"].startswith("cuda") else 4000,
+        runtime=480 if EVAL["device"].startswith("cuda") else 30,
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../scripts/mtbench_answer.py"
+
+
 rule mtbench_judge:
+    # Judgments of one answer file, then its summary (a file with no valid judgment fails here: no fake score).
     input:
         unpack(mtbench_judge_input),
     output:
         judgments=R("{variant}", "mtbench", "judgments", "{model}-{fmt}.jsonl"),
+        summary=R("{variant}", "eval", "{model}", "mtbench-{fmt}.json"),
     wildcard_constraints:
         fmt="orion|llama3",
     params:
         # the judge's settings; for an API judge only the NAME of the key's environment variable
         judge={k: v for k, v in (MTB_JUDGE or {}).items()},
+        judge_name=mtbench_judge_name(),
         question_limit=MTB["question_limit"],
+        model="{model}",
+        variant="{variant}",
+        chat_format="{fmt}",
     log:
         "logs/mtbench_judge/{variant}-{model}-{fmt}.log",
     benchmark:
@@ -80,28 +126,6 @@ rule mtbench_judge:
         "../envs/eval.yaml"
     script:
         "../scripts/mtbench_judge.py"
-
-
-rule mtbench_summary:
-    input:
-        judgments=R("{variant}", "mtbench", "judgments", "{model}-{fmt}.jsonl"),
-        questions=MTB_FILES["questions"],
-    output:
-        summary=R("{variant}", "eval", "{model}", "mtbench-{fmt}.json"),
-    wildcard_constraints:
-        fmt="orion|llama3",
-    params:
-        model="{model}",
-        variant="{variant}",
-        chat_format="{fmt}",
-        judge=mtbench_judge_name(),
-    log:
-        "logs/mtbench_summary/{variant}-{model}-{fmt}.log",
-    threads: 1
-    conda:
-        "../envs/eval.yaml"
-    script:
-        "../scripts/mtbench_summary.py"
 
 
 rule mtbench_collect:
@@ -120,7 +144,6 @@ rule mtbench_collect:
 
 
 localrules:
-    mtbench_summary,
     mtbench_collect,
 
 

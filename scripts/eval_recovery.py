@@ -1,4 +1,4 @@
-"""Snakemake script (rules/eval_harness.smk): the recovery subset of H6 on one training snapshot."""
+"""Snakemake script (rules/eval_harness.smk): the recovery subset of H6 on every snapshot of one method."""
 
 import logging
 import sys
@@ -14,9 +14,10 @@ torch.set_num_threads(smk.threads)
 
 p = smk.params
 h = p.harness
-(summary,) = run_recovery(RecoveryConfig(
+summaries = run_recovery(RecoveryConfig(
     snapshots=smk.input.snapshots,
-    outputs={int(p.step): smk.output.summary},
+    outputs=dict(zip(p.steps, smk.output.summaries)),
+    raw_dir=smk.output.raw,
     tasks=[TaskSpec.from_dict(t, where=f"eval.recovery[{i}]") for i, t in enumerate(p.tasks)],
     method=p.method,
     variant=p.variant,
@@ -27,4 +28,4 @@ h = p.harness
         device=p.device,
     ),
 ))
-logging.info("done: step %s average %s", summary["step"], summary["average"])
+logging.info("done: %s", {s["step"]: s["average"] for s in summaries})

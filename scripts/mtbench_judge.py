@@ -1,4 +1,4 @@
-"""Snakemake script (rules/mt_bench.smk): judge one MT-Bench answer file (FastChat single grading).
+"""Snakemake script (rules/mt_bench.smk): judge one MT-Bench answer file (FastChat single grading), summarize.
 
 The API key is read here from the environment variable NAMED in the config; it is never a param, never logged."""
 
@@ -7,6 +7,7 @@ import os
 import sys
 
 from kept.eval.judge import JudgeConfig, run_judge_job
+from kept.eval.mtbench import summarize_judgments
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
@@ -27,3 +28,13 @@ records = run_judge_job(
     environ=os.environ,
 )
 logging.info("done: %d judgments, %d failed", len(records), sum(r["score"] == -1 for r in records))
+s = summarize_judgments(
+    judgments=smk.output.judgments,
+    questions=smk.input.questions,
+    output=smk.output.summary,
+    model=p.model,
+    variant=p.variant,
+    chat_format=p.chat_format,
+    judge=p.judge_name,
+)
+logging.info("summary: turn1 %s turn2 %s average %s", s["turn1"], s["turn2"], s["average"])

@@ -134,7 +134,7 @@ def test_recovery_evaluates_each_snapshot(world, tmp_path):
     spec = TaskSpec(name="MC", task="tiny_mc", shots=0, metric="acc,none")
     out = run_recovery(RecoveryConfig(
         snapshots=str(snaps), outputs={10: str(tmp_path / "rec" / "step-10.json"),
-                                       20: str(tmp_path / "rec" / "step-20.json")},
+                                       20: str(tmp_path / "rec" / "step-20.json")}, raw_dir=str(tmp_path / "raw"),
         tasks=[spec], method="xkd_z", variant="base",
         harness={"task_dir": str(world["tasks"]), "include_defaults": False, "batch_size": 4, "bootstrap_iters": 0},
     ))
@@ -142,10 +142,12 @@ def test_recovery_evaluates_each_snapshot(world, tmp_path):
     for step in (10, 20):
         s = json.loads((tmp_path / "rec" / f"step-{step}.json").read_text())
         assert s["model"] == "xkd_z" and s["method"] == "xkd_z" and s["step"] == step
+        assert (tmp_path / "raw" / f"step-{step}" / "samples_tiny_mc.jsonl").is_file()
         assert s["columns"][0]["value"] == pytest.approx(
             _expected_acc(snaps / f"step-{step}", world["tasks"] / "tiny_mc.test.jsonl"))
     with pytest.raises(KeptError, match="step-30"):
-        run_recovery(RecoveryConfig(snapshots=str(snaps), outputs={30: str(tmp_path / "x.json")}, tasks=[spec]))
+        run_recovery(RecoveryConfig(snapshots=str(snaps), outputs={30: str(tmp_path / "x.json")},
+                                    raw_dir=str(tmp_path / "raw30"), tasks=[spec]))
 
 
 # ---- the paper config asks for exactly the Open LLM Leaderboard v1 settings ---------------------------------

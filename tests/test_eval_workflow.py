@@ -56,17 +56,23 @@ def test_paper_dry_run_schedules_the_eval_grid(wd):
         {(v, m) for v in ("base", "chat") for m in grid}
     table4 = {"teacher", "init-paper", "ut", "xkd_h", "xkd_z"}
     assert {j["wildcards"]["model"] for j in kommlu} == table4
-    answers = {(j["wildcards"]["variant"], j["wildcards"]["model"], j["wildcards"]["fmt"])
-               for j in by_rule["mtbench_answer"]}
-    assert answers == {(v, m, f) for v in ("base", "chat") for m in table4
-                       for f in (["orion"] if m == "teacher" else ["llama3", "orion"])}
-    assert len(by_rule["mtbench_judge"]) == len(answers) == len(by_rule["mtbench_summary"])
+    answer_jobs = by_rule["mtbench_answer_teacher"] + by_rule["mtbench_answer_student"]
+    assert {(j["wildcards"]["variant"], j["wildcards"]["model"]) for j in by_rule["mtbench_answer_teacher"]} == \
+        {("base", "teacher"), ("chat", "teacher")}
+    answers = {f.rsplit("/", 1)[1] for j in answer_jobs for f in j["output"]}
+    assert len(answer_jobs) == 10 and answers == {f"{m}-{f}.jsonl" for m in table4
+                                                  for f in (["orion"] if m == "teacher" else ["llama3", "orion"])}
+    judged = {(j["wildcards"]["variant"], j["wildcards"]["model"], j["wildcards"]["fmt"]) for j in by_rule["mtbench_judge"]}
+    assert judged == {(v, m, f) for v in ("base", "chat") for m in table4
+                      for f in (["orion"] if m == "teacher" else ["llama3", "orion"])}
     assert len(by_rule["mtbench_data"]) == 1
-    assert {(j["wildcards"]["variant"], j["wildcards"]["method"], j["wildcards"]["step"])
-            for j in by_rule["eval_recovery"]} == \
-        {(v, m, s) for v in ("base", "chat") for m in ("ut", "xkd_h", "xkd_z") for s in ("10", "20", "30")}
+    assert {(j["wildcards"]["variant"], j["wildcards"]["method"]) for j in by_rule["eval_recovery"]} == \
+        {(v, m) for v in ("base", "chat") for m in ("ut", "xkd_h", "xkd_z")}
+    assert all(sorted(f.rsplit("/", 1)[1] for f in j["output"] if f.endswith(".json")) ==
+               ["step-10.json", "step-20.json", "step-30.json"] for j in by_rule["eval_recovery"])
     assert {j["wildcards"]["model"] for j in by_rule["eval_longctx"]} == table4
     assert len(by_rule["longctx_docs"]) == 2 and len(by_rule["code_probe_data"]) == 1
-    for rule in ("eval_harness", "mtbench_answer", "eval_longctx", "eval_code", "eval_recovery"):
+    for rule in ("eval_harness", "mtbench_answer_teacher", "mtbench_answer_student", "eval_longctx", "eval_code",
+                 "eval_recovery"):
         assert all(j["resources"].get("gpu") == "1" for j in by_rule[rule]), rule
     assert all("gpu" not in j["resources"] or j["resources"]["gpu"] == "0" for j in by_rule["mtbench_judge"])

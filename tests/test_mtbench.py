@@ -18,7 +18,7 @@ from eval_tiny import MT_QUESTIONS, make_student, make_teacher, make_tokenizer_m
 from kept.chat import render
 from kept.errors import KeptError
 from kept.eval.judge import JudgeConfig, judge_answers
-from kept.eval.mtbench import AnswerConfig, generate_answers, summarize_judgments
+from kept.eval.mtbench import AnswerConfig, generate_answer_sets, generate_answers, summarize_judgments
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,20 @@ def test_batched_answers_equal_plain_greedy_decoding(world, tmp_path, model, fmt
         hist = [{"role": "user", "content": q["turns"][0]}, {"role": "assistant", "content": t1},
                 {"role": "user", "content": q["turns"][1]}]
         assert t2 == clean_answer(_greedy_reference(world[model], hist, fmt, 10), fmt, ["<s>", "</s>", "<unk>"])
+
+
+def test_answer_sets_equal_separate_runs(world, tmp_path):
+    """One job answers in both formats with one model load; the files equal separate runs'."""
+    cfgs = [AnswerConfig(model=str(world["student"]), questions=str(world["questions"]),
+                         output=str(tmp_path / "set" / f"student-{fmt}.jsonl"), model_id=f"student-{fmt}",
+                         chat_format=fmt, max_new_tokens=6, batch_size=4) for fmt in ("llama3", "orion")]
+    sets = generate_answer_sets(cfgs)
+    for fmt, rows in zip(("llama3", "orion"), sets):
+        alone, _ = _answers(world, tmp_path / "alone", "student", fmt, max_new_tokens=6, batch_size=4)
+        strip = lambda rs: [{k: v for k, v in r.items() if k != "tstamp"} for r in rs]  # noqa: E731
+        assert strip(rows) == strip(alone)
+        assert all(r["chat_format"] == fmt for r in rows)
+    assert [r["choices"] for r in sets[0]] != [r["choices"] for r in sets[1]]  # different prompts
 
 
 def test_category_temperatures(world, tmp_path):

@@ -1,5 +1,5 @@
-"""No secret leaks (issue 8, item 4): the judge API key never appears in logs or results of the workflow's
-judge and summary steps, cannot be put into the config, and no code anywhere enables remote code."""
+"""No secret leaks (issue 8, item 4): the judge API key never appears in the log or results of the workflow's
+judge step (judgments and summary), cannot be put into the config, and no code anywhere enables remote code."""
 
 from __future__ import annotations
 
@@ -92,14 +92,12 @@ def test_judge_and_summary_steps_never_write_the_key(tmp_path, monkeypatch):
         judge = dict(judge_cfg, base_url=srv.url, api_key_env="KEPT_SECRET_JUDGE_KEY", backoff_s=0.01)
         _run_script("mtbench_judge",
                     input={"answers": str(answers), "questions": str(questions), "prompts": str(prompts)},
-                    output={"judgments": str(tmp_path / "judgments.jsonl")},
-                    params={"judge": judge, "question_limit": None}, log=tmp_path / "judge.log")
+                    output={"judgments": str(tmp_path / "judgments.jsonl"),
+                            "summary": str(tmp_path / "mtbench-llama3.json")},
+                    params={"judge": judge, "judge_name": judge["model"], "question_limit": None, "model": "xkd_z",
+                            "variant": "chat", "chat_format": "llama3"},
+                    log=tmp_path / "judge.log")
     assert srv.requests and all(r["headers"]["Authorization"] == f"Bearer {key}" for r in srv.requests)
-    _run_script("mtbench_summary",
-                input={"judgments": str(tmp_path / "judgments.jsonl"), "questions": str(questions)},
-                output={"summary": str(tmp_path / "mtbench-llama3.json")},
-                params={"model": "xkd_z", "variant": "chat", "chat_format": "llama3", "judge": judge["model"]},
-                log=tmp_path / "summary.log")
     summary = json.loads((tmp_path / "mtbench-llama3.json").read_text())
     assert summary["n_judgments"] == 16 and summary["average"] is not None
     log_text = (tmp_path / "judge.log").read_text()

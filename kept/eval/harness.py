@@ -75,7 +75,27 @@ class HarnessConfig:
     device: str = "cpu"
     add_bos_token: bool | None = None  # None = the tokenizer's own default
     micro_macro: bool = False  # add top-level micro/macro averages over leaf tasks (KoMMLU)
+    cache_templates: bool = True  # compile lm-eval's prompt templates once (same prompts, much less CPU)
     extra: dict[str, Any] = field(default_factory=dict)  # extra summary fields (recovery: method, step)
+
+
+def cache_prompt_templates() -> None:
+    """Compile each of lm-eval's Jinja prompt templates once. lm-eval 0.4.13's ``utils.apply_template``
+    compiles the template string again for every document, field and few-shot example (~1 ms each), which
+    dominates small-model runs; the cached version renders with the same environment and gives the same text."""
+    import functools
+
+    import lm_eval.utils as lm_utils
+
+    if getattr(lm_utils.apply_template, "_kept_cached", False):
+        return
+    compile_template = functools.lru_cache(maxsize=4096)(lm_utils.env.from_string)
+
+    def apply_template(template: str, doc: dict) -> str:
+        return compile_template(template).render(**doc)
+
+    apply_template._kept_cached = True  # type: ignore[attr-defined]
+    lm_utils.apply_template = apply_template
 
 
 def _task_manager(task_dir: str | None, include_defaults: bool):
@@ -195,6 +215,8 @@ def evaluate_loaded(lm: Any, tm: Any, cfg: HarnessConfig) -> dict[str, Any]:
     import lm_eval
     from lm_eval import simple_evaluate
 
+    if cfg.cache_templates:
+        cache_prompt_templates()
     objs = load_tasks(tm, cfg.tasks)
     results = simple_evaluate(
         model=lm,
@@ -263,7 +285,8 @@ class RecoveryConfig:
     """A harness subset on training snapshots of one method (the paper's Figure 2)."""
 
     snapshots: str  # directory of step-{N}/ stock-Llama snapshots
-    outputs: dict[int, str]  # step -> summary JSON; per-sample logs go to its sibling directory step-{N}/
+    outputs: dict[int, str]  # step -> summary JSON
+    raw_dir: str  # lm-eval results and per-sample logs of step N go to raw_dir/step-{N}/
     tasks: list[TaskSpec]
     method: str = ""
     variant: str = ""
@@ -271,8 +294,9 @@ class RecoveryConfig:
 
 
 def run_recovery(cfg: RecoveryConfig) -> list[dict[str, Any]]:
-    """Evaluate the requested snapshots with the harness subset; each summary has the format of h6.json plus
-    ``method`` and ``step``, and is written atomically after its raw directory."""
+    """Evaluate the requested snapshots with the harness subset in one process (one import, one task index);
+    each summary has the format of h6.json plus ``method`` and ``step``, written atomically after its raw
+    directory."""
     from kept.eval.common import load_eval_model
 
     if not cfg.tasks:
@@ -287,7 +311,7 @@ def run_recovery(cfg: RecoveryConfig) -> list[dict[str, Any]]:
     for step, output in sorted(cfg.outputs.items()):
         out = Path(output)
         hc = HarnessConfig(
-            model=str(snaps / f"step-{step}"), output=str(out), raw_dir=str(out.with_suffix("")),
+            model=str(snaps / f"step-{step}"), output=str(out), raw_dir=str(Path(cfg.raw_dir) / f"step-{step}"),
             suite="recovery", tasks=cfg.tasks, model_name=cfg.method, variant=cfg.variant,
             extra={"method": cfg.method, "step": step}, **opts,
         )

@@ -99,17 +99,41 @@ def answer_id(model_id: str, question_id: Any, turns: list[str]) -> str:
     return digest[:22]
 
 
-def generate_answers(cfg: AnswerConfig) -> list[dict[str, Any]]:
-    """Generate both turns for every question and write the FastChat answer file atomically."""
-    from kept.chat import TEMPLATES, render
-    from kept.eval.common import generate, load_eval_model
+def generate_answer_sets(cfgs: list[AnswerConfig]) -> list[list[dict[str, Any]]]:
+    """Several answer files of one model (e.g. one per chat format), loading the model once."""
+    from kept.eval.common import load_eval_model
+
+    if not cfgs:
+        return []
+    first = cfgs[0]
+    for cfg in cfgs[1:]:
+        if (cfg.model, cfg.dtype, cfg.device) != (first.model, first.dtype, first.device):
+            raise ConfigError(f"answer sets must share one model; got {first.model} and {cfg.model}")
+    for cfg in cfgs:
+        _check(cfg)
+    lm = load_eval_model(first.model, dtype=first.dtype, device=first.device)
+    return [generate_answers(cfg, lm=lm) for cfg in cfgs]
+
+
+def _check(cfg: AnswerConfig) -> None:
+    from kept.chat import TEMPLATES
 
     if cfg.chat_format not in TEMPLATES:
         raise ConfigError(f"chat format {cfg.chat_format!r} unknown; expected one of {sorted(TEMPLATES)}")
     if cfg.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be positive, found {cfg.max_new_tokens}")
+
+
+def generate_answers(cfg: AnswerConfig, *, lm: Any = None) -> list[dict[str, Any]]:
+    """Generate both turns for every question and write the FastChat answer file atomically (``lm``: an
+    already loaded :class:`kept.eval.common.LoadedModel` of ``cfg.model``)."""
+    from kept.chat import render
+    from kept.eval.common import generate, load_eval_model
+
+    _check(cfg)
     questions = load_questions(cfg.questions, limit=cfg.question_limit)
-    lm = load_eval_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    if lm is None:
+        lm = load_eval_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     tok = lm.tokenizer
     specials = [t for t in (tok.bos_token, tok.eos_token, tok.unk_token) if t]
     bos, eos = tok.bos_token or "<s>", tok.eos_token or "</s>"
