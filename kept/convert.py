@@ -427,6 +427,11 @@ def convert_checkpoint(
             fit_ids = calibration_tokens(calibration, n_tokens=fit_tokens)
             check_ids(fit_ids, cfg["vocab_size"], f"{calibration}")
             log.info("fit: teacher activations on %d calibration tokens", fit_ids.numel())
+            manifest = json.loads((Path(calibration) / "manifest.json").read_text())
+            if fidelity_tokens and manifest.get("num_sequences", 0) * manifest.get("max_length", 0) < (
+                    fit_tokens + fidelity_tokens):
+                log.warning("calibration corpus %s is smaller than fit_tokens + fidelity_tokens: the fitting and "
+                            "the fidelity batches overlap, which flatters the fit mapping", calibration)
             gains = fit_rms_gains(teacher=source, batches=split_batches(fit_ids), device=device)
             for site, g in gains.items():
                 if not bool(torch.isfinite(g).all()):
