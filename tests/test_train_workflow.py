@@ -27,8 +27,8 @@ def test_killed_training_job_resumes_on_rerun(tmp_path):
     make_corpus(results / "corpus", n=16, length=16)
     cfg = {
         "results": str(results),
-        "variants": {"base": {"source": {"kind": "local", "path": str(teacher)}, "chat_format": None,
-                              "evals": ["code"]}},
+        # every variant local (the merged configs keep chat/longchat): no toy world is built
+        "variants": {v: {"source": {"kind": "local", "path": str(teacher)}} for v in ("base", "chat", "longchat")},
         "convert": {"norms": ["paper"]},
         "train": {"steps": 150, "batch_size": 2, "snapshot_every": 50, "save_state_every": 10,
                   "common": {"lr": 1e-3, "log_every": 10}, "pilot": {"variants": []}},
@@ -38,18 +38,20 @@ def test_killed_training_job_resumes_on_rerun(tmp_path):
     cmd = [SNAKEMAKE, str(work / "model"), "--cores", "1", "--allowed-rules", "convert", "train",
            "--configfile", "config/smoke.yaml", "train_test.yaml"]
 
-    proc = subprocess.Popen(cmd, cwd=wd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    first_log = open(tmp_path / "first_run.log", "w")
+    proc = subprocess.Popen(cmd, cwd=wd, env=ENV, stdout=first_log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:
             if list((work / "resume").glob("step-*")):
                 break
             time.sleep(0.01)
-        assert proc.poll() is None, "the workflow finished before it could be killed"
+        assert proc.poll() is None, ("the workflow finished before it could be killed:\n"
+                                     + (tmp_path / "first_run.log").read_text()[-3000:])
         os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job, at once
     finally:
         proc.wait()
+        first_log.close()
     time.sleep(0.5)
     assert not (work / "model").exists()
     saved = sorted(int(p.name.split("-")[1]) for p in (work / "resume").glob("step-*"))
