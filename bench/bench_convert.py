@@ -15,6 +15,7 @@ Orion's vocabulary (84608) and hidden sizes scaled down to reach the size, bf16 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -165,6 +166,7 @@ def run(*, quick: bool = False) -> dict:
     info = json.loads(stamp.read_text())
 
     _copy(src, WORK / "copy")  # warm-up: both contenders then read from the same page cache
+    load_before = os.getloadavg()[0]
     copies, pycopies, convs = [], [], []
     for _ in range(repeats):
         copies.append(_copy(src, WORK / "copy"))
@@ -219,8 +221,9 @@ def run(*, quick: bool = False) -> dict:
         f"torch with 1 thread and reports its time inside convert_checkpoint; 'whole process' adds interpreter "
         f"start and imports. Resident memory before the call (torch + tokenizer stack imported): "
         f"{before / MiB:.0f} MiB. Fidelity report: 256 tokens of the built-in multilingual sample; it streams "
-        f"both models layer by layer (float32 layers) and is not part of the 2x/RSS goals. Timings on a shared "
-        f"2-core machine are rough."
+        f"both models layer by layer (float32 layers) and is not part of the 2x/RSS goals. 1-minute load average "
+        f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after on {os.cpu_count()} logical cores: timings "
+        f"on a shared machine are rough, and contention hurts the CPU-bound conversion more than the kernel copy."
     )
     return {"title": "Conversion: exact mapping vs plain copy; peak RSS vs largest tensor", "rows": rows,
             "notes": notes}
