@@ -105,6 +105,11 @@ def test_h6_table_values_and_bold(h6_grid, tmp_path):
     assert list(frame.Model[base & mask.HellaSwag]) == ["Exact"]
     assert mask.ARC.sum() == 2  # one per variant
     assert not mask.loc[frame.Model == "Original (teacher)"].any().any()
+    # nothing to single out: one student per variant, or students equal as displayed (85.001 shows as 85.00)
+    few = [it for it in h6_grid if it.model in ("teacher", "xkd_z")]
+    assert not best_mask(h6_table(items=few, train_init="paper", paper_reference=False)).any().any()
+    tied = h6_items(tmp_path / "tied", {("base", "ut"): [0.85001] * 6, ("base", "xkd_z"): [0.85] * 6})
+    assert not best_mask(h6_table(items=tied, train_init="paper", paper_reference=False)).any().any()
 
     md = render_markdown(table)
     xkd_line = next(line for line in md.splitlines() if "base" in line and "OPM + XKD-z" in line)

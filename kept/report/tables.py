@@ -3,7 +3,8 @@
 Each ``*_table`` function reads labelled input files (:class:`kept.report.inputs.Item`) and returns a
 :class:`Table`; :func:`write_table` renders it. Values are shown in the paper's units: H6, KoMMLU and accuracies
 in percent, MT-Bench on 1-10. "Best" is taken per variant and per column among the converted students (the
-teacher is the reference, not a contender); ties are all bold.
+teacher is the reference, not a contender); ties are all bold; a column whose contenders do not differ (as
+displayed) has no bold value.
 """
 
 from __future__ import annotations
@@ -297,7 +298,8 @@ def _fmt(value: float, spec: str) -> str:
 
 
 def best_mask(table: Table) -> pd.DataFrame:
-    """True where a cell holds its variant's best value of the column among the contender rows (ties all)."""
+    """True where a cell holds its variant's best value of the column among the contender rows (ties all);
+    nothing is bold where the contenders do not differ (a single one, or all equal as displayed)."""
     frame = table.frame
     mask = pd.DataFrame(False, index=frame.index, columns=frame.columns)
     contender = pd.Series(table.contender, index=frame.index)
@@ -305,7 +307,7 @@ def best_mask(table: Table) -> pd.DataFrame:
         shown = frame[col].map(lambda v: np.nan if math.isnan(v) else float(format(v, table.formats[col])))
         for _, idx in frame.groupby("Variant", sort=False).groups.items():
             vals = shown.loc[idx][contender.loc[idx]].dropna()
-            if vals.empty:
+            if vals.nunique() < 2:  # one contender, or all equal: nothing to single out
                 continue
             best = vals.max() if direction == "max" else vals.min()
             mask.loc[vals.index[vals == best], col] = True
