@@ -121,7 +121,7 @@ def test_envs_are_pinned_like_requirements():
         deps = spec["dependencies"]
         assert "python=3.11" in deps, f"{env.name}: python not pinned to 3.11"
         pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
-        assert "-e .." in pip, f"{env.name}: does not install the kept package"
+        assert "-e ../.." in pip, f"{env.name}: does not install the kept package (from .snakemake/conda/)"
         pins = _pins(pip, env.name)
         for name, version in pins.items():
             assert version, f"{env.name}: {name} is not pinned"
