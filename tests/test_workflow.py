@@ -67,6 +67,8 @@ def parse_jobs(text: str) -> list[dict]:
             jobs[-1]["output"] = value.split(", ")
         elif key == "reason":
             jobs[-1]["reason"] = value
+        elif key == "threads":
+            jobs[-1]["threads"] = int(value)
     return jobs
 
 
@@ -136,15 +138,20 @@ def test_gpu_rules_request_one_gpu_with_memory_and_runtime(workflow_copy):
 
 @pytest.mark.slow
 def test_slurm_profile_dry_run(workflow_copy):
-    """`snakemake -n --profile profiles/slurm` with the plugin installed. A dry run does not call sbatch, so we
-    also hand every GPU job's resources to the plugin's own gres builder and check the GPU request it makes."""
+    """`snakemake -n --profile profiles/slurm` with the plugin installed (the dry run checks that the executor
+    exists and the profile parses; it never calls sbatch). To see what would be submitted, every GPU job's
+    resources and threads from the dry run go through the plugin's own sbatch builders."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
     from snakemake_executor_plugin_slurm.utils import set_gres_string
 
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm"
+    for rule in profile.get("set-resources", {}):
+        assert rule in declared_rules(), f"profiles/slurm sets resources for unknown rule {rule}"
     ok(snakemake("-n", "--profile", "profiles/slurm", cwd=workflow_copy))
+    # --cores 64: a dry run executes locally and would cap threads at one core; a SLURM run does not
     jobs = parse_jobs(ok(snakemake("-n", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml",
-                                   cwd=workflow_copy)))
+                                   "--cores", "64", cwd=workflow_copy)))
     cluster = [j for j in jobs if j["rule"] != "all" and not j["rule"].startswith("report_")]
     assert cluster
     for job in cluster:
@@ -152,14 +159,17 @@ def test_slurm_profile_dry_run(workflow_copy):
         assert res.get("slurm_account") == "<ACCOUNT>" and res.get("slurm_partition", "").startswith("<"), job
         assert "runtime" in res and "mem_mb" in res, job
     gpu_jobs = [j for j in cluster if int(j["resources"].get("gpu", 0)) > 0]
-    assert gpu_jobs
+    assert {"train", "eval_harness", "convert"} <= {j["rule"] for j in gpu_jobs}
+    assert max(j.get("threads", 1) for j in gpu_jobs if j["rule"] == "train") > 1
     for job in gpu_jobs:
         res = {k: int(v) if v.isdigit() else v for k, v in job["resources"].items()}
-        fake = SimpleNamespace(resources=SimpleNamespace(get=res.get, **res))
-        assert set_gres_string(fake).strip() == "--gpus=1", job
-        assert res["slurm_partition"] == "<GPU_PARTITION>", job
-    for rule in profile.get("set-resources", {}):
-        assert rule in declared_rules(), f"profiles/slurm sets resources for unknown rule {rule}"
+        fake = SimpleNamespace(resources=SimpleNamespace(get=res.get, **res), threads=job.get("threads", 1))
+        params = {"run_uuid": "dry", "slurm_logfile": "slurm.log", "comment_str": job["rule"], "workdir": None,
+                  "account": f"-A '{res['slurm_account']}'", "partition": f"-p '{res['slurm_partition']}'"}
+        sbatch = get_submit_command(fake, params) + set_gres_string(fake)
+        for part in ("-A '<ACCOUNT>'", "-p '<GPU_PARTITION>'", f"-t {res['runtime']}", f"--mem {res['mem_mb']}",
+                     "--gpus=1", f"--cpus-per-task={fake.threads}"):
+            assert part in sbatch, (part, sbatch)
 
 
 def declared_rules() -> set[str]:
