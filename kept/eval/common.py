@@ -167,7 +167,7 @@ def sequence_nll(lm: LoadedModel, ids: Sequence[int], *, chunk: int = 4096) -> t
     if len(ids) < 2:
         raise KeptError("sequence_nll needs at least two tokens")
     x = torch.tensor([list(ids)], dtype=torch.long, device=lm.device)  # (1, T)
-    hidden = lm.model.base_model(input_ids=x).last_hidden_state[0]  # (T, H), after the final norm
+    hidden = lm.model.base_model(input_ids=x, use_cache=False).last_hidden_state[0]  # (T, H), after the final norm
     head = lm.model.get_output_embeddings()
     targets = x[0, 1:]  # (T-1,)
     nll = []
