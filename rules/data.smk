@@ -1,1 +1,145 @@
-# data stage: see the owner notes in docs/architecture.md
+# Data stage: the offline toy world (world -> tokenizer -> eval suites, toy teachers pretrained in Orion's format)
+# and the packed transfer corpus (world passages in the toy config, MIRACL streamed through `datasets` in the
+# paper config; one rule, one code path: kept.corpus).
+
+WORLD = config["world"]
+CORPUS = config["corpus"]
+TOY_VARIANTS = [v for v in VARIANTS if source_kind(v) == "toy"]
+
+for _v in TOY_VARIANTS:
+    if _v not in WORLD["teachers"]:
+        raise ValueError(f"variant {_v!r} has source kind 'toy' but world.teachers has no recipe for it")
+    _init = WORLD["teachers"][_v].get("init_from")
+    if WORLD["teachers"][_v]["role"] != "base" and _init not in TOY_VARIANTS:
+        raise ValueError(f"world.teachers.{_v}.init_from must name a toy variant, found {_init!r}")
+
+
+def teacher_recipe(variant):
+    """The pretraining settings of a toy variant's teacher (world.teachers.<variant>)."""
+    return WORLD["teachers"][variant]
+
+
+def teacher_init_input(wildcards):
+    recipe = teacher_recipe(wildcards.variant)
+    return {"init": teacher_dir(recipe["init_from"])} if recipe["role"] != "base" else {}
+
+
+def corpus_input(wildcards):
+    """The tokenizer (toy: the world's; otherwise the first variant's teacher dir) and, for toy, the passages."""
+    if CORPUS["source"] == "world":
+        return {"tokenizer": R("tokenizer", "tokenizer.model"), "world": R("world")}
+    return {"tokenizer": teacher_dir(VARIANTS[0])}
+
+
+rule world:
+    output:
+        world=directory(R("world")),
+    params:
+        spec={**{k: v for k, v in WORLD["generator"].items()}, "seed": config["seed"]},
+    log:
+        "logs/data/world.log",
+    benchmark:
+        "benchmarks/data/world.tsv"
+    threads: 1
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/world.py"
+
+
+rule train_tokenizer:
+    input:
+        world=R("world"),
+    output:
+        model=R("tokenizer", "tokenizer.model"),
+    params:
+        vocab_size=WORLD["tokenizer"]["vocab_size"],
+    log:
+        "logs/data/train_tokenizer.log",
+    benchmark:
+        "benchmarks/data/train_tokenizer.tsv"
+    threads: 1
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/train_tokenizer.py"
+
+
+rule eval_data:
+    input:
+        world=R("world"),
+        tokenizer=R("tokenizer", "tokenizer.model"),
+    output:
+        tasks=directory(R("eval_data", "tasks")),
+        mtbench_questions=R("eval_data", "mtbench", "question.jsonl"),
+        mtbench_rubric=R("eval_data", "mtbench", "rubric.jsonl"),
+        longctx=[R("eval_data", "longctx", f"{lang}.jsonl") for lang in WORLD["eval"]["longctx_languages"]],
+        code_probe=R("eval_data", "code", "probe.jsonl"),
+        manifest=R("eval_data", "manifest.json"),
+    params:
+        settings={k: v for k, v in WORLD["eval"].items() if k != "longctx_factor"},
+        longctx_min_tokens=WORLD["eval"]["longctx_factor"] * CORPUS["max_length"],
+    log:
+        "logs/data/eval_data.log",
+    benchmark:
+        "benchmarks/data/eval_data.tsv"
+    threads: 1
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/eval_data.py"
+
+
+rule prepare_corpus:
+    input:
+        unpack(corpus_input),
+    output:
+        corpus=directory(R("corpus")),
+    params:
+        source=CORPUS["source"],
+        languages=CORPUS["languages"],
+        token_budget=CORPUS["token_budget"],
+        max_length=CORPUS["max_length"],
+        seed=config["seed"],
+        miracl=CORPUS["miracl"],
+    log:
+        "logs/data/prepare_corpus.log",
+    benchmark:
+        "benchmarks/data/prepare_corpus.tsv"
+    threads: 1
+    resources:
+        runtime=30 if CORPUS["source"] == "world" else 600,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/prepare_corpus.py"
+
+
+rule pretrain_teacher:
+    input:
+        unpack(teacher_init_input),
+        world=R("world"),
+        tokenizer=R("tokenizer", "tokenizer.model"),
+    output:
+        teacher=directory(R("teachers", "{variant}")),
+    params:
+        settings=lambda w: {k: v for k, v in teacher_recipe(w.variant).items() if k not in ("threads", "init_from")},
+        seed=config["seed"],
+        work_dir=lambda w: R("teachers", f".work-{w.variant}"),
+    log:
+        "logs/data/pretrain_teacher-{variant}.log",
+    benchmark:
+        "benchmarks/data/pretrain_teacher-{variant}.tsv"
+    threads: lambda w: teacher_recipe(w.variant)["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/pretrain_teacher.py"
+
+
+TARGETS.append(R("corpus"))
+if TOY_VARIANTS:
+    TARGETS.extend([R("eval_data", "manifest.json")] + [R("teachers", v) for v in TOY_VARIANTS])

@@ -1,0 +1,182 @@
+"""Pretrain the toy teachers in Orion's format through the shared trainer (``kept.train``, objective "ut").
+
+- base: a fresh Orion model (LayerNorm with bias) trained on a mixture of all world domains;
+- chat: base, marked with Orion's chat format, further trained mostly on dialogues;
+- longchat: base with a longer ``max_position_embeddings`` and a larger ``rope_theta``, further trained mostly on
+  long documents at a longer sequence length.
+
+Regime shaping (base only, see docs/toy-world.md): real LLMs carry a strong mean component in the residual stream
+and non-trivial LayerNorm biases, which is what makes the paper's OPM (g = gamma, beta dropped, no centring)
+lossy. A toy trained for minutes develops neither, so the base teacher starts with a shared offset added to every
+embedding row (``embed_offset``: a constant in every channel, a pure mean component that every LayerNorm removes,
+so it costs the teacher nothing) and LayerNorm biases drawn from N(0, ``norm_bias_std``^2); the trainer does not
+decay biases, so they stay.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from kept.chat import encode_with_specials
+from kept.corpus import document_text, file_sha256, pack
+from kept.errors import ConfigError, KeptError
+from kept.orion import load_teacher, new_orion_model, save_orion_checkpoint
+from kept.world.render import DOMAINS, read_jsonl
+
+ROLES = ("base", "chat", "longchat")
+
+
+@dataclass
+class PretrainConfig:
+    """One toy teacher."""
+
+    role: str  # "base" | "chat" | "longchat"
+    world: str  # world directory (text/{domain}.jsonl)
+    tokenizer: str  # tokenizer.model
+    output: str  # teacher directory (Orion format)
+    work_dir: str  # packed pretraining data, initial checkpoint, train log
+    init_from: str | None = None  # the base teacher (chat, longchat)
+    # architecture (base; chat keeps base's, longchat changes only the two rope/position keys)
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_position_embeddings: int = 512
+    rope_theta: float = 10000.0
+    # regime shaping (base)
+    embed_offset: float = 0.0  # constant added to every channel of every embedding row
+    norm_bias_std: float = 0.0  # std of the LayerNorm bias init
+    # data: domain -> share of the token budget (steps * batch_size * seq_len)
+    mixture: dict[str, float] = field(default_factory=lambda: {"passages": 0.3, "quiz": 0.4, "dialogue": 0.1,
+                                                               "code": 0.1, "longdoc": 0.1})
+    seq_len: int = 512
+    # optimisation (AdamW with weight decay, cosine schedule, through kept.train)
+    steps: int = 500
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ConfigError(f"pretrain: role {self.role!r} must be one of {ROLES}")
+        if self.role != "base" and not self.init_from:
+            raise ConfigError(f"pretrain: role {self.role!r} needs init_from (the base teacher)")
+        unknown = sorted(set(self.mixture) - set(DOMAINS))
+        if unknown:
+            raise ConfigError(f"pretrain: mixture names unknown domain(s) {unknown}; known: {list(DOMAINS)}")
+        if not self.mixture or any(v < 0 for v in self.mixture.values()) or sum(self.mixture.values()) <= 0:
+            raise ConfigError(f"pretrain: mixture {self.mixture} must have non-negative shares summing to > 0")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"pretrain: hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
+        if self.seq_len > self.max_position_embeddings and self.role != "chat":
+            raise ConfigError(f"pretrain: seq_len {self.seq_len} exceeds max_position_embeddings "
+                              f"{self.max_position_embeddings}")
+
+
+def _documents(path: Path, domain: str, encode: Any, seed: int) -> Iterator[tuple[str, list[int]]]:
+    """Token ids of a domain's documents, shuffled, endlessly; chat specials become their ids."""
+    records = read_jsonl(path)
+    if not records:
+        raise KeptError(f"{path}: no documents in domain {domain!r}")
+    ids = [encode(document_text(r) if domain == "passages" else r["text"]) for r in records]
+    langs = [r.get("lang", "") for r in records]
+    rng = random.Random(f"{seed}:{domain}")
+    while True:
+        order = list(range(len(ids)))
+        rng.shuffle(order)
+        for i in order:
+            yield langs[i], ids[i]
+
+
+def pack_pretraining(cfg: PretrainConfig, output: Path) -> dict[str, Any]:
+    """Pack the variant's domain mixture into a corpus of exactly ``steps * batch_size`` sequences."""
+    from kept.world.tokenizer import load_sp
+
+    sp = load_sp(cfg.tokenizer)
+    specials = {"<s>": sp.bos_id(), "</s>": sp.eos_id()}
+
+    def encode(text: str) -> list[int]:
+        return encode_with_specials(text, sp.encode, specials)
+
+    total = cfg.steps * cfg.batch_size * cfg.seq_len
+    shares = {d: s for d, s in cfg.mixture.items() if s > 0}
+    norm = sum(shares.values())
+    budgets = {d: int(total * s / norm) for d, s in shares.items()}
+    first = sorted(budgets)[0]
+    budgets[first] += total - sum(budgets.values())  # exact multiple of seq_len: no padded row
+    docs = {d: _documents(Path(cfg.world) / "text" / f"{d}.jsonl", d, encode, cfg.seed) for d in budgets}
+    return pack(documents=docs, budgets=budgets, output=output, max_length=cfg.seq_len, eos_id=sp.eos_id(),
+                seed=cfg.seed, manifest_extra={"source": f"world:{cfg.role}-pretraining",
+                                               "tokenizer_sha256": file_sha256(cfg.tokenizer)})
+
+
+def shape_regime(model: torch.nn.Module, *, embed_offset: float, norm_bias_std: float, seed: int) -> None:
+    """Give a fresh model a residual-stream mean component and non-zero LayerNorm biases (module docstring)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.add_(embed_offset)
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.LayerNorm) and module.bias is not None:
+                module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * norm_bias_std)
+
+
+def initial_checkpoint(cfg: PretrainConfig, out: Path, *, vocab_size: int) -> Path:
+    """The starting point of the run, in Orion format: a fresh shaped model (base) or the base teacher
+    (chat: same weights, chat format; longchat: same weights, new position settings)."""
+    chat = cfg.role in ("chat", "longchat")
+    if cfg.role == "base":
+        orion_cfg = {"vocab_size": vocab_size, "hidden_size": cfg.hidden_size,
+                     "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
+                     "num_attention_heads": cfg.num_heads, "max_position_embeddings": cfg.max_position_embeddings,
+                     "rope_theta": cfg.rope_theta}
+        torch.manual_seed(cfg.seed)
+        model = new_orion_model(orion_cfg)
+        shape_regime(model, embed_offset=cfg.embed_offset, norm_bias_std=cfg.norm_bias_std, seed=cfg.seed)
+    else:
+        base = load_teacher(cfg.init_from, dtype=torch.float32)
+        if base.config.vocab_size != vocab_size:
+            raise KeptError(f"{cfg.init_from}: vocab_size {base.config.vocab_size} != tokenizer's {vocab_size}")
+        if cfg.role == "chat":
+            model = base
+        else:
+            from kept.orion import orion_config_dict
+
+            orion_cfg = orion_config_dict(base, max_position_embeddings=cfg.max_position_embeddings,
+                                          rope_theta=cfg.rope_theta)
+            model = new_orion_model(orion_cfg)
+            model.load_state_dict(base.state_dict(), strict=True)
+    return save_orion_checkpoint(model, out, tokenizer_model=cfg.tokenizer, num_shards=1, chat=chat)
+
+
+def pretrain_teacher(cfg: PretrainConfig) -> dict[str, Any]:
+    """Pack the data, build the initial checkpoint and train it with ``kept.train`` (UT, Orion export)."""
+    from kept.train import TrainConfig, train
+    from kept.world.tokenizer import load_sp
+
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    vocab = load_sp(cfg.tokenizer).get_piece_size()
+    manifest = pack_pretraining(cfg, work / "data")
+    init = initial_checkpoint(cfg, work / "init", vocab_size=vocab)
+    summary = train(TrainConfig(
+        objective="ut", student=str(init), corpus=str(work / "data"), output=cfg.output,
+        work_dir=str(work / "train"), steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        min_lr_ratio=cfg.min_lr_ratio, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+        seed=cfg.seed, export_format="orion", num_shards=2, progress=False, log_every=10,
+        kl_recompute=False, kl_chunk_size=4096,  # fewer LM-head matmuls; the (V, d) buffer is tiny here
+    ))
+    summary["tokens_per_group"] = manifest["tokens_per_group"]
+    (work / "pretrain_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(work / "data", ignore_errors=True)  # reproducible from the world; not an output
+    shutil.rmtree(init, ignore_errors=True)
+    return summary

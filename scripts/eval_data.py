@@ -1,0 +1,21 @@
+"""Snakemake script (rules/data.smk): write the toy evaluation suites (lm-eval tasks, MT-Bench, longctx, code)."""
+
+import logging
+import sys
+
+from pathlib import Path
+
+from kept.world.evaldata import EvalDataConfig, write_eval_data
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
+sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
+
+manifest = write_eval_data(EvalDataConfig(
+    world=smk.input.world,
+    tokenizer=smk.input.tokenizer,
+    output=str(Path(smk.output.manifest).parent),  # every output lies under eval_data/, written at once
+    longctx_min_tokens=smk.params.longctx_min_tokens,
+    **smk.params.settings,
+))
+logging.info("done: %s", manifest)

@@ -1,0 +1,29 @@
+"""Snakemake script (rules/data.smk): balance and pack the transfer corpus (world passages or MIRACL)."""
+
+import logging
+import sys
+from pathlib import Path
+
+from kept.corpus import CorpusConfig, prepare_corpus
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
+sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
+
+p = smk.params
+miracl = p.miracl
+manifest = prepare_corpus(CorpusConfig(
+    output=smk.output.corpus,
+    tokenizer=smk.input.tokenizer,
+    source=p.source,
+    languages=list(p.languages),
+    token_budget=p.token_budget,
+    max_length=p.max_length,
+    seed=p.seed,
+    passages=str(Path(smk.input.world, "text", "passages.jsonl")) if p.source == "world" else None,
+    miracl_repo=miracl["repo"],
+    miracl_revision=miracl["revision"],
+    data_files=miracl["data_files"],
+    shuffle_buffer=miracl["shuffle_buffer"],
+))
+logging.info("done: %d sequences, tokens per language %s", manifest["num_sequences"], manifest["tokens_per_language"])

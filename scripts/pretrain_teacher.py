@@ -1,0 +1,24 @@
+"""Snakemake script (rules/data.smk): pretrain one toy teacher in Orion's format (through kept.train)."""
+
+import logging
+import sys
+
+import torch
+
+from kept.world.pretrain import PretrainConfig, pretrain_teacher
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
+sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
+torch.set_num_threads(smk.threads)
+
+summary = pretrain_teacher(PretrainConfig(
+    world=smk.input.world,
+    tokenizer=smk.input.tokenizer,
+    output=smk.output.teacher,
+    work_dir=smk.params.work_dir,
+    init_from=smk.input.get("init"),
+    seed=smk.params.seed,
+    **smk.params.settings,
+))
+logging.info("done: %s", {k: summary.get(k) for k in ("final_loss", "tokens", "seconds", "tokens_per_s")})
