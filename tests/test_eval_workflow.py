@@ -93,3 +93,22 @@ def test_default_config_eval_jobs(wd):
     collect = [o for j in jobs if j["rule"] == "mtbench_collect" for o in j["output"]]
     assert len(collect) == 2 and all(o.endswith("toy-judge_single.jsonl") for o in collect)
     assert not any(j["resources"].get("gpu") == "1" for j in jobs if j["rule"].startswith(("eval_", "mtbench_")))
+
+
+@pytest.mark.slow
+def test_mtbench_data_from_a_configured_path(wd, tmp_path):
+    """eval.mtbench.data as a directory laid out like FastChat's llm_judge/data: used in place, nothing fetched."""
+    data = tmp_path / "llm_judge_data"
+    for rel in ("judge_prompts.jsonl", "mt_bench/question.jsonl", "mt_bench/reference_answer/gpt-4.jsonl"):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).write_text("{}\n")
+
+    def local_data(cfg):
+        cfg["eval"]["mtbench"]["data"] = str(data)
+
+    proc = snakemake("-n", "--configfile", _config(wd, "localdata", local_data), cwd=wd, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    jobs = parse_jobs(proc.stdout + proc.stderr)
+    assert not [j for j in jobs if j["rule"] == "mtbench_data"]
+    assert [j for j in jobs if j["rule"] == "mtbench_judge"]
+    assert str(data / "mt_bench" / "question.jsonl") in proc.stdout + proc.stderr
