@@ -2,33 +2,7 @@
 # and the packed transfer corpus (world passages in the toy config, MIRACL streamed through `datasets` in the
 # paper config; one rule, one code path: kept.corpus).
 
-WORLD = config["world"]
-CORPUS = config["corpus"]
-TOY_VARIANTS = [v for v in VARIANTS if source_kind(v) == "toy"]
-
-for _v in TOY_VARIANTS:
-    if _v not in WORLD["teachers"]:
-        raise ValueError(f"variant {_v!r} has source kind 'toy' but world.teachers has no recipe for it")
-    _init = WORLD["teachers"][_v].get("init_from")
-    if WORLD["teachers"][_v]["role"] != "base" and _init not in TOY_VARIANTS:
-        raise ValueError(f"world.teachers.{_v}.init_from must name a toy variant, found {_init!r}")
-
-
-def teacher_recipe(variant):
-    """The pretraining settings of a toy variant's teacher (world.teachers.<variant>)."""
-    return WORLD["teachers"][variant]
-
-
-def teacher_init_input(wildcards):
-    recipe = teacher_recipe(wildcards.variant)
-    return {"init": teacher_dir(recipe["init_from"])} if recipe["role"] != "base" else {}
-
-
-def corpus_input(wildcards):
-    """The tokenizer (toy: the world's; otherwise the first variant's teacher dir) and, for toy, the passages."""
-    if CORPUS["source"] == "world":
-        return {"tokenizer": R("tokenizer", "tokenizer.model"), "world": R("world")}
-    return {"tokenizer": teacher_dir(VARIANTS[0])}
+include: "data_common.smk"
 
 
 rule world:
