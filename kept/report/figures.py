@@ -135,20 +135,24 @@ def longctx_frame(*, items: list[Item], train_init: str) -> tuple[pd.DataFrame, 
 
 def longctx_figure(*, items: list[Item], train_init: str, png: str | Path, pdf: str | Path,
                    dpi: int = 150) -> pd.DataFrame:
-    """Figure 4: perplexity against input length, teacher and students together, one panel per source."""
+    """Figure 4: perplexity against input length, teacher and students together, one panel per source (log y
+    when the curves span more than a factor of 3)."""
     frame, limits = longctx_frame(items=items, train_init=train_init)
     style, context = _theme()
     with style, context:
         grid = sns.relplot(data=frame, x="length", y="ppl", hue="model", row="variant", col="source",
                            kind="line", marker="o", height=3.2, aspect=1.3, facet_kws={"sharey": False})
-        for (variant, _source), ax in grid.axes_dict.items():  # keys are (row, col) = (variant, source)
+        for (variant, source), ax in grid.axes_dict.items():  # keys are (row, col) = (variant, source)
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            lengths = sorted(frame.loc[frame.variant == variant, "length"].unique())
+            mine = frame.loc[(frame.variant == variant) & (frame.source == source)]
+            lengths = sorted(mine["length"].unique())
             ax.set_xticks(lengths, [str(n) for n in lengths])
             ax.xaxis.set_minor_locator(ticker.NullLocator())
-            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            if mine["ppl"].max() / mine["ppl"].min() > 3:  # log scale only when the curves span a wide range
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(ticker.NullFormatter())
             if variant in limits:
                 ax.axvline(limits[variant], ls=":", color="grey", lw=1)
             ax.set_xlabel("input length (tokens)")
