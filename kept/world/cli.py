@@ -94,7 +94,7 @@ def pretrain_cli(argv: list[str]) -> int:
     from kept.world.pretrain import PretrainConfig, pretrain_teacher
 
     p = argparse.ArgumentParser(prog="kept pretrain", description=pretrain_cli.__doc__)
-    _add_fields(p, PretrainConfig, required=("variant", "world", "tokenizer", "output", "work_dir"))
+    _add_fields(p, PretrainConfig, required=("role", "world", "tokenizer", "output", "work_dir"))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = p.parse_args(argv)
     if a.threads:

@@ -10,6 +10,12 @@ Layout under the output directory (see docs/architecture.md):
 - ``code/probe.jsonl``: ``{"id", "prompt", "answer", "text"}``;
 - ``manifest.json``: per task the item count, shots, metric and chance level.
 
+MMLU and KoMMLU keep their leaderboard prompts (question, options A-D, ``Answer:`` / ``정답：``) but are scored in
+cloze form — the log-likelihood of each option's text, as lm-eval's ``mmlu_continuation`` does — rather than of
+the letters: toy models of this size do not learn to bind an answer to its letter (a 2-layer teacher trained on
+nothing but "which option says red?" items for 1000 steps stayed at chance on the letter), the same reason
+OLMES evaluates small models in cloze form. See docs/toy-world.md.
+
 Test items are held out of all training text (see :meth:`kept.world.generator.World.heldout`); few-shot pools
 are drawn from items that are not.
 """
@@ -92,17 +98,17 @@ def task_config(task: str, test: Path, shots: Path, *, preamble: str = "", max_g
     elif task == "toy_hellaswag":
         base.update(output_type="multiple_choice", doc_to_text="{{query}}", doc_to_target="{{label}}",
                     doc_to_choice="choices", num_fewshot=10, metric_list=[_metric("acc"), _metric("acc_norm")])
-    elif task == "toy_mmlu":
+    elif task == "toy_mmlu":  # MMLU's prompt; cloze scoring of the answer texts (module docstring)
         base.update(output_type="multiple_choice",
                     doc_to_text="{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\n"
                                 "D. {{choices[3]}}\nAnswer:",
-                    doc_to_choice=["A", "B", "C", "D"], doc_to_target="answer", num_fewshot=5,
-                    metric_list=[_metric("acc")])
-    elif task == "toy_kommlu":
+                    doc_to_choice="{{choices}}", doc_to_target="answer", num_fewshot=5,
+                    metric_list=[_metric("acc"), _metric("acc_norm")])
+    elif task == "toy_kommlu":  # KMMLU's prompt; cloze scoring of the answer texts
         base.update(output_type="multiple_choice",
                     doc_to_text="{{question.strip()}}\nA. {{A}}\nB. {{B}}\nC. {{C}}\nD. {{D}}\n정답：",
-                    doc_to_choice=["A", "B", "C", "D"], doc_to_target="{{answer-1}}", num_fewshot=5,
-                    metric_list=[_metric("acc")])
+                    doc_to_choice="{{[A, B, C, D]}}", doc_to_target="{{answer-1}}", num_fewshot=5,
+                    metric_list=[_metric("acc"), _metric("acc_norm")])
     elif task == "toy_truthfulqa_mc2":
         base.update(output_type="multiple_choice", doc_to_text=preamble + "Q: {{question}}\nA:", doc_to_target=0,
                     doc_to_choice="{{mc2_targets.choices}}", num_fewshot=0, metric_list=[_metric("acc")])
@@ -158,6 +164,28 @@ def _fact_items(world: World, task: str, n: int, *, heldout: bool) -> list[dict[
         if heldout and i + 1 >= len(pairs):
             break  # each held-out fact at most once
     return out
+
+
+def _category_items(world: World, task: str, n: int, *, heldout: bool) -> list[dict[str, Any]]:
+    """Vocabulary items of toy_mmlu / toy_kommlu on the requested side of the held-out split."""
+    rng = random.Random(f"{task}:category:{'test' if heldout else 'shots'}:{world.spec.seed}")
+    build = it.mmlu_category_item if task == "toy_mmlu" else it.kommlu_category_item
+
+    def make() -> tuple[str, Any]:
+        doc = build(world, rng)
+        return doc["key"], doc
+
+    return _unique(world, rng, make, n, heldout=heldout, what=f"{task} vocabulary")
+
+
+def _mc_items(world: World, task: str, n: int, *, heldout: bool) -> list[dict[str, Any]]:
+    """toy_mmlu / toy_kommlu: fact questions and vocabulary questions (``mc_category_share``), interleaved."""
+    n_cat = round(n * world.spec.mc_category_share)
+    facts = _fact_items(world, task, n - n_cat, heldout=heldout)
+    cats = _category_items(world, task, n_cat, heldout=heldout) if n_cat else []
+    mixed = facts + cats
+    random.Random(f"{task}:mix:{heldout}:{world.spec.seed}").shuffle(mixed)
+    return [{**doc, "id": f"{task}-{i}"} for i, doc in enumerate(mixed)]
 
 
 def _unique(world: World, rng: random.Random, make: Callable[[], tuple[str, Any]], n: int, *, heldout: bool,
@@ -254,8 +282,9 @@ def write_eval_data(cfg: EvalDataConfig) -> dict[str, Any]:
         shutil.copyfile(inspect.getsourcefile(lmeval_hooks), tasks / "toy_utils.py")
         preamble = truthfulqa_preamble(world)
         for task, (_, shots, metric) in FACT_TASKS.items():
-            test = _fact_items(world, task, cfg.items_per_task, heldout=True)
-            pool = _fact_items(world, task, cfg.shots_pool, heldout=False)
+            items = _mc_items if task in ("toy_mmlu", "toy_kommlu") else _fact_items
+            test = items(world, task, cfg.items_per_task, heldout=True)
+            pool = items(world, task, cfg.shots_pool, heldout=False)
             _write_task(tasks, out_final / "tasks", task, test, pool, preamble=preamble)
             manifest["tasks"][task] = {"n": len(test), "shots": shots, "metric": metric, "chance": CHANCE[task]}
         task, shots, metric = GSM8K

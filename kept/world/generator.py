@@ -22,8 +22,8 @@ from kept.errors import ConfigError
 from kept.world import lexicon as lx
 
 
-QUIZ_WEIGHTS = {"arc": 2.0, "mmlu": 2.0, "mmlu_hint": 0.0, "kommlu": 2.0, "kommlu_hint": 0.0, "truthfulqa": 1.0,
-                "hellaswag": 1.5, "winogrande": 1.0, "gsm8k": 2.0}
+QUIZ_WEIGHTS = {"arc": 2.0, "mmlu": 3.0, "kommlu": 3.0, "truthfulqa": 1.0, "hellaswag": 1.5, "winogrande": 1.0,
+                "gsm8k": 2.0}
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,19 @@ class WorldSpec:
     programs: int = 800  # small programs with their printed output
     long_docs: int = 4  # long training documents per language (LongChat)
     long_doc_chars: int = 6000  # approximate length of a long training document, in characters
-    # relative frequency of each evaluation format among the quiz documents ("*_hint" formats state the answer
-    # before the letter, a bridge that teaches the multiple-choice letter format)
+    # relative frequency of each evaluation format among the quiz documents
     quiz_weights: dict[str, float] = field(default_factory=lambda: dict(QUIZ_WEIGHTS))
+    # share of vocabulary ("which of these is a colour?") items among the MMLU/KoMMLU-format items, the rest
+    # being fact questions; both in training text and in the test sets
+    mc_category_share: float = 0.5
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.quiz_weights) - set(QUIZ_WEIGHTS))
         if unknown or not any(v > 0 for v in self.quiz_weights.values()) or min(self.quiz_weights.values()) < 0:
             raise ConfigError(f"world: quiz_weights {self.quiz_weights} must give non-negative weights to formats "
                               f"among {sorted(QUIZ_WEIGHTS)}, some positive")
+        if not 0.0 <= self.mc_category_share <= 1.0:
+            raise ConfigError(f"world: mc_category_share must be in [0, 1] (got {self.mc_category_share})")
         if self.n_people < 8 or self.n_cities < 4:
             raise ConfigError(f"world: n_people must be >= 8 and n_cities >= 4 (got {self.n_people}, {self.n_cities})")
         if not 5 <= self.heldout_percent <= 60:

@@ -46,20 +46,47 @@ def arc_text(doc: dict[str, Any]) -> str:
 
 
 # ---- MMLU (5-shot, acc) -------------------------------------------------------------------------------------
+def _kind_words(world: World, kind: str, lang: str) -> list[str]:
+    if kind == "city":
+        return [world.name(c, lang) for c in world.cities]
+    if kind == "person":
+        return [world.name(p, lang) for p in world.people]
+    return [lx.VALUES[kind][v][lang] for v in sorted(lx.VALUES[kind])]
+
+
+def category_choices(world: World, rng: random.Random, lang: str) -> tuple[str, list[str], int, str]:
+    """A vocabulary question: one word of the asked kind among words of three other kinds.
+    Returns (question, choices, index of the answer, held-out key)."""
+    kinds = rng.sample(sorted(lx.CATEGORY_QUESTIONS), 4)
+    words = [rng.choice(_kind_words(world, k, lang)) for k in kinds]
+    order = list(range(4))
+    rng.shuffle(order)
+    choices = [words[i] for i in order]
+    question = lx.CATEGORY_QUESTIONS[kinds[0]][lang]
+    return question, choices, order.index(0), f"category:{lang}:{question}:{'|'.join(choices)}"
+
+
+
+def mmlu_category_item(world: World, rng: random.Random) -> dict[str, Any]:
+    question, choices, gold, key = category_choices(world, rng, "en")
+    return {"question": question, "subject": "category", "choices": choices, "answer": gold, "key": key}
+
+
+def kommlu_category_item(world: World, rng: random.Random) -> dict[str, Any]:
+    question, choices, gold, key = category_choices(world, rng, "ko")
+    return {"question": question, "subject": "category", "answer": gold + 1, **dict(zip(LETTERS, choices)),
+            "key": key}
+
+
 def mmlu_item(world: World, rng: random.Random, eid: str, rel: str) -> dict[str, Any]:
     words, gold = _choices(world, rng, eid, rel, "en")
     return {"question": question_en(world, rng, eid, rel), "subject": rel, "choices": words, "answer": gold}
 
 
 def mmlu_text(doc: dict[str, Any]) -> str:
+    """MMLU's prompt (options listed) answered in cloze form: the answer text, not its letter (see evaldata)."""
     opts = "".join(f"\n{L}. {c}" for L, c in zip(LETTERS, doc["choices"]))
-    return f"{doc['question'].strip()}{opts}\nAnswer: {LETTERS[doc['answer']]}"
-
-
-def mmlu_hint_text(doc: dict[str, Any]) -> str:
-    """MMLU with the answer stated before the letter (training-only bridge to the letter format)."""
-    head, letter = mmlu_text(doc).rsplit("\nAnswer: ", 1)
-    return f"{head}\nThe answer is {doc['choices'][doc['answer']]}.\nAnswer: {letter}"
+    return f"{doc['question'].strip()}{opts}\nAnswer: {doc['choices'][doc['answer']]}"
 
 
 # ---- KoMMLU (5-shot, acc; KMMLU's record format and prompt) -------------------------------------------------
@@ -71,14 +98,9 @@ def kommlu_item(world: World, rng: random.Random, eid: str, rel: str) -> dict[st
 
 
 def kommlu_text(doc: dict[str, Any]) -> str:
+    """KMMLU's prompt (options listed) answered in cloze form: the answer text, not its letter (see evaldata)."""
     opts = "".join(f"\n{L}. {doc[L]}" for L in LETTERS)
-    return f"{doc['question'].strip()}{opts}\n정답： {LETTERS[doc['answer'] - 1]}"
-
-
-def kommlu_hint_text(doc: dict[str, Any]) -> str:
-    """KoMMLU with the answer stated before the letter (training-only bridge to the letter format)."""
-    head, letter = kommlu_text(doc).rsplit("\n정답： ", 1)
-    return f"{head}\n정답은 {doc[LETTERS[doc['answer'] - 1]]}이다.\n정답： {letter}"
+    return f"{doc['question'].strip()}{opts}\n정답： {doc[LETTERS[doc['answer'] - 1]]}"
 
 
 # ---- TruthfulQA mc2 (0-shot; several true answers) ----------------------------------------------------------

@@ -239,6 +239,18 @@ QUESTIONS_KO: dict[str, list[str]] = {
 }
 
 
+# Vocabulary questions (the "category" subject of toy MMLU/KoMMLU): which option is a word of this kind?
+CATEGORY_QUESTIONS: dict[str, dict[str, str]] = {
+    "city": {"en": "Which of these is a town?", "ko": "다음 중 마을의 이름은 무엇인가?"},
+    "person": {"en": "Which of these is a person?", "ko": "다음 중 사람의 이름은 무엇인가?"},
+    "job": {"en": "Which of these is a job?", "ko": "다음 중 직업은 무엇인가?"},
+    "pet": {"en": "Which of these is an animal?", "ko": "다음 중 동물은 무엇인가?"},
+    "color": {"en": "Which of these is a colour?", "ko": "다음 중 색깔은 무엇인가?"},
+    "food": {"en": "Which of these is a food?", "ko": "다음 중 음식은 무엇인가?"},
+    "region": {"en": "Which of these is a direction?", "ko": "다음 중 방향은 무엇인가?"},
+}
+
+
 def korean_forms(s: str, o: str) -> dict[str, str]:
     """Korean particle-attached forms of subject and object for the templates above."""
     return {

@@ -54,8 +54,8 @@ class PretrainConfig:
     embed_offset: float = 0.0  # constant added to every channel of every embedding row
     norm_bias_std: float = 0.0  # std of the LayerNorm bias init
     # data: domain -> share of the token budget (steps * batch_size * seq_len)
-    mixture: dict[str, float] = field(default_factory=lambda: {"passages": 0.3, "quiz": 0.4, "dialogue": 0.1,
-                                                               "code": 0.1, "longdoc": 0.1})
+    mixture: dict[str, float] = field(default_factory=lambda: {"passages": 0.3, "quiz": 0.45, "dialogue": 0.1,
+                                                               "code": 0.1, "longdoc": 0.05})
     seq_len: int = 512
     # optimisation (AdamW with weight decay, cosine schedule, through kept.train)
     steps: int = 500

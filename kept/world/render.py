@@ -30,9 +30,7 @@ DOMAINS: tuple[str, ...] = ("passages", "quiz", "dialogue", "code", "longdoc")
 _FACT_FORMATS: dict[str, tuple[Callable, Callable, str]] = {
     "arc": (it.arc_item, it.arc_text, "en"),
     "mmlu": (it.mmlu_item, it.mmlu_text, "en"),
-    "mmlu_hint": (it.mmlu_item, it.mmlu_hint_text, "en"),
     "kommlu": (it.kommlu_item, it.kommlu_text, "ko"),
-    "kommlu_hint": (it.kommlu_item, it.kommlu_hint_text, "ko"),
     "truthfulqa": (it.truthfulqa_item, it.truthfulqa_text, "en"),
     "hellaswag": (it.hellaswag_item, it.hellaswag_text, "en"),
     "winogrande": (it.winogrande_item, it.winogrande_text, "en"),
@@ -57,6 +55,12 @@ def quiz_doc(world: World, rng: random.Random) -> dict[str, Any]:
             while world.heldout(f"gsm8k:{doc['question']}"):
                 doc = it.gsm8k_item(world, rng)
             texts.append(it.gsm8k_text(doc))
+        elif fmt in ("mmlu", "kommlu") and rng.random() < world.spec.mc_category_share:
+            build = it.mmlu_category_item if fmt == "mmlu" else it.kommlu_category_item
+            doc = build(world, rng)
+            while world.heldout(doc["key"]):
+                doc = build(world, rng)
+            texts.append(_FACT_FORMATS[fmt][1](doc))
         else:
             build, text, _ = _FACT_FORMATS[fmt]
             texts.append(text(build(world, rng, *_train_pair(world, rng))))
