@@ -16,7 +16,7 @@ rule fetch_source:
         repo=lambda w: variant_cfg(w.variant)["source"]["repo"],
         revision=lambda w: variant_cfg(w.variant)["source"]["revision"],
     log:
-        "logs/fetch_source/{variant}.log",
+        R("logs/fetch_source/{variant}.log"),
     threads: 1
     resources:
         runtime=240,
@@ -41,9 +41,9 @@ rule convert:
         chat=lambda w: variant_cfg(w.variant).get("chat_format") is not None,
         device=CONVERT["device"],
     log:
-        "logs/convert/{variant}-{norm}.log",
+        R("logs/convert/{variant}-{norm}.log"),
     benchmark:
-        "benchmarks/convert/{variant}-{norm}.tsv"
+        R("benchmarks/convert/{variant}-{norm}.tsv")
     threads: 2
     resources:
         gpu=1 if CONVERT["device"].startswith("cuda") else 0,

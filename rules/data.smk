@@ -11,9 +11,9 @@ rule world:
     params:
         spec={**{k: v for k, v in WORLD["generator"].items()}, "seed": config["seed"]},
     log:
-        "logs/data/world.log",
+        R("logs/data/world.log"),
     benchmark:
-        "benchmarks/data/world.tsv"
+        R("benchmarks/data/world.tsv")
     threads: 1
     conda:
         "../envs/torch.yaml"
@@ -29,9 +29,9 @@ rule train_tokenizer:
     params:
         vocab_size=WORLD["tokenizer"]["vocab_size"],
     log:
-        "logs/data/train_tokenizer.log",
+        R("logs/data/train_tokenizer.log"),
     benchmark:
-        "benchmarks/data/train_tokenizer.tsv"
+        R("benchmarks/data/train_tokenizer.tsv")
     threads: 1
     conda:
         "../envs/torch.yaml"
@@ -54,9 +54,9 @@ rule eval_data:
         settings={k: v for k, v in WORLD["eval"].items() if k != "longctx_factor"},
         longctx_min_tokens=WORLD["eval"]["longctx_factor"] * CORPUS["max_length"],
     log:
-        "logs/data/eval_data.log",
+        R("logs/data/eval_data.log"),
     benchmark:
-        "benchmarks/data/eval_data.tsv"
+        R("benchmarks/data/eval_data.tsv")
     threads: 1
     conda:
         "../envs/torch.yaml"
@@ -77,9 +77,9 @@ rule prepare_corpus:
         seed=config["seed"],
         miracl=CORPUS["miracl"],
     log:
-        "logs/data/prepare_corpus.log",
+        R("logs/data/prepare_corpus.log"),
     benchmark:
-        "benchmarks/data/prepare_corpus.tsv"
+        R("benchmarks/data/prepare_corpus.tsv")
     threads: 1
     resources:
         runtime=30 if CORPUS["source"] == "world" else 600,
@@ -101,9 +101,9 @@ rule pretrain_teacher:
         seed=config["seed"],
         work_dir=lambda w: R("teachers", f".work-{w.variant}"),
     log:
-        "logs/data/pretrain_teacher-{variant}.log",
+        R("logs/data/pretrain_teacher-{variant}.log"),
     benchmark:
-        "benchmarks/data/pretrain_teacher-{variant}.tsv"
+        R("benchmarks/data/pretrain_teacher-{variant}.tsv")
     threads: lambda w: teacher_recipe(w.variant)["threads"]
     resources:
         mem_mb=4000,

@@ -24,9 +24,9 @@ rule eval_harness:
         dtype=EVAL["dtype"],
         device=EVAL["device"],
     log:
-        "logs/eval_harness/{variant}-{model}-{suite}.log",
+        R("logs/eval_harness/{variant}-{model}-{suite}.log"),
     benchmark:
-        "benchmarks/eval_harness/{variant}-{model}-{suite}.tsv"
+        R("benchmarks/eval_harness/{variant}-{model}-{suite}.tsv")
     threads: 1
     resources:
         gpu=eval_gpu,
@@ -54,9 +54,9 @@ rule eval_recovery:
         dtype=EVAL["dtype"],
         device=EVAL["device"],
     log:
-        "logs/eval_recovery/{variant}-{method}.log",
+        R("logs/eval_recovery/{variant}-{method}.log"),
     benchmark:
-        "benchmarks/eval_recovery/{variant}-{method}.tsv"
+        R("benchmarks/eval_recovery/{variant}-{method}.tsv")
     threads: 1
     resources:
         gpu=eval_gpu,
@@ -75,7 +75,7 @@ rule code_probe_data:
         dataset="openai/openai_humaneval",
         revision=None,
     log:
-        "logs/code_probe_data/humaneval.log",
+        R("logs/code_probe_data/humaneval.log"),
     threads: 1
     conda:
         "../envs/eval.yaml"
@@ -98,9 +98,9 @@ rule eval_code:
         dtype=EVAL["dtype"],
         device=EVAL["device"],
     log:
-        "logs/eval_code/{variant}-{model}.log",
+        R("logs/eval_code/{variant}-{model}.log"),
     benchmark:
-        "benchmarks/eval_code/{variant}-{model}.tsv"
+        R("benchmarks/eval_code/{variant}-{model}.tsv")
     threads: 1
     resources:
         gpu=eval_gpu,

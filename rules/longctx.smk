@@ -8,7 +8,7 @@ rule longctx_docs:
     params:
         source=lambda w: LONGCTX["sources"][w.source],
     log:
-        "logs/longctx_docs/{source}.log",
+        R("logs/longctx_docs/{source}.log"),
     threads: 1
     conda:
         "../envs/eval.yaml"
@@ -32,9 +32,9 @@ rule eval_longctx:
         dtype=EVAL["dtype"],
         device=EVAL["device"],
     log:
-        "logs/eval_longctx/{variant}-{model}.log",
+        R("logs/eval_longctx/{variant}-{model}.log"),
     benchmark:
-        "benchmarks/eval_longctx/{variant}-{model}.tsv"
+        R("benchmarks/eval_longctx/{variant}-{model}.tsv")
     threads: 1
     resources:
         gpu=eval_gpu,

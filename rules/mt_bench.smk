@@ -16,7 +16,7 @@ rule mtbench_data:
         bench=MTB["bench"],
         reference_model=MTB["reference_model"],
     log:
-        "logs/mtbench_data/data.log",
+        R("logs/mtbench_data/data.log"),
     threads: 1
     conda:
         "../envs/eval.yaml"
@@ -47,9 +47,9 @@ rule mtbench_answer_teacher:
         dtype=EVAL["dtype"],
         device=EVAL["device"],
     log:
-        "logs/mtbench_answer/{variant}-{model}.log",
+        R("logs/mtbench_answer/{variant}-{model}.log"),
     benchmark:
-        "benchmarks/mtbench_answer/{variant}-{model}.tsv"
+        R("benchmarks/mtbench_answer/{variant}-{model}.tsv")
     threads: 1
     resources:
         gpu=eval_gpu,
@@ -84,9 +84,9 @@ rule mtbench_answer_student:
         dtype=EVAL["dtype"],
         device=EVAL["device"],
     log:
-        "logs/mtbench_answer/{variant}-{model}.log",
+        R("logs/mtbench_answer/{variant}-{model}.log"),
     benchmark:
-        "benchmarks/mtbench_answer/{variant}-{model}.tsv"
+        R("benchmarks/mtbench_answer/{variant}-{model}.tsv")
     threads: 1
     resources:
         gpu=eval_gpu,
@@ -116,9 +116,9 @@ rule mtbench_judge:
         variant="{variant}",
         chat_format="{fmt}",
     log:
-        "logs/mtbench_judge/{variant}-{model}-{fmt}.log",
+        R("logs/mtbench_judge/{variant}-{model}-{fmt}.log"),
     benchmark:
-        "benchmarks/mtbench_judge/{variant}-{model}-{fmt}.tsv"
+        R("benchmarks/mtbench_judge/{variant}-{model}-{fmt}.tsv")
     threads: 1
     resources:
         runtime=120,
@@ -135,7 +135,7 @@ rule mtbench_collect:
     output:
         R("{variant}", "mtbench", "model_judgment", f"{MTB_JUDGE_FILE}_single.jsonl"),
     log:
-        "logs/mtbench_collect/{variant}.log",
+        R("logs/mtbench_collect/{variant}.log"),
     threads: 1
     conda:
         "../envs/eval.yaml"

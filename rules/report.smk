@@ -155,7 +155,7 @@ rule report_table_h6:
     params:
         **REPORT_PARAMS["table_h6"],
     log:
-        "logs/report/table_h6.log",
+        R("logs/report/table_h6.log"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -191,7 +191,7 @@ rule report_table_mtbench:
     params:
         **REPORT_PARAMS["table_mtbench"],
     log:
-        "logs/report/table_mtbench.log",
+        R("logs/report/table_mtbench.log"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -227,7 +227,7 @@ rule report_table_kommlu:
     params:
         **REPORT_PARAMS["table_kommlu"],
     log:
-        "logs/report/table_kommlu.log",
+        R("logs/report/table_kommlu.log"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -263,7 +263,7 @@ rule report_table_transfer_code:
     params:
         **REPORT_PARAMS["table_transfer_code"],
     log:
-        "logs/report/table_transfer_code.log",
+        R("logs/report/table_transfer_code.log"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -299,7 +299,7 @@ rule report_table_transfer_longctx:
     params:
         **REPORT_PARAMS["table_transfer_longctx"],
     log:
-        "logs/report/table_transfer_longctx.log",
+        R("logs/report/table_transfer_longctx.log"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -335,7 +335,7 @@ rule report_table_fidelity:
     params:
         **REPORT_PARAMS["table_fidelity"],
     log:
-        "logs/report/table_fidelity.log",
+        R("logs/report/table_fidelity.log"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -368,7 +368,7 @@ rule report_figure_longctx:
     params:
         **REPORT_PARAMS["figure_longctx"],
     log:
-        "logs/report/figure_longctx.log",
+        R("logs/report/figure_longctx.log"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -398,7 +398,7 @@ rule report_figure_mtbench_categories:
     params:
         **REPORT_PARAMS["figure_mtbench_categories"],
     log:
-        "logs/report/figure_mtbench_categories.log",
+        R("logs/report/figure_mtbench_categories.log"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -428,7 +428,7 @@ rule report_figure_train_loss:
     params:
         **REPORT_PARAMS["figure_train_loss"],
     log:
-        "logs/report/figure_train_loss.log",
+        R("logs/report/figure_train_loss.log"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -458,7 +458,7 @@ rule report_figure_recovery:
     params:
         **REPORT_PARAMS["figure_recovery"],
     log:
-        "logs/report/figure_recovery.log",
+        R("logs/report/figure_recovery.log"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -488,7 +488,7 @@ rule report_figure_pilot:
     params:
         **REPORT_PARAMS["figure_pilot"],
     log:
-        "logs/report/figure_pilot.log",
+        R("logs/report/figure_pilot.log"),
     threads: 1
     resources:
         mem_mb=2000,

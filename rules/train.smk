@@ -20,9 +20,9 @@ rule train:
         num_processes=TRAIN["num_processes"],
         accelerate_profile=accelerate_profile(),
     log:
-        "logs/train/{variant}-{method}.log",
+        R("logs/train/{variant}-{method}.log"),
     benchmark:
-        "benchmarks/train/{variant}-{method}.tsv"
+        R("benchmarks/train/{variant}-{method}.tsv")
     threads: TRAIN["threads"]
     resources:
         gpu=TRAIN["resources"]["gpu"],
@@ -49,9 +49,9 @@ rule cache_teacher:
         teacher_dtype=train_settings("xkd_z")["teacher_dtype"],
         chunk_size=train_settings("xkd_z")["kl_chunk_size"],
     log:
-        "logs/cache_teacher/{variant}.log",
+        R("logs/cache_teacher/{variant}.log"),
     benchmark:
-        "benchmarks/cache_teacher/{variant}.tsv"
+        R("benchmarks/cache_teacher/{variant}.tsv")
     threads: TRAIN["threads"]
     resources:
         gpu=1 if TRAIN["offline_teacher"].get("device", "cpu").startswith("cuda") else 0,
@@ -80,9 +80,9 @@ rule pilot:
         mixed_precision=TRAIN["common"]["mixed_precision"],
         work_dir=lambda w: R(w.variant, "pilot"),
     log:
-        "logs/pilot/{variant}.log",
+        R("logs/pilot/{variant}.log"),
     benchmark:
-        "benchmarks/pilot/{variant}.tsv"
+        R("benchmarks/pilot/{variant}.tsv")
     threads: TRAIN["threads"]
     resources:
         gpu=TRAIN["resources"]["gpu"],
