@@ -103,7 +103,10 @@ def test_bad_values_are_named():
 @pytest.mark.slow
 def test_bad_config_stops_the_workflow_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("report:\n  dpii: 3\n")
+    # A --configfile replaces the embedded default, so the bad file is a full config with one typo.
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["report"]["dpii"] = 3
+    bad.write_text(yaml.safe_dump(config))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([SNAKEMAKE, "--cores", "1", "--configfile", str(bad), "--directory", str(ROOT),
                            "--snakefile", str(ROOT / "Snakefile"), "--config", f"results={tmp_path / 'results'}"],
