@@ -1,0 +1,83 @@
+"""Pipeline time: the whole default DAG (or the smoke DAG with --quick) from a fresh copy of the workflow.
+
+The bench copies the tracked workflow into a scratch directory, runs ``snakemake --cores 2`` there with this
+interpreter's environment, and reads Snakemake's own benchmark files (``results/benchmarks/<rule>/*.tsv``) for
+the time of every job. It reports, per rule, the job count and summed job seconds, and overall the wall time
+against two baselines measured in the same run: the summed job time (wall / sum < 1 means the two cores
+overlapped jobs) and the time budget the issue sets (20 min default, 3 min smoke).
+
+    .venv/bin/python -m bench.bench_pipeline            # default config (~20 min)
+    .venv/bin/python -m bench.bench_pipeline --quick    # smoke config
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUDGET_S = {"config.yaml": 20 * 60, "config/smoke.yaml": 3 * 60}
+
+
+def copy_workflow(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+    for rel in files:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+
+
+def job_seconds(bench_dir: Path) -> dict[str, list[float]]:
+    """rule -> seconds of each of its jobs, from Snakemake's benchmark TSVs (column ``s``)."""
+    per_rule: dict[str, list[float]] = {}
+    for tsv in sorted(bench_dir.rglob("*.tsv")):
+        rule = tsv.relative_to(bench_dir).parts[0]
+        with open(tsv, newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        per_rule.setdefault(rule, []).extend(float(r["s"]) for r in rows)
+    return per_rule
+
+
+def run(*, quick: bool = False) -> dict:
+    configfile = "config/smoke.yaml" if quick else "config.yaml"
+    work = ROOT / "bench" / "_work" / "pipeline"
+    shutil.rmtree(work, ignore_errors=True)
+    copy_workflow(work)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    snakemake = str(Path(sys.executable).parent / "snakemake")
+    t0 = time.perf_counter()
+    proc = subprocess.run([snakemake, "--cores", "2", "--configfile", configfile], cwd=work, env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    import yaml
+
+    results = work / yaml.safe_load((work / configfile).read_text())["results"]
+    per_rule = job_seconds(results / "benchmarks")
+    total = sum(sum(v) for v in per_rule.values())
+    rows = [{"rule": rule, "jobs": len(s), "job seconds": round(sum(s), 1), "share of job time": f"{sum(s) / total:.1%}"}
+            for rule, s in sorted(per_rule.items(), key=lambda kv: -sum(kv[1]))]
+    budget = BUDGET_S[configfile]
+    load = os.getloadavg()
+    notes = (
+        f"`snakemake --cores 2 --configfile {configfile}` from a fresh copy: wall {wall / 60:.1f} min for "
+        f"{sum(len(s) for s in per_rule.values())} benchmarked jobs summing to {total / 60:.1f} min "
+        f"(wall / job-time {wall / total:.2f}); wall / budget ({budget // 60} min) = {wall / budget:.2f}. "
+        f"Load average after the run: {load[0]:.1f} (a shared machine inflates every figure)."
+    )
+    return {"title": f"Pipeline time per rule ({'smoke' if quick else 'default'} config, 2 cores)", "rows": rows,
+            "notes": notes}
+
+
+if __name__ == "__main__":
+    import pandas as pd
+
+    result = run(quick="--quick" in sys.argv)
+    print(pd.DataFrame(result["rows"]).to_markdown(index=False))
+    print(result["notes"])
