@@ -1,15 +1,14 @@
 """Snakemake script (rules/data.smk): write the toy evaluation suites (lm-eval tasks, MT-Bench, longctx, code)."""
 
 import logging
-import sys
 
 from pathlib import Path
 
+from kept.smk import log_to_rule
 from kept.world.evaldata import EvalDataConfig, write_eval_data
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
-sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
+log_to_rule(smk, threads=False)
 
 manifest = write_eval_data(EvalDataConfig(
     world=smk.input.world,

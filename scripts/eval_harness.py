@@ -1,16 +1,12 @@
 """Snakemake script (rules/eval_harness.smk): one lm-eval suite (H6 or KoMMLU) on one grid model."""
 
 import logging
-import sys
-
-import torch
 
 from kept.eval.harness import HarnessConfig, TaskSpec, run_harness
+from kept.smk import log_to_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
-sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
-torch.set_num_threads(smk.threads)
+log_to_rule(smk)
 
 p = smk.params
 h = p.harness

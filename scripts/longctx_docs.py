@@ -1,13 +1,12 @@
 """Snakemake script (rules/longctx.smk): long Wikipedia passages for the paper config, chosen by a fixed rule."""
 
 import logging
-import sys
 
 from kept.eval.longctx import WikiDocsConfig, prepare_wiki_docs
+from kept.smk import log_to_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
-sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
+log_to_rule(smk, threads=False)
 
 p = smk.params.source
 n = prepare_wiki_docs(WikiDocsConfig(

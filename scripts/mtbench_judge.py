@@ -4,14 +4,13 @@ The API key is read here from the environment variable NAMED in the config; it i
 
 import logging
 import os
-import sys
 
 from kept.eval.judge import JudgeConfig, run_judge_job
 from kept.eval.mtbench import summarize_judgments
+from kept.smk import log_to_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
-sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
+log_to_rule(smk, threads=False)
 
 p = smk.params
 records = run_judge_job(

@@ -1,16 +1,12 @@
 """Snakemake script (rules/train.smk): the Appendix-A pilot (only the RMSNorm weights learn)."""
 
 import logging
-import sys
 
-import torch
-
+from kept.smk import log_to_rule
 from kept.train.pilot import PilotConfig, run_pilot
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
-sys.stderr = open(smk.log[0], "a")
-torch.set_num_threads(smk.threads)
+log_to_rule(smk)
 
 p = smk.params
 summary = run_pilot(

@@ -1,14 +1,13 @@
 """Snakemake script (rules/data.smk): balance and pack the transfer corpus (world passages or MIRACL)."""
 
 import logging
-import sys
 from pathlib import Path
 
 from kept.corpus import CorpusConfig, prepare_corpus
+from kept.smk import log_to_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
-sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
+log_to_rule(smk, threads=False)
 
 p = smk.params
 miracl = p.miracl

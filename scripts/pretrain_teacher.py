@@ -1,16 +1,12 @@
 """Snakemake script (rules/data.smk): pretrain one toy teacher in Orion's format (through kept.train)."""
 
 import logging
-import sys
 
-import torch
-
+from kept.smk import log_to_rule
 from kept.world.pretrain import PretrainConfig, pretrain_teacher
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
-sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
-torch.set_num_threads(smk.threads)
+log_to_rule(smk)
 
 summary = pretrain_teacher(PretrainConfig(
     world=smk.input.world,

@@ -1,13 +1,12 @@
 """Snakemake script (rules/report.smk): build one table or figure of the report from the grid's result files."""
 
 import logging
-import sys
 
 from kept.report import Item, ReportJob, build_report
+from kept.smk import log_to_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
-sys.stderr = open(smk.log[0], "a")  # tracebacks land in the rule's log
+log_to_rule(smk, threads=False)
 
 p = smk.params
 paths = list(smk.input)

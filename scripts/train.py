@@ -1,18 +1,14 @@
 """Snakemake script (rules/train.smk): train one variant's student with one method (UT / XKD-h / XKD-z)."""
 
 import logging
-import sys
 from pathlib import Path
 
-import torch
-
+from kept.smk import log_to_rule
 from kept.train import TrainConfig
 from kept.train.launch import launch
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-logging.basicConfig(filename=smk.log[0], filemode="w", level=logging.INFO, format="%(asctime)s %(message)s")
-sys.stderr = open(smk.log[0], "a")  # tracebacks and the progress bar land in the rule's log
-torch.set_num_threads(smk.threads)
+log_to_rule(smk)
 
 p = smk.params
 cfg = TrainConfig(

@@ -15,7 +15,8 @@ from kept.world import items as it
 from kept.world.evaldata import TASKS, EvalDataConfig, write_eval_data
 from kept.world.generator import World, WorldSpec, build_world
 from kept.world.judge import ToyJudge, score_answer
-from kept.world.render import DOMAINS, load_world, read_jsonl, write_world
+from kept.jsonl import read_jsonl
+from kept.world.render import DOMAINS, load_world, write_world
 from kept.world.tokenizer import load_sp, train_tokenizer
 
 SMALL = dict(n_people=12, n_cities=4, heldout_percent=30, passages_per_entity=2, quiz_docs=150, dialogues=80,

@@ -3,7 +3,6 @@ token negative log-likelihoods on any model of the grid (Orion teacher runtime o
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,30 +11,9 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from kept.errors import KeptError
+from kept.jsonl import read_jsonl  # noqa: F401 - re-exported: the eval modules import it from here
 
 log = logging.getLogger(__name__)
-
-
-def read_jsonl(path: str | Path, *, what: str = "records") -> list[dict[str, Any]]:
-    """All JSON objects of a JSON-lines file; a missing, empty or malformed file is a KeptError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise KeptError(f"{path}: missing {what} file")
-    rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise KeptError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-            if not isinstance(row, dict):
-                raise KeptError(f"{path}:{lineno}: expected a JSON object, found {type(row).__name__}")
-            rows.append(row)
-    if not rows:
-        raise KeptError(f"{path}: no {what}")
-    return rows
 
 
 def require_keys(row: dict[str, Any], keys: Iterable[str], *, where: str) -> None:

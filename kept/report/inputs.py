@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kept.errors import KeptError
+from kept.jsonl import read_jsonl  # noqa: F401 - re-exported for the figures
 
 
 @dataclass(frozen=True)
@@ -37,27 +38,6 @@ def read_json(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise KeptError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file; a missing, empty or malformed file is a KeptError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise KeptError(f"{path}: missing log file")
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KeptError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-        if not isinstance(row, dict):
-            raise KeptError(f"{path}:{lineno}: expected a JSON object")
-        rows.append(row)
-    if not rows:
-        raise KeptError(f"{path}: no records")
-    return rows
 
 
 def get(obj: dict[str, Any], key: str, *, path: str | Path, kind: type | tuple[type, ...] | None = None) -> Any:

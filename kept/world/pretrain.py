@@ -28,7 +28,8 @@ from kept.chat import encode_with_specials
 from kept.corpus import document_text, file_sha256, pack
 from kept.errors import ConfigError, KeptError
 from kept.orion import load_teacher, new_orion_model, save_orion_checkpoint
-from kept.world.render import DOMAINS, read_jsonl
+from kept.jsonl import read_jsonl
+from kept.world.render import DOMAINS
 
 ROLES = ("base", "chat", "longchat")
 
@@ -85,9 +86,7 @@ class PretrainConfig:
 
 def _documents(path: Path, domain: str, encode: Any, seed: int) -> Iterator[tuple[str, list[int]]]:
     """Token ids of a domain's documents, shuffled, endlessly; chat specials become their ids."""
-    records = read_jsonl(path)
-    if not records:
-        raise KeptError(f"{path}: no documents in domain {domain!r}")
+    records = read_jsonl(path, what=f"documents in domain {domain!r}")
     ids = [encode(document_text(r) if domain == "passages" else r["text"]) for r in records]
     langs = [r.get("lang", "") for r in records]
     rng = random.Random(f"{seed}:{domain}")

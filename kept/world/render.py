@@ -130,21 +130,6 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
             fh.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise KeptError(f"{path}: missing file")
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise KeptError(f"{path}:{n}: invalid JSON ({exc})") from exc
-    return out
-
-
 def load_world(directory: str | Path) -> World:
     """The world saved under ``directory`` (its ``world.json``)."""
     path = Path(directory) / "world.json"
