@@ -104,7 +104,7 @@ MARK = "<!-- bench:{} -->"
 def read_sections(text: str) -> dict[str, str]:
     """name -> section text of a results.md written by this runner."""
     parts = re.split(r"^<!-- bench:([\w-]+) -->\n", text, flags=re.M)
-    return dict(zip(parts[1::2], parts[2::2]))
+    return {name: body.strip() + "\n" for name, body in zip(parts[1::2], parts[2::2])}
 
 
 if __name__ == "__main__":
