@@ -28,6 +28,7 @@ import numpy as np
 
 from kept.atomic import atomic_dir
 from kept.errors import ConfigError, KeptError
+from kept.jsonl import read_jsonl
 
 MIRACL_REPO = "miracl/miracl-corpus"
 # Files of one language in the MIRACL corpus repo (the repo's loading script is not run; datasets >= 4 cannot).
@@ -77,19 +78,7 @@ def world_documents(passages: str | Path, lang: str, *, seed: int,
                     passes: dict[str, int] | None = None) -> Iterator[str]:
     """The world's passages in ``lang``, shuffled, endlessly (each pass in a new order)."""
     path = Path(passages)
-    if not path.is_file():
-        raise KeptError(f"{path}: missing passages file")
-    docs = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise KeptError(f"{path}:{n}: invalid JSON ({exc})") from exc
-            if rec.get("lang") == lang:
-                docs.append(document_text(rec))
+    docs = [document_text(rec) for rec in read_jsonl(path, what="passages") if rec.get("lang") == lang]
     if not docs:
         raise KeptError(f"{path}: no passages in language {lang!r}")
     rng = random.Random(f"{seed}:{lang}")
