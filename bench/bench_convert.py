@@ -230,10 +230,6 @@ def run(*, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    import pandas as pd
+    from bench.run import section
 
-    quick = "--quick" in sys.argv
-    result = run(quick=quick)
-    print(f"## {result['title']}\n")
-    print(pd.DataFrame(result["rows"]).to_markdown(index=False))
-    print("\n" + result["notes"])
+    print(section(run(quick="--quick" in sys.argv)))

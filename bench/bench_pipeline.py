@@ -76,8 +76,6 @@ def run(*, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    import pandas as pd
+    from bench.run import section
 
-    result = run(quick="--quick" in sys.argv)
-    print(pd.DataFrame(result["rows"]).to_markdown(index=False))
-    print(result["notes"])
+    print(section(run(quick="--quick" in sys.argv)))

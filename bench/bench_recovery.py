@@ -130,9 +130,14 @@ def run(*, quick: bool = False) -> dict:
     target = 0.99 * teacher_h6
     quiz = _domain_ids(results, "quiz", HELD_BACK, corpus.max_length)
     rows, curves, first = [], {}, {}
+    at_init: dict[str, tuple[float, float, float]] = {}  # init -> (H6, KL, quiz KL), evaluated once per init
 
-    def one(label: str, norm: str, objective: str, steps: int, snapshot_every: int) -> dict:
-        """Train one init, evaluate the init and every snapshot; add its row, curves and first hit."""
+    def evaluate(models: dict[int, Path], out: Path) -> dict[int, tuple[float, float, float]]:
+        h6 = _h6(models, tasks, results / "eval_data" / "tasks", out, cfg["eval"]["harness"], cfg["seed"])
+        return {step: (h6[step], _kl(teacher, path, ids), _kl(teacher, path, quiz)) for step, path in models.items()}
+
+    def one(label: str, norm: str, objective: str, steps: int, snapshot_every: int) -> None:
+        """Train one init, evaluate every snapshot (and the init, once); add its row, curves and first hit."""
         run_dir = work / re.sub(r"\W+", "-", label).strip("-")
         init = results / VARIANT / f"init-{norm}" / "model"
         t0 = time.perf_counter()
@@ -141,10 +146,11 @@ def run(*, quick: bool = False) -> dict:
                           teacher=str(teacher) if objective == "xkd_z" else None, output=str(run_dir / "model"),
                           work_dir=str(run_dir), progress=False))
         train_s = time.perf_counter() - t0
-        models = {0: init} | {int(p.name.split("-")[1]): p for p in (run_dir / "snapshots").glob("step-*")}
-        h6 = _h6(models, tasks, results / "eval_data" / "tasks", run_dir, cfg["eval"]["harness"], cfg["seed"])
-        kl = {step: _kl(teacher, path, ids) for step, path in sorted(models.items())}
-        kl_quiz = {step: _kl(teacher, path, quiz) for step, path in sorted(models.items())}
+        if norm not in at_init:
+            at_init[norm] = evaluate({0: init}, work / f"init-{norm}")[0]
+        snaps = {int(p.name.split("-")[1]): p for p in (run_dir / "snapshots").glob("step-*")}
+        scores = {0: at_init[norm], **evaluate(snaps, run_dir)}
+        h6, kl, kl_quiz = ({step: v[i] for step, v in sorted(scores.items())} for i in range(3))
         curves[label] = {"h6": h6, "kl": kl, "kl_quiz": kl_quiz}
         hit = next((s for s in sorted(h6) if h6[s] >= target), None)
         first[label] = None if hit is None else hit * tokens_per_step
@@ -158,7 +164,6 @@ def run(*, quick: bool = False) -> dict:
             else f"> {steps * tokens_per_step}",
             "train s": round(train_s),
         })
-        return rows[-1]
 
     steps, every = settings["steps"], settings["snapshot_every"]
     for norm in NORMS:
@@ -190,8 +195,6 @@ def run(*, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    import pandas as pd
+    from bench.run import section
 
-    result = run(quick="--quick" in sys.argv)
-    print(pd.DataFrame(result["rows"]).to_markdown(index=False))
-    print(result["notes"])
+    print(section(run(quick="--quick" in sys.argv)))

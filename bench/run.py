@@ -78,11 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = mod.run(quick=args.quick)
         took = time.perf_counter() - t0
-        table = pd.DataFrame(result["rows"]).to_markdown(index=False) if result["rows"] else "(no rows)"
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         command = "python -m bench.run " + " ".join((["--quick"] if args.quick else []) + [name])
-        text = (f"## {result['title']}\n\n{table}\n\n{result.get('notes', '').strip()}\n\n"
-                f"_`{command}`, {stamp}, took {took:.0f} s_\n")
+        text = f"{section(result)}\n\n_`{command}`, {stamp}, took {took:.0f} s_\n"
         print(text, flush=True)
         sections[f"{name}-quick" if args.quick else name] = text
     out = Path(args.out)
@@ -96,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(header + "\n".join(f"{MARK.format(n)}\n{t}" for n, t in merged.items()))
     print(f"wrote {out}")
     return 0
+
+
+def section(result: dict) -> str:
+    """A benchmark's result as Markdown: title, table, notes (also what ``python -m bench.bench_<name>`` prints)."""
+    table = pd.DataFrame(result["rows"]).to_markdown(index=False) if result["rows"] else "(no rows)"
+    return f"## {result['title']}\n\n{table}\n\n{result.get('notes', '').strip()}"
 
 
 MARK = "<!-- bench:{} -->"
