@@ -212,7 +212,8 @@ def write_tokenizer(
 ) -> None:
     """Write a converted model's tokenizer files: ``tokenizer.json`` (for the stock ``PreTrainedTokenizerFast``),
     the original ``tokenizer.model``, ``tokenizer_config.json`` (``add_bos_token``/``add_eos_token`` false, as
-    Orion; with ``chat_template`` the Jinja chat template, where transformers 4.x and 5.x both read it) and
+    Orion; ``add_prefix_space`` = the model's dummy prefix, for llama.cpp's converter; with ``chat_template`` the
+    Jinja chat template, where transformers 4.x and 5.x both read it) and
     ``special_tokens_map.json``. Written with the ``tokenizers`` library alone (importing transformers would
     cost the converter seconds and memory); the tests load the result with ``AutoTokenizer``."""
     import shutil
@@ -229,6 +230,10 @@ def write_tokenizer(
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,  # decode like SentencePiece
+        # SentencePiece's add_dummy_prefix, under the key llama.cpp's GGUF converter reads; without it libllama
+        # assumes a dummy prefix and puts a "▁" piece at the start of every text and after every special token
+        # (transformers takes the prefix from tokenizer.json's normalizer and ignores this key)
+        "add_prefix_space": bool(proto.normalizer_spec.add_dummy_prefix),
     }
     if chat_template:
         cfg["chat_template"] = chat_template
