@@ -224,7 +224,8 @@ def _made(conv: dict[str, Any], training: dict[str, Any], src: dict[str, Any],
         budget = [f"{training.get('steps')} optimizer steps"]
         if cfg:
             gb = cfg.get("batch_size", 0) * cfg.get("grad_accum", 1) * (summary.get("world_size") or 1)
-            budget.append(f"global batch {gb} sequences of {cfg.get('max_length') or 'corpus-length'} tokens")
+            length = cfg.get("max_length") or (summary.get("tokens", 0) // max(1, gb * (training.get("steps") or 1)))
+            budget.append(f"global batch {gb} sequences of {length or 'corpus-length'} tokens")
             budget.append(f"peak LR {cfg.get('lr')} (warmup {cfg.get('warmup_steps')}, cosine to "
                           f"{cfg.get('min_lr_ratio')}x)")
             if training.get("objective") == "xkd_z":

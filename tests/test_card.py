@@ -163,3 +163,20 @@ def test_evaluated_card(converted, tmp_path):
     assert "## Evaluation" in text
     assert "| ARC | 25 | acc_norm,none | 0.61 | 0.03 | 100 |" in text and "| average | | | 0.5 | | |" in text
     assert "MT-Bench, llama3 chat format** (judge toy-judge): turn 1 6.5, turn 2 5.25, average 5.875" in text
+
+
+def test_kept_card_command_adds_scores(converted, tmp_path, capsys):
+    import shutil
+
+    from kept.cli import main
+
+    model = tmp_path / "m"
+    shutil.copytree(converted["out"], model)
+    summary = tmp_path / "code.json"
+    summary.write_text(json.dumps({"model": "init-exact", "variant": "chat", "ppl": 3.5, "accuracy": 0.25, "n": 8,
+                                   "tokens": 100}))
+    assert main(["card", str(model), "--eval", str(summary)]) == 0
+    text = (model / "README.md").read_text()
+    assert "**code probe**: perplexity 3.5, greedy answer accuracy 0.25 on 8 items." in text
+    assert main(["card", str(model), "--eval", str(tmp_path / "missing.json")]) == 1  # a KeptError, no traceback
+    assert "missing or empty evaluation summary" in capsys.readouterr().err
