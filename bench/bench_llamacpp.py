@@ -260,7 +260,8 @@ def run(*, quick: bool = False) -> dict:
             for path in ("jinja", "legacy"):
                 got = [r[path].get("ids") for r in rendered]
                 errors = sorted({r[path]["error"] for r in rendered if "error" in r[path]})
-                rows.append({"case": label, "llama.cpp path": f"llama-cli/llama-server, {'Jinja' if path == 'jinja' else '--no-jinja'}",
+                how = "Jinja" if path == "jinja" else "--no-jinja"
+                rows.append({"case": label, "llama.cpp path": f"llama-cli/llama-server, {how}",
                              "prompts with equal ids": "-" if errors else _agree(want, got),
                              "what llama.cpp did": f"refused: {errors[0]}" if errors else
                              ("same text as transformers" if [r[path]["prompt"] for r in rendered] == want_text
@@ -283,7 +284,8 @@ def run(*, quick: bool = False) -> dict:
 
     from transformers import AutoTokenizer
 
-    for name, label in (("toy", "toy-world-like tokenizer"), ("toy-no-prefix-key", "same, without add_prefix_space (before issue 14)"),
+    for name, label in (("toy", "toy-world-like tokenizer"),
+                        ("toy-no-prefix-key", "same, without add_prefix_space (before issue 14)"),
                         ("spm-defaults", "SentencePiece-default tokenizer")):
         tok = AutoTokenizer.from_pretrained(models[name], trust_remote_code=False)
         conv = json.loads((models[name] / "conversion.json").read_text())

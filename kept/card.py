@@ -180,7 +180,8 @@ def read_evaluations(paths: list[str | Path]) -> dict[str, dict[str, Any]]:
 
 def _summary(cfg: dict[str, Any], conv: dict[str, Any], training: dict[str, Any], src: dict[str, Any]) -> list[str]:
     source = _source_text(conv, src)
-    size = f"{cfg.get('num_hidden_layers')} layers, hidden size {cfg.get('hidden_size')}, vocabulary {cfg.get('vocab_size')}"
+    size = (f"{cfg.get('num_hidden_layers')} layers, hidden size {cfg.get('hidden_size')}, "
+            f"vocabulary {cfg.get('vocab_size')}")
     what = (f"A stock `LlamaForCausalLM` checkpoint ({size}) converted from the Orion (LayerNorm) model {source} by "
             "KEPT (the open implementation of the Llamion report's method): it loads with stock transformers, "
             "vLLM and llama.cpp, no remote code.")
@@ -188,7 +189,8 @@ def _summary(cfg: dict[str, Any], conv: dict[str, Any], training: dict[str, Any]
     if training:
         step = training.get("step")
         state = f"a training snapshot at step {step} of {training.get('steps')}" if step else "the trained model"
-        lines += [f"This is {state}: the conversion above, then {OBJECTIVE_TEXT.get(training.get('objective'), training.get('objective'))}.", ""]
+        objective = training.get("objective")
+        lines += [f"This is {state}: the conversion above, then {OBJECTIVE_TEXT.get(objective, objective)}.", ""]
     else:
         lines += ["This is the untrained conversion (no training after the mapping).", ""]
     return lines
@@ -335,8 +337,8 @@ def _usage(cfg: dict[str, Any], tok_cfg: dict[str, Any], name: str) -> list[str]
         tf += ['ids = tok("The capital of Korea is", return_tensors="pt").input_ids  # adds no BOS, as Orion']
     tf += ["out = model.generate(ids, max_new_tokens=64)",
            "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))", "```"]
-    vllm = ["```bash", f"vllm serve {path}" + ("   # OpenAI-compatible chat endpoint; uses the card's chat template"
-                                                 if chat else ""), "```"]
+    note = "   # OpenAI-compatible server; chats use tokenizer_config.json's template" if chat else ""
+    vllm = ["```bash", f"vllm serve {path}{note}", "```"]
     gguf = f"{name}-f16.gguf"
     cpp = ["```bash", "# from a llama.cpp checkout: convert with llama.cpp's own converter, then run",
            f"python convert_hf_to_gguf.py {path} --outtype f16 --outfile {gguf}"]

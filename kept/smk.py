@@ -50,6 +50,9 @@ class RedrawLines(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
+    def fileno(self) -> int:  # C-level writers (faulthandler, subprocesses) write to the log file directly
+        return self.fh.fileno()
+
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self.fh, "encoding", None) or "utf-8"

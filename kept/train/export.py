@@ -45,8 +45,9 @@ def export_model(model: nn.Module, out_dir: str | Path, *, student_dir: str | Pa
     """Write ``model`` (weights from ``state_dict`` if given) to ``out_dir`` atomically.
 
     fmt "llama": ``save_pretrained`` safetensors (loads with stock transformers, ``trust_remote_code=False``) plus the
-    student dir's tokenizer files and conversion.json, and a model card (README.md, :mod:`kept.card`). fmt "orion": :func:`kept.orion.save_orion_checkpoint` with the
-    student's ``tokenizer.model`` and chat format. ``extra`` is written as ``training.json``.
+    student dir's tokenizer files and conversion.json, and a model card (README.md, :mod:`kept.card`). fmt "orion":
+    :func:`kept.orion.save_orion_checkpoint` with the student's ``tokenizer.model`` and chat format. ``extra`` is
+    written as ``training.json``.
     """
     student_dir = Path(student_dir)
     state = state_dict if state_dict is not None else model.state_dict()
