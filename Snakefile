@@ -21,6 +21,7 @@ include: "rules/train.smk"
 include: "rules/eval_harness.smk"
 include: "rules/mt_bench.smk"
 include: "rules/longctx.smk"
+include: "rules/card.smk"
 include: "rules/report.smk"
 
 

@@ -4,7 +4,8 @@ Both are Jinja templates (the converted students carry ``LLAMA3_TEMPLATE`` as th
 :func:`render` applies them without a tokenizer. Orion's vocabulary has no Llama-3 special tokens, and the
 vocabulary must not change, so the Llama-3 structure is kept with Orion's own specials: ``<|begin_of_text|>``
 is ``<s>``, ``<|eot_id|>`` is ``</s>`` (so generation stops at EOS as it does for Orion), and the header
-markers are plain text.
+markers are plain text. ``LLAMA3_TEMPLATE`` is written so that llama.cpp does not mistake it for real Llama-3
+(see the comment on it; checked against llama.cpp itself by ``python -m bench.run llamacpp``).
 """
 
 from __future__ import annotations
@@ -26,13 +27,19 @@ ORION_TEMPLATE = (
     "{% endfor %}"
 )
 
-# Llama-3 layout; <|begin_of_text|> -> bos_token, <|eot_id|> -> eos_token (see module docstring).
+# Llama-3 layout; <|begin_of_text|> -> bos_token, <|eot_id|> -> eos_token (see module docstring). The header
+# markers are joined from two string pieces so that the template source never contains "<|start_header_id|>":
+# llama.cpp's non-Jinja chat path picks a built-in renderer by substring, and on that marker renders real
+# Llama-3 (a literal <|eot_id|> for </s>, no <s>), a different prompt, silently. Split, the source matches no
+# built-in renderer, and llama.cpp either renders it with its Jinja engine (the same text as transformers) or
+# refuses ("this custom template is not supported"). The rendered text is unchanged.
 LLAMA3_TEMPLATE = (
+    "{% set sh = '<|start_header' + '_id|>' %}{% set eh = '<|end_header' + '_id|>' %}"
     "{{ bos_token }}"
     "{% for m in messages %}"
-    "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}{{ eos_token }}"
+    "{{ sh }}{{ m['role'] }}{{ eh }}\n\n{{ m['content'] | trim }}{{ eos_token }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    "{% if add_generation_prompt %}{{ sh }}assistant{{ eh }}\n\n{% endif %}"
 )
 
 TEMPLATES: dict[str, str] = {"orion": ORION_TEMPLATE, "llama3": LLAMA3_TEMPLATE}

@@ -26,6 +26,7 @@ from kept.checkpoint import ST_CODES, TensorReader
 from kept.errors import CheckpointError, ConfigError
 from kept.mapping import CENTRED_NORMS, NORMS, Plan, Step, plan_conversion
 from kept.orion import DTYPES, read_orion_config
+from kept.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,7 @@ def write_weights(
     shards = plan_shards(plan.steps, itemsize=out_dtype.itemsize, max_bytes=max_shard_size)
     staging = torch.empty(STAGING_BYTES, dtype=torch.uint8)
     weight_map: dict[str, str] = {}
+    progress = Progress(sum(s.nbytes(out_dtype.itemsize) for s in shards), desc="convert: weights", unit="B")
     for shard in shards:
         with open(out_dir / shard.name, "wb") as fh:
             fh.write(_header(shard, out_dtype))
@@ -283,6 +285,7 @@ def write_weights(
                 if got != want:  # pragma: no cover - guards the header/data agreement
                     raise AssertionError(f"{step.target}: wrote {got} bytes, header says {want}")
                 weight_map[step.target] = shard.name
+                progress.update(got)
             writer.flush()
         log.info("wrote %s (%d tensors)", shard.name, len(shard.steps))
     total = sum(s.nbytes(out_dtype.itemsize) for s in shards)
@@ -388,7 +391,8 @@ def convert_checkpoint(
         fit_rms_gains,
         split_batches,
     )
-    from kept.tokenizer import write_tokenizer
+    from kept.card import source_card_metadata, write_model_card
+    from kept.tokenizer import runtime_warnings, write_tokenizer
 
     source, output = Path(source), Path(output)
     bound_heap()
@@ -406,6 +410,9 @@ def convert_checkpoint(
 
     cfg = read_orion_config(source)
     tok_model = check_tokenizer(source, cfg)
+    tok_warnings = runtime_warnings(tok_model)
+    for w in tok_warnings:
+        log.warning("tokenizer: %s (%s). %s What to do: %s", w["property"], w["detail"], w["effect"], w["advice"])
     with TensorReader(source) as reader:
         shapes = {n: reader.info(n).shape for n in reader.names()}
         emb = shapes.get("model.embed_tokens.weight")
@@ -474,7 +481,8 @@ def convert_checkpoint(
                 check_ids(ids, cfg["vocab_size"], str(calibration or tok_model))
                 report.update(fidelity_report(
                     teacher=source, student=tmp, centred=norm in CENTRED_NORMS, ids=ids,
-                    logit_offset=offset if norm == "exact" else None, device=device, progress=log.info,
+                    logit_offset=offset if norm == "exact" else None, device=device,
+                    progress=_layer_progress(cfg["num_hidden_layers"]),
                 ))
             (tmp / "fidelity.json").write_text(json.dumps(report, indent=2) + "\n")
             (tmp / "fidelity.md").write_text(fidelity_markdown(report))
@@ -485,8 +493,22 @@ def convert_checkpoint(
                 "dtype": out_name,
                 "final_norm_logit_offset_norm": report["final_norm_logit_offset_norm"],
                 "chat_template": "llama3" if chat else None,
+                "tokenizer_warnings": tok_warnings,
+                "source_card": source_card_metadata(source, calibration=calibration),
             }
             (tmp / "conversion.json").write_text(json.dumps(conversion, indent=2) + "\n")
+            write_model_card(tmp)
+    return report
+
+
+def _layer_progress(n_layers: int) -> Any:
+    """The fidelity pass's per-layer callback as progress lines (layers done, rate, ETA, the layer's error)."""
+    bar = Progress(n_layers, desc="convert: fidelity", unit="layer")
+
+    def report(message: str) -> None:
+        bar.set_postfix(last=message.removeprefix("fidelity: "))
+        bar.update(1)
+
     return report
 
 

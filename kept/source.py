@@ -1,6 +1,6 @@
 """Where a teacher checkpoint comes from: a local directory, or a hub repository at a pinned revision.
 
-Hub snapshots hold the weights, config and tokenizer files only (:data:`ALLOW_PATTERNS`); the repository's
+Hub snapshots hold the weights, config, tokenizer files and model card only (:data:`ALLOW_PATTERNS`); the repository's
 ``.py`` files (Orion's remote code) are never downloaded, let alone run. The resolved commit is recorded in
 ``SOURCE.json`` next to the files.
 """
@@ -28,6 +28,8 @@ ALLOW_PATTERNS = [
     "tokenizer.model",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "README.md",  # the source's model card: license and languages carried into the converted card (kept.card)
+    "LICENSE*",
 ]
 IGNORE_PATTERNS = ["*.py", "*.pyc", "*.ipynb"]
 SHA = re.compile(r"^[0-9a-f]{40}$")

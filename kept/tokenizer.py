@@ -212,7 +212,8 @@ def write_tokenizer(
 ) -> None:
     """Write a converted model's tokenizer files: ``tokenizer.json`` (for the stock ``PreTrainedTokenizerFast``),
     the original ``tokenizer.model``, ``tokenizer_config.json`` (``add_bos_token``/``add_eos_token`` false, as
-    Orion; with ``chat_template`` the Jinja chat template, where transformers 4.x and 5.x both read it) and
+    Orion; ``add_prefix_space`` = the model's dummy prefix, for llama.cpp's converter; with ``chat_template`` the
+    Jinja chat template, where transformers 4.x and 5.x both read it) and
     ``special_tokens_map.json``. Written with the ``tokenizers`` library alone (importing transformers would
     cost the converter seconds and memory); the tests load the result with ``AutoTokenizer``."""
     import shutil
@@ -229,8 +230,68 @@ def write_tokenizer(
         "add_bos_token": False,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,  # decode like SentencePiece
+        # SentencePiece's add_dummy_prefix, under the key llama.cpp's GGUF converter reads; without it libllama
+        # assumes a dummy prefix and puts a "▁" piece at the start of every text and after every special token
+        # (transformers takes the prefix from tokenizer.json's normalizer and ignores this key)
+        "add_prefix_space": bool(proto.normalizer_spec.add_dummy_prefix),
     }
     if chat_template:
         cfg["chat_template"] = chat_template
     (output / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
     (output / "special_tokens_map.json").write_text(json.dumps(specials, indent=2, ensure_ascii=False) + "\n")
+
+
+def runtime_warnings(model_file: str | Path) -> list[dict[str, str]]:
+    """Properties of a SentencePiece model that runtimes other than SentencePiece/transformers treat differently,
+    each as ``{"property", "detail", "effect", "advice"}``. llama.cpp's SentencePiece tokenizer (the one its
+    GGUF converter selects for a ``tokenizer.model``) applies none of the normalizer rules and, without byte
+    fallback, has no way to encode a character that is not a piece."""
+    proto = load_sp_proto(model_file)
+    ns, ts = proto.normalizer_spec, proto.trainer_spec
+    pieces = {p.piece for p in proto.pieces}
+    found: list[dict[str, str]] = []
+    if ns.precompiled_charsmap:
+        found.append({
+            "property": "normalizer rules",
+            "detail": f"normalization rule {ns.name or 'custom'!r} (a precompiled character map: NFKC-style "
+                      "rewriting of full-width and compatibility characters)",
+            "effect": "llama.cpp does not apply the character map, so text with characters it rewrites "
+                      "(full-width digits and letters, compatibility forms) gets other ids there than in "
+                      "SentencePiece/transformers, or cannot be encoded at all.",
+            "advice": "normalise input text the same way before sending it to llama.cpp-based runtimes "
+                      "(Python: unicodedata.normalize('NFKC', text) for nfkc/nmt_nfkc), or serve the model with "
+                      "transformers/vLLM, which use tokenizer.json's normalizer.",
+        })
+    if ns.remove_extra_whitespaces:
+        found.append({
+            "property": "extra-whitespace removal",
+            "detail": "remove_extra_whitespaces=true (leading, trailing and repeated spaces are dropped)",
+            "effect": "llama.cpp keeps those spaces, so text with leading, trailing or repeated spaces gets other "
+                      "ids there than in SentencePiece/transformers.",
+            "advice": "collapse runs of spaces and strip the text before sending it to llama.cpp-based runtimes.",
+        })
+    if not ts.byte_fallback:
+        found.append({
+            "property": "no byte fallback",
+            "detail": "byte_fallback=false: characters that are not pieces become <unk> in SentencePiece",
+            "effect": "llama.cpp encodes a character outside the vocabulary as byte pieces (<0x..>), which this "
+                      "vocabulary lacks: llama_tokenize fails (an uncaught exception that aborts the process) "
+                      "instead of producing <unk>.",
+            "advice": "keep text with characters outside the vocabulary away from llama.cpp-based runtimes "
+                      "(check with the SentencePiece model: an <unk> in its output marks such text), or serve "
+                      "the model with transformers/vLLM.",
+        })
+    missing = [name for ch, name in (("\n", "newline"), ("\t", "tab")) if ch not in pieces
+               and f"<0x{ord(ch):02X}>" not in pieces]
+    if missing:
+        found.append({
+            "property": f"missing {' and '.join(missing)} piece",
+            "detail": f"no piece for {' or '.join(missing)} and no byte piece for it"
+                      + (" (the normalizer turns it into a space before SentencePiece sees it)"
+                         if ns.precompiled_charsmap else ""),
+            "effect": f"text containing a {' or a '.join(missing)} cannot be encoded by llama.cpp "
+                      "(llama_tokenize aborts); SentencePiece/transformers map it to a space or <unk>.",
+            "advice": f"replace {' and '.join(missing)} characters in prompts for llama.cpp-based runtimes "
+                      "(e.g. by a space, as the normalizer does), or serve the model with transformers/vLLM.",
+        })
+    return found

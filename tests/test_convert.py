@@ -281,6 +281,9 @@ def test_chat_template_is_llama3(tmp_path, world):
     assert text.startswith("<s><|start_header_id|>user<|end_header_id|>\n\n안녕하세요?</s>")
     assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert json.loads((out / "conversion.json").read_text())["chat_template"] == "llama3"
+    # llama.cpp without Jinja picks its real-Llama-3 renderer (<|eot_id|>, no <s>) when the template's source
+    # contains this marker; the rendered text has it, the source must not (python -m bench.run llamacpp)
+    assert "<|start_header_id|>" in text and "<|start_header_id|>" not in tok.chat_template
     assert tok.chat_template is not None and (world["outs"]["paper"] / "tokenizer.json").is_file()
     base_tok = AutoTokenizer.from_pretrained(world["outs"]["paper"], trust_remote_code=False)
     assert not base_tok.chat_template  # base variants carry no chat template

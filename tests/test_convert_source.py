@@ -15,7 +15,8 @@ from kept.errors import ConfigError
 SHA = "0123456789abcdef0123456789abcdef01234567"
 HUB_FILES = ["config.json", "configuration_orion.py", "modeling_orion.py", "tokenization_orion.py",
              "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json",
-             "tokenizer.model", "tokenizer_config.json", "generation_config.json", "README.md", "assets/logo.png"]
+             "tokenizer.model", "tokenizer_config.json", "generation_config.json", "README.md", "LICENSE.txt",
+             "assets/logo.png"]
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_fetch_keeps_weights_config_tokenizer_only(tmp_path, fake_hub):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["SOURCE.json", "config.json", "generation_config.json", "pytorch_model-00001-of-00002.bin",
                             "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json", "tokenizer.model",
-                            "tokenizer_config.json"])
+                            "tokenizer_config.json", "README.md", "LICENSE.txt"])
     assert not list(out.rglob("*.py"))
     assert fake_hub["download"]["revision"] == SHA  # downloads exactly the resolved commit
     assert "*.py" in fake_hub["download"]["ignore"]

@@ -19,7 +19,8 @@ from eval_tiny import write_prompts, write_questions
 from test_judge_client import FakeOpenAI, _answer_file
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP_DIRS = {".git", ".venv", "results", ".snakemake", "__pycache__", ".pytest_cache", "logs", "benchmarks"}
+SKIP_DIRS = {".git", ".venv", "results", ".snakemake", "__pycache__", ".pytest_cache", "logs", "benchmarks",
+             "_work"}  # bench/_work: git-ignored bench scratch (e.g. the llama.cpp sources bench_llamacpp builds)
 CODE_SUFFIXES = {".py", ".smk", ".yaml", ".yml", ".cfg", ".toml", ".ini", ".sh", ".json", ".ipynb"}  # code, not prose
 
 

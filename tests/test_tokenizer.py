@@ -96,3 +96,23 @@ def test_orion_dir_and_converted_dir_tokenize_alike(tmp_path):
     assert converted.pad_token == "<unk>"
     # special-token strings become their ids, as in any HF tokenizer
     assert converted.encode("<s>안녕</s>") == [1, *sp.encode("안녕"), 2]
+
+
+@pytest.mark.parametrize("setting,prefix", [("unigram_bytes_nodummy", False), ("bpe_llama_like", True)])
+def test_tokenizer_config_tells_llama_cpp_the_dummy_prefix(tmp_path, setting, prefix):
+    """llama.cpp's GGUF converter reads add_prefix_space from tokenizer_config.json and libllama otherwise adds a
+    "▁" at the start and after every special token (bench.run llamacpp: every chat prompt differed); transformers
+    ignores the key, so its ids stay SentencePiece's."""
+    import json
+
+    from kept.tokenizer import write_tokenizer
+
+    sp_path = train_sp(tmp_path / "sp.model", **SP_SETTINGS[setting])
+    out = tmp_path / "out"
+    out.mkdir()
+    write_tokenizer(model_file=sp_path, output=out, model_max_length=64)
+    assert json.loads((out / "tokenizer_config.json").read_text())["add_prefix_space"] is prefix
+    tok = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
+    sp = spm.SentencePieceProcessor(model_file=str(sp_path))
+    for text in [*EDGE, *SAMPLES["en"], *SAMPLES["ko"]]:
+        assert tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text), text

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import torch
 
 from kept.errors import KeptError
 from kept.train import TrainConfig, train
+from kept.train.data import PackedCorpus
 from test_train_helpers import VOCAB, make_corpus, tiny_world  # noqa: F401  (fixture)
 
 
@@ -70,6 +73,34 @@ def test_export_is_stock_llama_with_tokenizer_and_snapshots(tiny_world, tmp_path
     assert any(not torch.equal(v, final[k]) for k, v in snap4.state_dict().items())  # a real intermediate state
     assert summary["tokens"] == 12 * 4 * 16
     assert not (tmp_path / "ut" / "resume").exists()  # resume state is dropped after success
+    # every export carries a model card: the recipe, the budget and the init's fidelity
+    card = (out / "README.md").read_text()
+    assert "This is the trained model" in card and "768 training tokens" in card and "| kl_mean |" in card
+    snap_card = (tmp_path / "ut" / "snapshots" / "step-4" / "README.md").read_text()
+    assert "a training snapshot at step 4 of 12" in snap_card and "-ut-step4" in snap_card
+
+
+def test_long_jobs_log_progress(tiny_world, tmp_path, monkeypatch, caplog):
+    """Training and the teacher cache write step/item counts, throughput and ETA lines to the log (every
+    update here: the interval is 0 instead of 30 s)."""
+    from kept import progress
+    from kept.train.cache import CacheConfig, cache_teacher
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
+    caplog.set_level(logging.INFO, logger="kept.progress")
+    teacher, student = str(tiny_world["teacher"]), str(tiny_world["students"]["paper"])
+    train(_cfg(tiny_world, tmp_path, "p", objective="xkd_z", student=student, teacher=teacher, steps=3,
+               progress=True))
+    cache_teacher(CacheConfig(teacher=teacher, corpus=str(tiny_world["corpus"]), output=str(tmp_path / "c"),
+                              top_k=4, batch_size=4))
+    got = [r.getMessage() for r in caplog.records if r.name == "kept.progress"]
+    steps = [g for g in got if g.startswith("xkd_z: ")]
+    assert [g.split()[1] for g in steps] == ["1/3", "2/3", "3/3"]
+    assert all(re.search(r"step/s, [\d.]+k? tok/s \| elapsed", g) for g in steps) and "ETA" in steps[0]
+    assert "loss=" in steps[-1]  # the latest logged loss rides along
+    cached = [g for g in got if g.startswith("cache-teacher: ")]
+    n = len(PackedCorpus(tiny_world["corpus"]))
+    assert cached and cached[-1].startswith(f"cache-teacher: {n}/{n} seq (100%)") and "tok/s" in cached[-1]
 
 
 def test_ut_pretrains_an_orion_teacher(tiny_world, tmp_path):

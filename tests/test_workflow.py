@@ -200,6 +200,38 @@ def test_smoke_run_is_complete_and_reports(smoke):
     assert "Table 3 of the paper" in html and "Figure 2 of the paper" in html
 
 
+PROGRESS = re.compile(r"^\S+ \S+ .+: [\d,.]+(/[\d,.]+)? \S+.* \| elapsed \d", re.M)  # a kept.progress line
+
+
+def test_smoke_rule_logs_show_progress_and_models_carry_cards(smoke):
+    """Issue 14: every long job's rule log has progress lines (the first and the last are always written), lm-eval's
+    bars arrive as lines, and every exported student carries a model card, evaluated ones with their scores."""
+    from kept.card import MARK, front_matter
+
+    results = smoke / yaml.safe_load((smoke / "config/smoke.yaml").read_text())["results"]
+    logs = results / "logs"
+    for pattern in ("data/pretrain_teacher-*.log", "train/*.log", "convert/*.log", "eval_code/*.log",
+                    "mtbench_answer/*.log", "mtbench_judge/*.log", "eval_longctx/*.log"):
+        files = sorted(logs.glob(pattern))
+        assert files, pattern
+        for path in files:
+            assert PROGRESS.search(path.read_text()), f"{path}: no progress line"
+    harness = (next(iter(sorted(logs.glob("eval_harness/*.log"))))).read_text()
+    assert "\r" not in harness and re.search(r"Running loglikelihood requests: 100%.*\]$", harness, re.M)
+    models = sorted(results.glob("*/init-*/model")) + sorted(results.glob("*/*/model")) + \
+        sorted(results.glob("*/*/snapshots/step-*"))
+    assert len(models) > 10
+    for model in models:
+        text = (model / "README.md").read_text()
+        meta = front_matter(text)
+        assert MARK in text and meta["library_name"] == "transformers", model
+    evaluated = sorted(results.glob("*/*/model_card.md"))
+    assert evaluated
+    for card in evaluated:
+        text = card.read_text()
+        assert "## Evaluation" in text and text == (card.parent / "model" / "README.md").read_text(), card
+
+
 def _changed_run(smoke: Path, tmp_path: Path, change) -> list[dict]:
     """Dry run after editing the smoke config in place (key order kept, as a user editing one value would)."""
     config = yaml.safe_load((smoke / "config/smoke.yaml").read_text())

@@ -15,6 +15,7 @@ from typing import Any
 
 from kept.atomic import write_json
 from kept.errors import KeptError
+from kept.progress import Progress
 
 
 @dataclass
@@ -58,6 +59,7 @@ def run_code_probe(cfg: CodeConfig) -> dict[str, Any]:
     lm = load_eval_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     total_nll, total_tok = 0.0, 0
     per_item = []
+    bar = Progress(len(items), desc=f"code probe {cfg.model_name}: perplexity", unit="item")
     for it in items:
         ids = lm.encode(it["text"])
         if len(ids) < 2:
@@ -66,9 +68,11 @@ def run_code_probe(cfg: CodeConfig) -> dict[str, Any]:
         total_nll += float(nll.sum())
         total_tok += int(nll.numel())
         per_item.append({"id": it["id"], "nll": float(nll.sum()), "tokens": int(nll.numel())})
+        bar.update()
     max_new = max(len(lm.encode(it["answer"])) for it in items) + cfg.extra_new_tokens
     outs = generate(lm, [lm.encode(it["prompt"]) for it in items], max_new_tokens=max_new, temperature=0.0,
-                    batch_size=cfg.batch_size)
+                    batch_size=cfg.batch_size,
+                    progress=Progress(len(items), desc=f"code probe {cfg.model_name}: generation", unit="item"))
     correct = 0
     for it, ids, rec in zip(items, outs, per_item):
         gen = lm.tokenizer.decode(ids, skip_special_tokens=True)

@@ -99,10 +99,12 @@ def generate(
     temperature: float = 0.0,
     batch_size: int = 8,
     seed: int = 0,
+    progress: Any = None,
 ) -> list[list[int]]:
     """New token ids for each prompt (EOS and anything after it removed). Greedy when ``temperature`` is
     below 1e-4 (as FastChat), otherwise sampling at ``temperature``. Prompts run in left-padded batches; a
-    prompt longer than the model's context leaves room for ``max_new_tokens`` by dropping its oldest tokens."""
+    prompt longer than the model's context leaves room for ``max_new_tokens`` by dropping its oldest tokens.
+    ``progress`` (a :class:`kept.progress.Progress`) counts the prompts done."""
     limit = lm.max_positions
     out: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
@@ -132,6 +134,8 @@ def generate(
             if lm.eos_id in row:
                 row = row[: row.index(lm.eos_id)]
             out.append(row)
+        if progress is not None:
+            progress.update(len(batch))
     return out
 
 

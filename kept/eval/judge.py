@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 from kept.errors import ConfigError, KeptError
+from kept.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -319,8 +320,15 @@ def judge_answers(cfg: JudgeConfig, backend: Any) -> list[dict[str, Any]]:
     refs = load_references(cfg.reference_answers, questions)
     matches = build_matches(questions, answers, refs, where=cfg.answers)
     log.info("judging %d turns of %s with %s", len(matches), model_id, backend.name)
+    bar = Progress(len(matches), desc=f"mtbench judge {model_id}", unit="judgment")
+
+    def one(match: Match) -> dict[str, Any]:
+        record = judge_one(backend, match, prompts[match.prompt_name], model_id)
+        bar.update()
+        return record
+
     with ThreadPoolExecutor(max_workers=max(1, cfg.parallel)) as pool:
-        records = list(pool.map(lambda m: judge_one(backend, m, prompts[m.prompt_name], model_id), matches))
+        records = list(pool.map(one, matches))
     failed = sum(r["score"] == -1 for r in records)
     log.info("%d judgments, %d failed", len(records), failed)
     write_jsonl(cfg.output, records)

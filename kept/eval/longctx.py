@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from kept.atomic import write_json
 from kept.errors import ConfigError, KeptError
+from kept.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +56,22 @@ def perplexity_curve(lm: Any, docs: Iterable[dict[str, Any]], *, lengths: list[i
 
     top = lengths[-1]
     used, sums = [], [0.0] * len(lengths)
+    docs = list(docs)
+    bar = Progress(len(docs), desc=f"longctx {Path(where).name}", unit="doc")  # docs read (short ones skipped)
     for doc in docs:
         if max_docs is not None and len(used) >= max_docs:
             break
         ids = lm.encode(doc["text"])
         if len(ids) < top:
+            bar.update()
             continue
         nll = sequence_nll(lm, ids[:top], chunk=chunk)  # (top - 1,)
         # prefix sums: the window of the first L tokens scores its L - 1 predictions
         for j, length in enumerate(lengths):
             sums[j] += float(nll[: length - 1].sum())
         used.append(doc["id"])
+        bar.update()
+    bar.close()
     if not used:
         raise KeptError(f"{where}: no document has {top} tokens; shorten eval lengths or use longer documents")
     ppl = [math.exp(s / (len(used) * (length - 1))) for s, length in zip(sums, lengths)]

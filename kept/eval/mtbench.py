@@ -18,6 +18,7 @@ from typing import Any
 
 from kept.atomic import atomic_file, write_json
 from kept.errors import ConfigError, KeptError
+from kept.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ def generate_answers(cfg: AnswerConfig, *, lm: Any = None) -> list[dict[str, Any
         return float(cfg.temperatures.get(q["category"], cfg.default_temperature))
 
     n_turns = max(len(q["turns"]) for q in questions)
+    bar = Progress(sum(len(q["turns"]) for q in questions), desc=f"mtbench answers {cfg.model_id}", unit="turn")
     history: dict[int, list[dict[str, str]]] = {i: [] for i in range(len(questions))}
     answers: dict[int, list[str]] = {i: [] for i in range(len(questions))}
     t0 = time.time()
@@ -157,7 +159,8 @@ def generate_answers(cfg: AnswerConfig, *, lm: Any = None) -> list[dict[str, Any
                 text = render(history[i], cfg.chat_format, add_generation_prompt=True, bos_token=bos, eos_token=eos)
                 prompts.append(lm.encode_chat(text))
             outs = generate(lm, prompts, max_new_tokens=cfg.max_new_tokens, temperature=temp,
-                            batch_size=cfg.batch_size, seed=cfg.seed + 7919 * turn + int(temp * 1000))
+                            batch_size=cfg.batch_size, seed=cfg.seed + 7919 * turn + int(temp * 1000),
+                            progress=bar)
             for i, ids in zip(idx, outs):
                 text = clean_answer(tok.decode(ids, skip_special_tokens=True), cfg.chat_format, specials)
                 answers[i].append(text)

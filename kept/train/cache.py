@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from kept.atomic import atomic_dir
 from kept.errors import CheckpointError, ConfigError
+from kept.progress import Progress
 from kept.train.data import PackedCorpus
 
 LOGPROB_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -74,7 +74,7 @@ def cache_teacher(cfg: CacheConfig) -> dict[str, Any]:
         "num_sequences": len(corpus), "max_length": length, "vocab_size": vocab,
         "corpus_sha256": corpus_digest(corpus), "teacher": str(cfg.teacher), "shards": [],
     }
-    bar = tqdm(total=len(corpus), desc="cache-teacher", disable=not cfg.progress, mininterval=2.0)
+    bar = Progress(len(corpus), desc="cache-teacher", unit="seq", per_unit=("tok", length), enabled=cfg.progress)
     with atomic_dir(cfg.output) as tmp:
         start = 0
         for i, rows in enumerate(corpus.shard_rows):

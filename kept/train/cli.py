@@ -71,7 +71,15 @@ def _make(cls: type, data: dict[str, Any]) -> Any:
     return cls(**data)
 
 
+def _log_info() -> None:
+    """Log INFO lines (progress, kept.progress) to stderr: under a launcher, stderr is the rule log."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+
 def train_cli(argv: list[str]) -> int:
+    _log_info()
     from kept.train.config import TrainConfig
     from kept.train.trainer import train
 
@@ -82,6 +90,7 @@ def train_cli(argv: list[str]) -> int:
 
 
 def cache_cli(argv: list[str]) -> int:
+    _log_info()
     from kept.train.cache import CacheConfig, cache_teacher
 
     cfg = _make(CacheConfig, _settings(_parser_for(CacheConfig, "cache the teacher's top-k log-probs"), argv))
@@ -90,6 +99,7 @@ def cache_cli(argv: list[str]) -> int:
 
 
 def pilot_cli(argv: list[str]) -> int:
+    _log_info()
     from kept.train.pilot import PilotConfig, run_pilot
 
     cfg = _make(PilotConfig, _settings(_parser_for(PilotConfig, "Appendix-A pilot: learn only the RMSNorm weights"), argv))

@@ -55,7 +55,7 @@ class TrainConfig:
     num_shards: int = 2  # export: safetensors / .bin shards
     keep_resume: bool = False  # keep work_dir/resume after a successful run
     trainable: str = "all"  # "all" | "norms" (Appendix-A pilot: only the RMSNorm weights learn)
-    progress: bool = True  # tqdm progress bar on the main process
+    progress: bool = True  # progress lines (kept.progress: steps, tok/s, ETA) in the main process's log
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]

@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from kept.atomic import atomic_dir
+from kept.card import write_model_card
 from kept.errors import CheckpointError
 
 # Files of the student dir that describe the model rather than hold weights: copied next to the trained weights.
-# (config.json and generation_config.json are rewritten by save_pretrained; fidelity.* describe the init only.)
-_NOT_COPIED = {"config.json", "generation_config.json", "fidelity.json", "fidelity.md"}
+# (config.json and generation_config.json are rewritten by save_pretrained; fidelity.* describe the init only;
+# README.md, the model card, is written anew for the trained model.)
+_NOT_COPIED = {"config.json", "generation_config.json", "fidelity.json", "fidelity.md", "README.md"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".pt", ".pth")
 
 
@@ -43,8 +45,9 @@ def export_model(model: nn.Module, out_dir: str | Path, *, student_dir: str | Pa
     """Write ``model`` (weights from ``state_dict`` if given) to ``out_dir`` atomically.
 
     fmt "llama": ``save_pretrained`` safetensors (loads with stock transformers, ``trust_remote_code=False``) plus the
-    student dir's tokenizer files and conversion.json. fmt "orion": :func:`kept.orion.save_orion_checkpoint` with the
-    student's ``tokenizer.model`` and chat format. ``extra`` is written as ``training.json``.
+    student dir's tokenizer files and conversion.json, and a model card (README.md, :mod:`kept.card`). fmt "orion":
+    :func:`kept.orion.save_orion_checkpoint` with the student's ``tokenizer.model`` and chat format. ``extra`` is
+    written as ``training.json``.
     """
     student_dir = Path(student_dir)
     state = state_dict if state_dict is not None else model.state_dict()
@@ -71,6 +74,7 @@ def export_model(model: nn.Module, out_dir: str | Path, *, student_dir: str | Pa
             shutil.copyfile(path, tmp / path.name)
         if extra:
             (tmp / "training.json").write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n")
+        write_model_card(tmp, fidelity_dir=student_dir)  # fidelity of the conversion it was trained from
         for path in tmp.iterdir():
             os.chmod(path, 0o644)  # save_pretrained writes 0600
     return Path(out_dir)

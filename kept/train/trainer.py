@@ -162,9 +162,9 @@ def fit(
     """Run ``cfg``; ``prepare_student`` edits the loaded student before training (the pilot re-initialises its
     norms), ``on_log(step, student)`` adds fields to each log line. Returns the summary."""
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     from kept.models import load_model, model_type
+    from kept.progress import Progress
 
     work = Path(cfg.work_dir)
     accelerator = _new_accelerator(cfg)
@@ -247,7 +247,8 @@ def fit(
     accelerator.wait_for_everyone()
 
     extra_info = {"objective": cfg.objective, "student": cfg.student, "teacher": cfg.teacher,
-                  "teacher_cache": cfg.teacher_cache, "steps": cfg.steps, "centered_teacher_stream": centered}
+                  "teacher_cache": cfg.teacher_cache, "steps": cfg.steps, "centered_teacher_stream": centered,
+                  "config": cfg.to_dict()}  # the recipe, for the model card
 
     def write_snapshot(step: int) -> None:
         state = accelerator.get_state_dict(module)
@@ -281,8 +282,8 @@ def fit(
 
     # ---- loop ------------------------------------------------------------------------------------------------
     metric = OBJECTIVE_METRIC[cfg.objective]
-    bar = tqdm(total=cfg.steps, initial=start_step, desc=f"{cfg.objective}", mininterval=2.0,
-               disable=not (cfg.progress and main), dynamic_ncols=True)
+    bar = Progress(cfg.steps, initial=start_step, desc=cfg.objective, unit="step", per_unit=("tok", tokens_per_step),
+                   enabled=cfg.progress and main)
     t0 = time.perf_counter()
     window_t, window_tokens = t0, 0
     first_loss = last_loss = None

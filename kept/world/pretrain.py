@@ -171,7 +171,7 @@ def pretrain_teacher(cfg: PretrainConfig) -> dict[str, Any]:
         objective="ut", student=str(init), corpus=str(work / "data"), output=cfg.output,
         work_dir=str(work / "train"), steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
         min_lr_ratio=cfg.min_lr_ratio, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-        seed=cfg.seed, export_format="orion", num_shards=2, progress=False, log_every=10,
+        seed=cfg.seed, export_format="orion", num_shards=2, log_every=10,
         kl_recompute=False, kl_chunk_size=4096,  # fewer LM-head matmuls; the (V, d) buffer is tiny here
     ))
     summary["tokens_per_group"] = manifest["tokens_per_group"]

@@ -1,0 +1,334 @@
+"""llama.cpp compatibility check (issue 14): do the students' chat prompts and text reach llama.cpp as the same
+token ids as in transformers, and does llama.cpp compute the same model?
+
+Builds a tiny Orion chat teacher with a toy-world-like SentencePiece model (byte fallback, identity
+normalisation), converts it with ``kept.convert`` (``exact``: biases included, Llama-3-layout chat template),
+converts that with llama.cpp's own ``convert_hf_to_gguf.py`` (f32), and compares:
+
+* chat prompts -- transformers ``apply_chat_template`` ids against llama.cpp rendering the GGUF's template the
+  way llama-cli/llama-server do (``common_chat_templates_apply``, Jinja and ``--no-jinja``; a small C++ driver,
+  bench/llamacpp_chat.cpp, linked to llama.cpp's libllama-common) and against llama-cpp-python's chat handler;
+  the same for the template the students had before (its header markers spelled out), to show what llama.cpp
+  did with it;
+* plain text -- ``llama_tokenize`` against transformers on text with newlines, tabs, full-width characters and
+  repeated spaces, for that tokenizer and for one with SentencePiece's defaults (nmt_nfkc, extra-whitespace
+  removal, no byte fallback), whose conversion warns about exactly these (each text in its own process: an
+  unencodable character aborts llama.cpp);
+* logits -- max |log p| difference of the ``exact`` model, llama.cpp (f32 weights and KV cache) vs transformers.
+
+Needs llama-cpp-python built from source and the llama.cpp tree of its sdist (bench/requirements-llamacpp.txt says
+how); without them it reports "skipped". ``KEPT_LLAMA_CPP_DIR`` (the llama.cpp tree) and ``KEPT_LLAMA_CPP_LIB``
+(the directory holding libllama-common.so) override where they are looked for.
+
+    .venv/bin/python -m bench.bench_llamacpp
+    .venv/bin/python -m bench.run llamacpp
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = HERE / "_work" / "llamacpp"
+
+# The students' template before issue 14: the same text, with the header markers spelled out in the source.
+OLD_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}{{ eos_token }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of Korea?"}],
+    [{"role": "user", "content": "  Hi there!  "}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "Tell me a joke."}],
+    [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "안녕하세요? 世界はどう？"}],
+    [{"role": "user", "content": "def f(x):\n\treturn x + 1\n\nWhat does f do?"}],
+]
+TEXTS = {
+    "newline": "first line\nsecond line",
+    "tab": "key\tvalue",
+    "full-width digits": "価格は１２３円",
+    "repeated spaces": "two  spaces and   three",
+    "leading space": " leading",
+    "plain": "Seoul is the capital of Korea.",
+}
+
+CHILD = r"""
+import ctypes, json, sys
+import numpy as np
+import llama_cpp
+
+mode, gguf = sys.argv[1], sys.argv[2]
+arg = json.loads(sys.argv[3])
+QUIET = llama_cpp.llama_log_callback(lambda *a: None)  # kept referenced: libllama calls it
+llama_cpp.llama_log_set(QUIET, ctypes.c_void_p(0))
+if mode == "tokenize":
+    llm = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
+    print(json.dumps(llm.tokenize(arg.encode("utf-8"), add_bos=False, special=False)))
+elif mode == "chat":
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    llm = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
+    tmpl = llm.metadata["tokenizer.chat_template"]
+    bos = llm.detokenize([llm.token_bos()], special=True).decode()
+    eos = llm.detokenize([llm.token_eos()], special=True).decode()
+    out = []
+    for msgs in arg:
+        # the C API's built-in renderers (no Jinja): the return code -1 means "template not supported"
+        arr = (llama_cpp.llama_chat_message * len(msgs))(
+            *[llama_cpp.llama_chat_message(role=m["role"].encode(), content=m["content"].encode()) for m in msgs])
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = llama_cpp.llama_chat_apply_template(tmpl.encode(), arr, len(msgs), True, buf, len(buf))
+        c_api = {"rc": n} if n < 0 else {"prompt": buf.raw[:n].decode()}
+        # llama-cpp-python's chat handler for a model with its own template (Jinja2ChatFormatter)
+        res = Jinja2ChatFormatter(template=tmpl, eos_token=eos, bos_token=bos)(messages=msgs)
+        ids = llm.tokenize(res.prompt.encode(), add_bos=not res.added_special, special=True)
+        out.append({"c_api": c_api, "handler": {"prompt": res.prompt, "ids": ids}})
+    print(json.dumps(out))
+elif mode == "logits":
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=1,
+                          type_k=0, type_v=0)  # GGML_TYPE_F32 KV cache
+    llm.eval(arg)
+    print(json.dumps(np.asarray(llm.scores[: len(arg)], dtype=np.float64).tolist()))
+"""
+
+
+def locate() -> dict[str, Any] | None:
+    """llama-cpp-python, the llama.cpp tree (convert_hf_to_gguf.py, gguf-py, headers) and its libraries."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return None
+    trees = [os.environ["KEPT_LLAMA_CPP_DIR"]] if os.environ.get("KEPT_LLAMA_CPP_DIR") else \
+        sorted(glob.glob(str(HERE / "_work" / "llama_cpp_python-*" / "vendor" / "llama.cpp")))
+    tree = next((Path(t) for t in trees if (Path(t) / "convert_hf_to_gguf.py").is_file()), None)
+    if tree is None:
+        return None
+    libs = [os.environ["KEPT_LLAMA_CPP_LIB"]] if os.environ.get("KEPT_LLAMA_CPP_LIB") else \
+        [str(Path(llama_cpp.__file__).parent / "lib")] + sorted(
+            str(Path(p).parent) for p in glob.glob(str(HERE / "_work" / "lcp-build" / "**" / "libllama-common.so"),
+                                                   recursive=True))
+    lib = next((Path(d) for d in libs if glob.glob(str(Path(d) / "libllama-common.so*"))), None)
+    return {"tree": tree, "lib": lib, "version": getattr(llama_cpp, "__version__", "?")}
+
+
+def _driver(found: dict[str, Any]) -> Path | None:
+    """Compile bench/llamacpp_chat.cpp against llama.cpp's libllama-common (once; None if it cannot be built)."""
+    if found["lib"] is None:
+        return None
+    exe = WORK / "llamacpp_chat"
+    src = HERE / "llamacpp_chat.cpp"
+    if exe.is_file() and exe.stat().st_mtime > src.stat().st_mtime:
+        return exe
+    tree, lib = found["tree"], found["lib"]
+    cmd = ["g++", "-std=c++17", "-O1", str(src), "-o", str(exe), *(f"-I{tree / d}" for d in
+           ("common", "include", "ggml/include", "vendor")), f"-L{lib}", f"-Wl,-rpath,{lib}", "-lllama-common",
+           "-lllama", "-lggml", "-lggml-base"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"llamacpp_chat driver not built: {proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return exe
+
+
+def _train_sp(path: Path, text: Path, **kwargs: Any) -> Path:
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(path.with_suffix("")), model_type="bpe",
+                                   vocab_size=kwargs.pop("vocab_size", 600), character_coverage=1.0, unk_id=0,
+                                   bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, num_threads=1, **kwargs)
+    return path
+
+
+def _models(work: Path) -> dict[str, Path]:
+    """Two tiny Orion chat teachers (toy-like and SentencePiece-default tokenizers), converted with ``exact``."""
+    import torch
+
+    from kept.convert import convert_checkpoint
+    from kept.fidelity import BUILTIN_SAMPLE
+    from kept.orion import new_orion_model, save_orion_checkpoint
+
+    text = work / "text.txt"
+    lines = [ln for ln in BUILTIN_SAMPLE.splitlines() if ln.strip()]
+    text.write_text("\n".join(lines * 3 + [c["content"].replace("\n", " ") for conv in CONVERSATIONS for c in conv]
+                              + ["def f(x):", "\treturn x + 1", "Seoul is the capital of Korea."]) + "\n")
+    toks = {
+        "toy": _train_sp(work / "toy.model", text, byte_fallback=True, normalization_rule_name="identity",
+                         remove_extra_whitespaces=False, add_dummy_prefix=False, split_digits=True,
+                         allow_whitespace_only_pieces=True),
+        "spm-defaults": _train_sp(work / "spm.model", text, vocab_size=400),
+    }
+    out = {}
+    for name, tok in toks.items():
+        import sentencepiece as spm
+
+        vocab = spm.SentencePieceProcessor(model_file=str(tok)).get_piece_size()
+        cfg = {"vocab_size": vocab, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "max_position_embeddings": 128, "rope_theta": 10000.0}
+        torch.manual_seed(0)
+        model = new_orion_model(cfg)
+        with torch.no_grad():  # LayerNorm betas and gammas far from the defaults: the biases matter
+            for pname, p in model.named_parameters():
+                if "norm" in pname:
+                    p.copy_((1.0 if pname.endswith("weight") else 0.0) + 0.3 * torch.randn_like(p))
+        src = save_orion_checkpoint(model, work / f"orion-{name}", tokenizer_model=tok, num_shards=1, chat=True)
+        out[name] = work / f"llama-{name}"
+        convert_checkpoint(source=src, output=out[name], norm="exact", fidelity_tokens=0, chat=True)
+    old = work / "llama-toy-old-template"  # tokenizer files only: a --vocab-only GGUF
+    shutil.copytree(out["toy"], old)
+    cfg_path = old / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["chat_template"] = OLD_TEMPLATE
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+    out["toy-old-template"] = old
+    bare = work / "llama-toy-no-prefix-key"  # tokenizer_config.json without add_prefix_space, as before issue 14
+    shutil.copytree(out["toy"], bare)
+    cfg = json.loads((bare / "tokenizer_config.json").read_text())
+    del cfg["add_prefix_space"]
+    (bare / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+    out["toy-no-prefix-key"] = bare
+    return out
+
+
+def _gguf(found: dict[str, Any], model: Path, out: Path, *, vocab_only: bool = False) -> Path:
+    cmd = [sys.executable, str(found["tree"] / "convert_hf_to_gguf.py"), str(model), "--outtype", "f32",
+           "--outfile", str(out)] + (["--vocab-only"] if vocab_only else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py {model}: {proc.stderr[-3000:]}")
+    return out
+
+
+def _child(mode: str, gguf: Path, arg: Any) -> tuple[int, Any]:
+    proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(gguf), json.dumps(arg)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        return proc.returncode, proc.stderr.strip().splitlines()[-1:] or [""]
+    return 0, json.loads(proc.stdout)
+
+
+def _hf_chat_ids(model: Path) -> tuple[list[list[int]], list[str]]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+    ids = [list(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False))
+           for c in CONVERSATIONS]
+    text = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in CONVERSATIONS]
+    return ids, text
+
+
+def _agree(want: list[list[int]], got: list[Any]) -> str:
+    same = sum(isinstance(g, list) and g == w for w, g in zip(want, got))
+    return f"{same}/{len(want)}"
+
+
+def run(*, quick: bool = False) -> dict:
+    title = "llama.cpp compatibility: chat prompts, tokenizer and logits (transformers vs llama.cpp)"
+    found = locate()
+    if found is None:
+        return {"title": title, "rows": [], "notes": "skipped: llama-cpp-python or the llama.cpp source tree is not "
+                "installed (bench/requirements-llamacpp.txt)."}
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    models = _models(WORK)
+    ggufs = {"toy": _gguf(found, models["toy"], WORK / "toy.gguf"),
+             "toy-old-template": _gguf(found, models["toy-old-template"], WORK / "toy-old.gguf", vocab_only=True),
+             "toy-no-prefix-key": _gguf(found, models["toy-no-prefix-key"], WORK / "toy-bare.gguf", vocab_only=True),
+             "spm-defaults": _gguf(found, models["spm-defaults"], WORK / "spm.gguf", vocab_only=True)}
+    driver = _driver(found)
+    rows: list[dict[str, Any]] = []
+    examples: list[str] = []
+    want, want_text = _hf_chat_ids(models["toy"])
+
+    cases = (("students' files now", "toy"), ("chat template before issue 14", "toy-old-template"),
+             ("tokenizer_config.json without add_prefix_space (before issue 14)", "toy-no-prefix-key"))
+    for label, key in cases:
+        if driver is not None:
+            proc = subprocess.run([str(driver), str(ggufs[key]), _write(WORK / "conv.json", CONVERSATIONS)],
+                                  capture_output=True, text=True, check=True)
+            rendered = [json.loads(line) for line in proc.stdout.splitlines()]
+            for path in ("jinja", "legacy"):
+                got = [r[path].get("ids") for r in rendered]
+                errors = sorted({r[path]["error"] for r in rendered if "error" in r[path]})
+                how = "Jinja" if path == "jinja" else "--no-jinja"
+                rows.append({"case": label, "llama.cpp path": f"llama-cli/llama-server, {how}",
+                             "prompts with equal ids": "-" if errors else _agree(want, got),
+                             "what llama.cpp did": f"refused: {errors[0]}" if errors else
+                             ("same text as transformers" if [r[path]["prompt"] for r in rendered] == want_text
+                              else "rendered a different prompt")})
+                if path == "legacy" and not errors and got != want:
+                    examples.append(f"{label}, --no-jinja, first prompt: llama.cpp {rendered[0][path]['prompt']!r} "
+                                    f"vs transformers {want_text[0]!r}")
+        rc, res = _child("chat", ggufs[key], CONVERSATIONS)
+        if rc == 0:
+            rcs = sorted({r["c_api"].get("rc") for r in res if "rc" in r["c_api"]})
+            rows.append({"case": label, "llama.cpp path": "C API llama_chat_apply_template (built-in renderers)",
+                         "prompts with equal ids": "-",
+                         "what llama.cpp did": f"refused (return code {rcs[0]}: no built-in renderer)" if rcs else
+                         ("same text as transformers" if [r["c_api"]["prompt"] for r in res] == want_text
+                          else "rendered a different prompt")})
+            rows.append({"case": label, "llama.cpp path": "llama-cpp-python chat handler (Jinja2ChatFormatter)",
+                         "prompts with equal ids": _agree(want, [r["handler"]["ids"] for r in res]),
+                         "what llama.cpp did": "same text as transformers" if [r["handler"]["prompt"] for r in res]
+                         == want_text else "rendered a different prompt"})
+
+    from transformers import AutoTokenizer
+
+    for name, label in (("toy", "toy-world-like tokenizer"),
+                        ("toy-no-prefix-key", "same, without add_prefix_space (before issue 14)"),
+                        ("spm-defaults", "SentencePiece-default tokenizer")):
+        tok = AutoTokenizer.from_pretrained(models[name], trust_remote_code=False)
+        conv = json.loads((models[name] / "conversion.json").read_text())
+        warned = ", ".join(w["property"] for w in conv["tokenizer_warnings"]) or "none"
+        results = []
+        for tname, text in TEXTS.items():
+            rc, got = _child("tokenize", ggufs[name], text)
+            hf = tok(text, add_special_tokens=False)["input_ids"]
+            results.append(f"{tname}: " + ("same ids" if rc == 0 and got == hf else "different ids" if rc == 0
+                                          else f"llama.cpp aborted (exit {rc})"))
+        rows.append({"case": label, "llama.cpp path": "llama_tokenize (plain text)",
+                     "prompts with equal ids": f"{sum('same ids' in r for r in results)}/{len(results)}",
+                     "what llama.cpp did": "; ".join(results) + f" | conversion warned: {warned}"})
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ids = [int(i) for i in want[3][:48]]
+    rc, scores = _child("logits", ggufs["toy"], ids)
+    if rc == 0:
+        model = AutoModelForCausalLM.from_pretrained(models["toy"], trust_remote_code=False, dtype=torch.float32)
+        with torch.no_grad():
+            ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        got = torch.log_softmax(torch.tensor(scores, dtype=torch.float64), -1)
+        diff = float((got - ref).abs().max())
+        rows.append({"case": "exact model (attention_bias, mlp_bias)", "llama.cpp path":
+                     "libllama forward, f32 GGUF and KV cache", "prompts with equal ids": "-",
+                     "what llama.cpp did": f"max |log p difference| over {len(ids)} positions: {diff:.2e}"})
+    tree = found["tree"].relative_to(ROOT) if found["tree"].is_relative_to(ROOT) else found["tree"]
+    notes = [f"llama-cpp-python {found['version']} (built from its sdist); llama.cpp tree {tree}; chat driver "
+             f"{'bench/llamacpp_chat.cpp' if driver else 'not built (no libllama-common): llama-cli rows missing'}.",
+             "Equal ids = transformers `apply_chat_template(..., tokenize=True)` ids equal llama.cpp's, for the "
+             f"{len(CONVERSATIONS)} conversations in the module (multi-turn, system, CJK, code with newlines)."]
+    notes += examples
+    return {"title": title, "rows": rows, "notes": "\n".join(f"- {n}" for n in notes)}
+
+
+def _write(path: Path, obj: Any) -> str:
+    path.write_text(json.dumps(obj, ensure_ascii=False))
+    return str(path)
+
+
+if __name__ == "__main__":
+    from bench.run import section
+
+    print(section(run()))
