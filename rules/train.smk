@@ -29,7 +29,7 @@ rule train:
         mem_mb=TRAIN["resources"]["mem_mb"],
         runtime=TRAIN["resources"]["runtime"],
     conda:
-        "../envs/torch.yaml"
+        TRAIN_ENV
     script:
         "../scripts/train.py"
 

@@ -24,6 +24,14 @@ def accelerate_profile():
     return TRAIN["accelerate_profile"] if TRAIN["launcher"] == "accelerate" else None
 
 
+# The conda env of the train rule: DeepSpeed (GPU-only, requirements-gpu.txt) only when a deepspeed_* profile runs.
+TRAIN_ENV = (
+    "../envs/torch-gpu.yaml"
+    if TRAIN["launcher"] == "accelerate" and TRAIN["accelerate_profile"].startswith("deepspeed")
+    else "../envs/torch.yaml"
+)
+
+
 def train_input(wildcards):
     inputs = {"student": R(wildcards.variant, f"init-{TRAIN_INIT}", "model"), "corpus": R("corpus")}
     if wildcards.method == "xkd_z" and OFFLINE:
