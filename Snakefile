@@ -22,6 +22,7 @@ include: "rules/eval_harness.smk"
 include: "rules/mt_bench.smk"
 include: "rules/longctx.smk"
 include: "rules/report.smk"
+include: "rules/fetch.smk"
 
 
 rule all:
