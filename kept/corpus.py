@@ -1,8 +1,9 @@
 """The packed transfer corpus: balance languages to a token budget, join documents with EOS, pack to max_length.
 
-One code path for the paper and the toy world. The paper config streams MIRACL (``miracl/miracl-corpus``,
-records ``{docid, title, text}``, one file set per language) through ``datasets``; the toy config reads the
-world's encyclopedic passages (same fields plus ``lang``). Each document is ``title + "\\n" + text``.
+One code path for the paper and the toy world. The paper config reads MIRACL (``miracl/miracl-corpus``,
+records ``{docid, title, text}``, one file set per language) through ``datasets`` from local files: the fetch
+stage downloads them on the submitting host (:func:`fetch_miracl`); the toy config reads the world's encyclopedic
+passages (same fields plus ``lang``). Each document is ``title + "\\n" + text``.
 
 Balancing: every language gets ``token_budget // len(languages)`` tokens (EOS included). The next document is
 drawn from a language chosen at random with weight equal to its remaining budget, so languages interleave and
