@@ -240,7 +240,10 @@ def rehearse(*, config: Path, width: str, depths: list[int], objectives: list[st
     rows_needed = steps * train["batch_size"] * train["grad_accum"] * int(train.get("num_processes", 1)) + 4
     pairs: dict[int, dict] = {}
     last_wall: dict[int, float] = {}
-    for job in jobs:
+    for i, job in enumerate(jobs):
+        for d in [d for d in pairs if d not in {j.depth for j in jobs[i:]}] if not keep else []:
+            shutil.rmtree(work_dir / f"models-d{d}", ignore_errors=True)  # disk: no later job needs it
+            del pairs[d]
         elapsed = time.monotonic() - t_start
         guess = _guess(last_wall, job.depth) * (2.2 if job.resume else 1.0)
         if elapsed + guess > budget_s:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The width-faithful rehearsal on one GPU machine, as ONE command (bench/bench_rehearsal.py says what it runs):
 #
-#   OUT=/path/to/results bash bench/rehearsal_gpu.sh        # ~8 min on one H200/A100 (budget below)
+#   OUT=/path/to/results bash bench/rehearsal_gpu.sh        # ~9 min on one H200/A100 (budget below)
 #
 # Made for a machine with python3, a CUDA torch, transformers and accelerate but no network and none of
 # deepspeed / sentencepiece: it installs them from wheels carried in the ignored .whl/ folder of the checkout.
@@ -19,13 +19,13 @@
 # Output under $OUT: rehearsal.json / rehearsal.md (rewritten after every job), logs/<job>.log, console.log,
 # gpu.txt, pip-list.txt, cpu_adam_build.txt. Record a GPU result with
 #   python -m bench.bench_rehearsal --record $OUT/rehearsal.json
-# The models and runs go to $WORK (default .rehearsal-work/ in the checkout: up to ~55 GB at depth 8, not /tmp,
-# which may be memory).
+# The models and runs go to $WORK (default .rehearsal-work/ in the checkout: up to ~52 GB with depths 2, 4, 8 and
+# the resume job's DeepSpeed state, not /tmp, which may be memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/rehearsal-out}"
 WORK="${WORK:-$PWD/.rehearsal-work}"
-BUDGET="${REHEARSAL_BUDGET_S:-380}"   # seconds of jobs; a job expected to end later is skipped and listed
+BUDGET="${REHEARSAL_BUDGET_S:-420}"   # seconds of jobs; a job expected to end later is skipped and listed
 mkdir -p "$OUT"
 exec > >(tee "$OUT/console.log") 2>&1
 date -u
