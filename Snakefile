@@ -23,6 +23,7 @@ include: "rules/mt_bench.smk"
 include: "rules/longctx.smk"
 include: "rules/card.smk"
 include: "rules/report.smk"
+include: "rules/fetch.smk"
 
 
 rule all:

@@ -65,7 +65,6 @@ def measure(*, device: str, size: str) -> dict:
     """Write, convert and train on ``device``; ``size`` picks a row of SIZES ("cpu-check" exercises the code
     path on a CPU in seconds; its figures mean nothing)."""
     from kept.convert import convert_checkpoint
-    from kept.orion import new_orion_model, save_orion_checkpoint
     from kept.train import TrainConfig
     from kept.train.trainer import fit
 
@@ -83,18 +82,7 @@ def measure(*, device: str, size: str) -> dict:
         tok = tmp / "tok" / "tokenizer.model"
         _write_sp_model(tok, vocab=vocab)
         t = time.perf_counter()
-        with torch.device(device):
-            teacher = new_orion_model(cfg, dtype=torch.bfloat16)
-        with torch.no_grad():  # LayerNorm biases and a mean component in the embeddings, as in trained models
-            for n, p in teacher.named_parameters():
-                if n.endswith("layernorm.bias") or n == "model.norm.bias":
-                    p.normal_(0.0, 0.05)
-            teacher.model.embed_tokens.weight.add_(0.02)
-        n_params = sum(p.numel() for p in teacher.parameters())
-        save_orion_checkpoint(teacher, tmp / "teacher", tokenizer_model=tok, num_shards=3)
-        del teacher
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        n_params = write_teacher(tmp / "teacher", cfg, tokenizer=tok, device=device)
         t_write = time.perf_counter() - t
         _random_corpus(tmp / "corpus", vocab=vocab, length=length, rows=batch * (steps + 2), seed=0)
         t = time.perf_counter()
@@ -137,6 +125,26 @@ def measure(*, device: str, size: str) -> dict:
             f"{results['xkd_z'] / results['ut']:.2f}. Peak bf16 dense TFLOP/s assumed: {_peak(name)}."
         )
     return {"title": TITLE, "rows": rows, "notes": notes}
+
+
+def write_teacher(out: Path, cfg: dict, *, tokenizer: Path, device: str, num_shards: int = 3) -> int:
+    """A random bf16 Orion-format teacher of config ``cfg`` at ``out`` (initialised on ``device``), with LayerNorm
+    biases and a mean component in the embeddings, as in trained models. Returns its parameter count."""
+    from kept.orion import new_orion_model, save_orion_checkpoint
+
+    with torch.device(device):
+        teacher = new_orion_model(cfg, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for n, p in teacher.named_parameters():
+            if n.endswith("layernorm.bias") or n == "model.norm.bias":
+                p.normal_(0.0, 0.05)
+        teacher.model.embed_tokens.weight.add_(0.02)
+    n_params = sum(p.numel() for p in teacher.parameters())
+    save_orion_checkpoint(teacher, out, tokenizer_model=tokenizer, num_shards=num_shards)
+    del teacher
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return n_params
 
 
 def _attn_impl(student: Path) -> str:

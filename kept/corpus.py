@@ -1,8 +1,9 @@
 """The packed transfer corpus: balance languages to a token budget, join documents with EOS, pack to max_length.
 
-One code path for the paper and the toy world. The paper config streams MIRACL (``miracl/miracl-corpus``,
-records ``{docid, title, text}``, one file set per language) through ``datasets``; the toy config reads the
-world's encyclopedic passages (same fields plus ``lang``). Each document is ``title + "\\n" + text``.
+One code path for the paper and the toy world. The paper config reads MIRACL (``miracl/miracl-corpus``,
+records ``{docid, title, text}``, one file set per language) through ``datasets`` from local files: the fetch
+stage downloads them on the submitting host (:func:`fetch_miracl`); the toy config reads the world's encyclopedic
+passages (same fields plus ``lang``). Each document is ``title + "\\n" + text``.
 
 Balancing: every language gets ``token_budget // len(languages)`` tokens (EOS included). The next document is
 drawn from a language chosen at random with weight equal to its remaining budget, so languages interleave and
@@ -89,6 +90,40 @@ def world_documents(passages: str | Path, lang: str, *, seed: int,
         rng.shuffle(order)
         for i in order:
             yield docs[i]
+
+
+def miracl_patterns(languages: list[str]) -> list[str]:
+    """The MIRACL corpus repo's file patterns of ``languages``."""
+    return [MIRACL_FILES.format(lang=lang) for lang in languages]
+
+
+def miracl_local_files(root: str | Path, languages: list[str]) -> dict[str, list[str]]:
+    """Per language, the sorted MIRACL files under ``root`` (laid out as the hub repo: what :func:`fetch_miracl`
+    writes); a KeptError names the first language without any."""
+    root = Path(root)
+    files = {lang: sorted(str(p) for p in root.glob(MIRACL_FILES.format(lang=lang))) for lang in languages}
+    missing = [lang for lang, found in files.items() if not found]
+    if missing:
+        raise KeptError(f"{root}: no MIRACL files {MIRACL_FILES.format(lang=missing[0])} (languages {missing})")
+    return files
+
+
+def fetch_miracl(*, output: str | Path, languages: list[str], repo: str = MIRACL_REPO, revision: str,
+                 resolve: Any = None, download: Any = None) -> dict[str, Any]:
+    """Download the MIRACL corpus files of ``languages`` at ``revision`` into ``output`` (the repo's layout,
+    ``miracl-corpus-v1.0-<lang>/docs-*.jsonl.gz``), atomically, with ``SOURCE.json`` (repo, revision, resolved
+    commit, files per language). The fetch stage runs it on the submitting host; ``prepare_corpus`` then reads the
+    local files on a compute node. ``resolve`` / ``download``: see :func:`kept.source.hub_snapshot`."""
+    from kept.source import SHA, hub_snapshot
+
+    with atomic_dir(output) as tmp:
+        sha = hub_snapshot(repo=repo, revision=revision, local_dir=tmp, repo_type="dataset",
+                           allow_patterns=miracl_patterns(languages), resolve=resolve, download=download)
+        files = miracl_local_files(tmp, languages)
+        record = {"repo": repo, "revision": revision, "commit": sha, "pinned": bool(SHA.match(revision)),
+                  "files": {lang: [str(Path(f).relative_to(tmp)) for f in fs] for lang, fs in files.items()}}
+        (tmp / "SOURCE.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def miracl_documents(lang: str, *, seed: int, repo: str = MIRACL_REPO, revision: str | None = None,

@@ -11,7 +11,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kept.atomic import atomic_dir
 from kept.errors import ConfigError
@@ -42,35 +42,53 @@ def fetch_source(*, repo: str, revision: str, output: str | Path) -> dict[str, A
     A branch or tag is resolved to its commit and recorded, with a warning: pin a 40-hex SHA for
     reproducible results. Returns the SOURCE.json record.
     """
-    from huggingface_hub import HfApi, snapshot_download
-
-    if not HUB_ID.match(repo):
-        raise ConfigError(f"hub repository {repo!r} is not of the form owner/name")
-    if not revision:
-        raise ConfigError(f"{repo}: a revision is required")
-    sha = HfApi().model_info(repo, revision=revision).sha
-    if not SHA.match(revision):
-        log.warning("%s: revision %r is not a commit SHA; resolved to %s (pin it for reproducibility)",
-                    repo, revision, sha)
     with atomic_dir(output) as tmp:
-        snapshot_download(
-            repo_id=repo,
-            revision=sha,
-            local_dir=str(tmp),
-            allow_patterns=ALLOW_PATTERNS,
-            ignore_patterns=IGNORE_PATTERNS,
-        )
-        for py in tmp.rglob("*.py"):  # belt and braces: nothing executable travels with the weights
-            py.unlink()
-        cache = tmp / ".cache"
-        if cache.is_dir():
-            import shutil
-
-            shutil.rmtree(cache)
+        sha = hub_snapshot(repo=repo, revision=revision, local_dir=tmp, allow_patterns=ALLOW_PATTERNS)
         record = {"repo": repo, "revision": revision, "commit": sha, "pinned": bool(SHA.match(revision)),
                   "allow_patterns": ALLOW_PATTERNS}
         (tmp / "SOURCE.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+Resolver = Callable[[str, str, str], str]  # (repo, revision, repo_type) -> commit SHA
+Downloader = Callable[..., Any]  # huggingface_hub.snapshot_download's keyword interface
+
+
+def hub_snapshot(*, repo: str, revision: str, local_dir: str | Path, allow_patterns: list[str],
+                 repo_type: str = "model", resolve: Resolver | None = None,
+                 download: Downloader | None = None) -> str:
+    """Download the files of hub repo ``repo`` matching ``allow_patterns`` at ``revision`` into ``local_dir``
+    (plain files, no hub cache), never any ``.py``; return the commit it resolved ``revision`` to (a branch or
+    tag is logged as not pinned). ``resolve`` and ``download`` default to huggingface_hub (``HfApi`` info and
+    ``snapshot_download``); tests pass local stand-ins, so the rest of the fetch runs offline."""
+    if not HUB_ID.match(repo):
+        raise ConfigError(f"hub repository {repo!r} is not of the form owner/name")
+    if not revision:
+        raise ConfigError(f"{repo}: a revision is required")
+    if resolve is None or download is None:
+        from huggingface_hub import HfApi, snapshot_download
+
+        def hub_resolve(repo: str, revision: str, repo_type: str) -> str:
+            api = HfApi()
+            info = api.dataset_info if repo_type == "dataset" else api.model_info
+            return info(repo, revision=revision).sha
+
+        resolve, download = resolve or hub_resolve, download or snapshot_download
+    sha = resolve(repo, revision, repo_type)
+    if not SHA.match(revision):
+        log.warning("%s: revision %r is not a commit SHA; resolved to %s (pin it for reproducibility)",
+                    repo, revision, sha)
+    local = Path(local_dir)
+    download(repo_id=repo, repo_type=repo_type, revision=sha, local_dir=str(local), allow_patterns=allow_patterns,
+             ignore_patterns=IGNORE_PATTERNS)
+    for py in local.rglob("*.py"):  # belt and braces: nothing executable travels with the files
+        py.unlink()
+    cache = local / ".cache"
+    if cache.is_dir():
+        import shutil
+
+        shutil.rmtree(cache)
+    return sha
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str] | None:

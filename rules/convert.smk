@@ -1,29 +1,7 @@
 # Convert stage: each variant's Orion teacher -> stock Llama, once per norm mapping (kept.convert).
-# Hub teachers are fetched first (weights/config/tokenizer only, at the configured revision).
+# Hub teachers are fetched first by the fetch stage (rules/fetch.smk, rule fetch_source).
 
 CONVERT = config["convert"]
-
-
-# The download needs the network, which cluster compute nodes often lack: run it on the submitting host.
-localrules:
-    fetch_source,
-
-
-rule fetch_source:
-    output:
-        source=directory(R("sources", "{variant}")),
-    params:
-        repo=lambda w: variant_cfg(w.variant)["source"]["repo"],
-        revision=lambda w: variant_cfg(w.variant)["source"]["revision"],
-    log:
-        R("logs/fetch_source/{variant}.log"),
-    threads: 1
-    resources:
-        runtime=240,
-    conda:
-        "../envs/torch.yaml"
-    script:
-        "../scripts/fetch_source.py"
 
 
 rule convert:

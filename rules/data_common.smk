@@ -23,8 +23,17 @@ def teacher_init_input(wildcards):
     return {"init": teacher_dir(recipe["init_from"])} if recipe["role"] != "base" else {}
 
 
+# MIRACL's corpus files, fetched on the submitting host (rules/fetch.smk) unless corpus.miracl.data_files names
+# local files
+MIRACL_DIR = R("downloads", "miracl")
+
+
 def corpus_input(wildcards):
-    """The tokenizer (toy: the world's; otherwise the first variant's teacher dir) and, for toy, the passages."""
+    """The tokenizer (toy: the world's; otherwise the first variant's teacher dir) and the documents: the toy
+    world's passages, or MIRACL's fetched files."""
     if CORPUS["source"] == "world":
         return {"tokenizer": R("tokenizer", "tokenizer.model"), "world": R("world")}
-    return {"tokenizer": teacher_dir(VARIANTS[0])}
+    inputs = {"tokenizer": teacher_dir(VARIANTS[0])}
+    if CORPUS["miracl"]["data_files"] is None:
+        inputs["miracl"] = MIRACL_DIR
+    return inputs

@@ -4,6 +4,8 @@ import re
 
 EVAL = config["eval"]
 HARNESS = EVAL["harness"]
+# the harness settings that define a result (where the datasets are cached does not)
+HARNESS_PARAMS = {k: v for k, v in HARNESS.items() if k != "datasets_cache"}
 
 
 def eval_gpu(wildcards=None):
@@ -15,11 +17,20 @@ def eval_data(*parts):
     return R("eval_data", *parts)
 
 
-def harness_input(wildcards):
-    inputs = {"model": model_dir(wildcards.variant, wildcards.model)}
+# lm-eval's datasets, fetched on the submitting host (rules/fetch.smk) into the workflow's own cache; harness
+# jobs read it with the hub offline
+LM_EVAL_CACHE = R(HARNESS.get("datasets_cache", "hf_datasets"))
+
+
+def harness_task_inputs():
+    """The toy suites' task directory, or the fetched lm-eval cache."""
     if HARNESS["tasks_from"] == "toy":
-        inputs["tasks"] = eval_data("tasks")
-    return inputs
+        return {"tasks": eval_data("tasks")}
+    return {"lm_eval_cache": LM_EVAL_CACHE}
+
+
+def harness_input(wildcards):
+    return {"model": model_dir(wildcards.variant, wildcards.model), **harness_task_inputs()}
 
 
 def recovery_tasks():
@@ -37,10 +48,20 @@ def recovery_variants():
 
 
 def recovery_input(wildcards):
-    inputs = {"snapshots": R(wildcards.variant, wildcards.method, "snapshots")}
-    if HARNESS["tasks_from"] == "toy":
-        inputs["tasks"] = eval_data("tasks")
-    return inputs
+    return {"snapshots": R(wildcards.variant, wildcards.method, "snapshots"), **harness_task_inputs()}
+
+
+def lm_eval_fetch_tasks():
+    """Every lm-eval task spec some harness job runs (H6, KoMMLU; the recovery columns are H6 columns), once."""
+    specs, seen = [], set()
+    for suite in ("h6", "kommlu"):
+        if not variants_with(suite):
+            continue
+        for spec in EVAL[suite]:
+            if spec["task"] not in seen:
+                seen.add(spec["task"])
+                specs.append(spec)
+    return specs
 
 
 def code_probe_file():

@@ -16,7 +16,7 @@ rule eval_harness:
     params:
         suite="{suite}",
         tasks=lambda w: EVAL[w.suite],
-        harness=HARNESS,
+        harness=HARNESS_PARAMS,
         micro_macro=lambda w: w.suite == "kommlu",
         model_name="{model}",
         variant="{variant}",
@@ -39,24 +39,25 @@ rule eval_harness:
 
 
 rule eval_recovery:
+    # One job per snapshot: each is a full evaluation of one model (at 14B, H6 alone takes hours).
     input:
         unpack(recovery_input),
     output:
-        summaries=expand(R("{{variant}}", "recovery", "{{method}}", "step-{step}.json"), step=snapshot_steps()),
-        raw=directory(R("{variant}", "recovery", "{method}", "raw")),
+        summary=R("{variant}", "recovery", "{method}", "step-{step}.json"),
+        raw=directory(R("{variant}", "recovery", "{method}", "raw", "step-{step}")),
     params:
-        steps=snapshot_steps(),
+        step=lambda w: int(w.step),
         method="{method}",
         variant="{variant}",
         tasks=recovery_tasks(),
-        harness=HARNESS,
+        harness=HARNESS_PARAMS,
         seed=config["seed"],
         dtype=EVAL["dtype"],
         device=EVAL["device"],
     log:
-        R("logs/eval_recovery/{variant}-{method}.log"),
+        R("logs/eval_recovery/{variant}-{method}-step-{step}.log"),
     benchmark:
-        R("benchmarks/eval_recovery/{variant}-{method}.tsv")
+        R("benchmarks/eval_recovery/{variant}-{method}-step-{step}.tsv")
     threads: 1
     resources:
         gpu=eval_gpu,
@@ -66,21 +67,6 @@ rule eval_recovery:
         "../envs/eval.yaml"
     script:
         "../scripts/eval_recovery.py"
-
-
-rule code_probe_data:
-    output:
-        probe=R("code_probe", "humaneval.jsonl"),
-    params:
-        dataset="openai/openai_humaneval",
-        revision=None,
-    log:
-        R("logs/code_probe_data/humaneval.log"),
-    threads: 1
-    conda:
-        "../envs/eval.yaml"
-    script:
-        "../scripts/code_probe_data.py"
 
 
 rule eval_code:

@@ -1,20 +1,6 @@
 # Evaluation stage, long context: perplexity against input length per grid model (Figure 4). Toy sources are the
 # world stage's long documents (eval_data/longctx/<name>.jsonl); paper sources are Wikipedia passages chosen by a
-# fixed rule (rule longctx_docs). The packed corpus's max_length is recorded as the training length.
-
-rule longctx_docs:
-    output:
-        docs=R("longctx_docs", "{source}.jsonl"),
-    params:
-        source=lambda w: LONGCTX["sources"][w.source],
-    log:
-        R("logs/longctx_docs/{source}.log"),
-    threads: 1
-    conda:
-        "../envs/eval.yaml"
-    script:
-        "../scripts/longctx_docs.py"
-
+# fixed rule (rule longctx_docs, rules/fetch.smk). The packed corpus's max_length is recorded as the training length.
 
 rule eval_longctx:
     input:

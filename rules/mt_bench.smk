@@ -4,26 +4,6 @@
 # collected into one FastChat judgment file. Question/prompt/reference data: the world stage (toy), a PyPI wheel
 # (pypi) or a directory laid out like FastChat's llm_judge/data.
 
-rule mtbench_data:
-    output:
-        questions=R("mtbench_data", MTB["bench"], "question.jsonl"),
-        prompts=R("mtbench_data", "judge_prompts.jsonl"),
-        reference=R("mtbench_data", MTB["bench"], "reference_answer", f"{MTB['reference_model']}.jsonl"),
-    params:
-        package=MTB["package"],
-        sha256=MTB["package_sha256"],
-        data_dir=MTB["package_data_dir"],
-        bench=MTB["bench"],
-        reference_model=MTB["reference_model"],
-    log:
-        R("logs/mtbench_data/data.log"),
-    threads: 1
-    conda:
-        "../envs/eval.yaml"
-    script:
-        "../scripts/mtbench_data.py"
-
-
 rule mtbench_answer_teacher:
     # One job per model answers in each of its formats (one model load); teachers answer in the teacher formats.
     input:

@@ -29,7 +29,7 @@ rule train:
         mem_mb=TRAIN["resources"]["mem_mb"],
         runtime=TRAIN["resources"]["runtime"],
     conda:
-        "../envs/torch.yaml"
+        TRAIN_ENV
     script:
         "../scripts/train.py"
 
@@ -71,13 +71,7 @@ rule pilot:
     output:
         cosine=R("{variant}", "pilot", "cosine.jsonl"),
     params:
-        settings={k: v for k, v in PILOT.items() if k != "variants"},
-        seed=config["seed"],
-        max_length=TRAIN["max_length"],
-        kl_chunk_size=TRAIN["common"]["kl_chunk_size"],
-        model_dtype=TRAIN["common"]["model_dtype"],
-        teacher_dtype=TRAIN["common"]["teacher_dtype"],
-        mixed_precision=TRAIN["common"]["mixed_precision"],
+        settings=pilot_settings(),
         work_dir=lambda w: R(w.variant, "pilot"),
     log:
         R("logs/pilot/{variant}.log"),

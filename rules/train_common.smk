@@ -4,24 +4,32 @@ TRAIN = config["train"]
 OFFLINE = TRAIN.get("offline_teacher", {}).get("enabled", False)
 PILOT = TRAIN["pilot"]
 
-# settings that must be equal across methods for a matched comparison
-SHARED_KEYS = ("steps", "batch_size", "grad_accum", "max_length", "snapshot_every", "save_state_every")
-
 
 def train_settings(method):
     """kept.train.TrainConfig fields of one method: common + per-method overrides + the shared budget."""
-    settings = dict(TRAIN["common"])
-    overrides = TRAIN["per_method"].get(method) or {}
-    settings.update({key: value for key, value in overrides.items() if value is not None})
-    settings.update({key: TRAIN[key] for key in SHARED_KEYS})
-    settings["betas"] = list(settings["betas"])
-    settings["seed"] = config["seed"]
-    return settings
+    from kept.train.config import method_settings
+
+    return method_settings(TRAIN, method, seed=config["seed"])
+
+
+def pilot_settings():
+    """kept.train.pilot.PilotConfig fields of the pilot (train.pilot + the shared run settings)."""
+    from kept.train.config import pilot_settings as settings
+
+    return settings(TRAIN, seed=config["seed"])
 
 
 def accelerate_profile():
     """Name of the accelerate config under profiles/accelerate/ (None unless launcher is accelerate)."""
     return TRAIN["accelerate_profile"] if TRAIN["launcher"] == "accelerate" else None
+
+
+# The conda env of the train rule: DeepSpeed (GPU-only, requirements-gpu.txt) only when a deepspeed_* profile runs.
+TRAIN_ENV = (
+    "../envs/torch-gpu.yaml"
+    if TRAIN["launcher"] == "accelerate" and TRAIN["accelerate_profile"].startswith("deepspeed")
+    else "../envs/torch.yaml"
+)
 
 
 def train_input(wildcards):

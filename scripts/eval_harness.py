@@ -6,7 +6,7 @@ from kept.eval.harness import HarnessConfig, TaskSpec, run_harness
 from kept.smk import log_to_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-log_to_rule(smk)
+log_to_rule(smk, hf_cache=smk.input.get("lm_eval_cache"))  # offline; lm-eval datasets from the fetch stage
 
 p = smk.params
 h = p.harness

@@ -1,19 +1,20 @@
-"""Snakemake script (rules/eval_harness.smk): the recovery subset of H6 on every snapshot of one method."""
+"""Snakemake script (rules/eval_harness.smk): the recovery subset of H6 on one training snapshot of one method."""
 
 import logging
+from pathlib import Path
 
 from kept.eval.harness import RecoveryConfig, TaskSpec, run_recovery
 from kept.smk import log_to_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-log_to_rule(smk)
+log_to_rule(smk, hf_cache=smk.input.get("lm_eval_cache"))  # offline; lm-eval datasets from the fetch stage
 
 p = smk.params
 h = p.harness
 summaries = run_recovery(RecoveryConfig(
     snapshots=smk.input.snapshots,
-    outputs=dict(zip(p.steps, smk.output.summaries)),
-    raw_dir=smk.output.raw,
+    outputs={p.step: smk.output.summary},
+    raw_dir=str(Path(smk.output.raw).parent),  # run_recovery writes raw_dir/step-N (this job's raw output)
     tasks=[TaskSpec.from_dict(t, where=f"eval.recovery[{i}]") for i, t in enumerate(p.tasks)],
     method=p.method,
     variant=p.variant,

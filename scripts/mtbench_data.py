@@ -6,7 +6,7 @@ from kept.eval.mtbench import fetch_mtbench_data
 from kept.smk import log_to_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-log_to_rule(smk, threads=False)
+log_to_rule(smk, threads=False, network=True)  # a fetch-stage local rule: the one place with network
 
 p = smk.params
 files = fetch_mtbench_data(

@@ -16,12 +16,6 @@ summary = run_pilot(
         corpus=smk.input.corpus,
         output=smk.output.cosine,
         work_dir=p.work_dir,
-        seed=p.seed,
-        max_length=p.max_length,
-        kl_chunk_size=p.kl_chunk_size,
-        model_dtype=p.model_dtype,
-        teacher_dtype=p.teacher_dtype,
-        mixed_precision=p.mixed_precision,
         **p.settings,
     )
 )

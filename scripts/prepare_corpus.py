@@ -1,9 +1,9 @@
-"""Snakemake script (rules/data.smk): balance and pack the transfer corpus (world passages or MIRACL)."""
+"""Snakemake script (rules/data.smk): balance and pack the transfer corpus (world passages or MIRACL's local files)."""
 
 import logging
 from pathlib import Path
 
-from kept.corpus import CorpusConfig, prepare_corpus
+from kept.corpus import CorpusConfig, miracl_local_files, prepare_corpus
 from kept.smk import log_to_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
@@ -11,6 +11,9 @@ log_to_rule(smk, threads=False)
 
 p = smk.params
 miracl = p.miracl
+data_files = miracl["data_files"]
+if p.source == "miracl" and data_files is None:  # the files the fetch stage downloaded; no hub access here
+    data_files = miracl_local_files(smk.input.miracl, list(p.languages))
 manifest = prepare_corpus(CorpusConfig(
     output=smk.output.corpus,
     tokenizer=smk.input.tokenizer,
@@ -22,7 +25,7 @@ manifest = prepare_corpus(CorpusConfig(
     passages=str(Path(smk.input.world, "text", "passages.jsonl")) if p.source == "world" else None,
     miracl_repo=miracl["repo"],
     miracl_revision=miracl["revision"],
-    data_files=miracl["data_files"],
+    data_files=data_files,
     shuffle_buffer=miracl["shuffle_buffer"],
 ))
 logging.info("done: %d sequences, tokens per language %s", manifest["num_sequences"], manifest["tokens_per_language"])

@@ -28,7 +28,7 @@ def fake_hub(monkeypatch):
             calls["info"] = (repo, revision)
             return types.SimpleNamespace(sha=SHA)
 
-    def fake_snapshot_download(*, repo_id, revision, local_dir, allow_patterns, ignore_patterns):
+    def fake_snapshot_download(*, repo_id, revision, local_dir, allow_patterns, ignore_patterns, repo_type="model"):
         calls["download"] = dict(repo_id=repo_id, revision=revision, allow=allow_patterns, ignore=ignore_patterns)
         if calls.get("fail"):
             raise OSError("connection reset")

@@ -66,10 +66,12 @@ def test_paper_dry_run_schedules_the_eval_grid(wd):
     assert judged == {(v, m, f) for v in ("base", "chat") for m in table4
                       for f in (["orion"] if m == "teacher" else ["llama3", "orion"])}
     assert len(by_rule["mtbench_data"]) == 1
-    assert {(j["wildcards"]["variant"], j["wildcards"]["method"]) for j in by_rule["eval_recovery"]} == \
-        {(v, m) for v in ("base", "chat") for m in ("ut", "xkd_h", "xkd_z")}
-    assert all(sorted(f.rsplit("/", 1)[1] for f in j["output"] if f.endswith(".json")) ==
-               ["step-10.json", "step-20.json", "step-30.json"] for j in by_rule["eval_recovery"])
+    # one recovery job per snapshot (each is a full H6 run of a 14B model), one summary each
+    assert sorted((j["wildcards"]["variant"], j["wildcards"]["method"], j["wildcards"]["step"])
+                  for j in by_rule["eval_recovery"]) == \
+        sorted((v, m, s) for v in ("base", "chat") for m in ("ut", "xkd_h", "xkd_z") for s in ("10", "20", "30"))
+    assert all([f.rsplit("/", 1)[1] for f in j["output"] if f.endswith(".json")] ==
+               [f"step-{j['wildcards']['step']}.json"] for j in by_rule["eval_recovery"])
     assert {j["wildcards"]["model"] for j in by_rule["eval_longctx"]} == table4
     assert len(by_rule["longctx_docs"]) == 2 and len(by_rule["code_probe_data"]) == 1
     for rule in ("eval_harness", "mtbench_answer_teacher", "mtbench_answer_student", "eval_longctx", "eval_code",
@@ -89,7 +91,7 @@ def test_default_config_eval_jobs(wd):
     assert h6 == 16 and count["eval_harness"] == 16 + 5  # H6 on the whole grid of base and chat; KoMMLU on base
     assert count["eval_code"] == 15 and count["eval_longctx"] == 5
     assert count["mtbench_answer_teacher"] == 2 and count["mtbench_answer_student"] == 8
-    assert count["mtbench_judge"] == 18 and count["eval_recovery"] == 3
+    assert count["mtbench_judge"] == 18 and count["eval_recovery"] == 9  # 3 methods x 3 snapshots
     collect = [o for j in jobs if j["rule"] == "mtbench_collect" for o in j["output"]]
     assert len(collect) == 2 and all(o.endswith("toy-judge_single.jsonl") for o in collect)
     assert not any(j["resources"].get("gpu") == "1" for j in jobs if j["rule"].startswith(("eval_", "mtbench_")))

@@ -79,10 +79,25 @@ def test_every_rule_declares_threads_log_and_env():
         if conda is None:
             problems.append(f"{where}: no conda env")
         else:
-            env = (path.parent / conda.strip().strip("\"'")).resolve()
-            if not env.is_file():
-                problems.append(f"{where}: conda env {env} missing")
+            for name in conda_envs(path, conda.strip()):
+                env = (path.parent / name).resolve()
+                if not env.is_file():
+                    problems.append(f"{where}: conda env {env} missing")
     assert not problems, "\n".join(problems)
+
+
+def conda_envs(path: Path, value: str) -> list[str]:
+    """The env files a conda directive can name: a quoted path, or a NAME assigned quoted env paths in the rule
+    files (e.g. TRAIN_ENV, which picks envs/torch-gpu.yaml for the DeepSpeed profiles)."""
+    if value[:1] in "\"'":
+        return [value.strip("\"'")]
+    assert re.fullmatch(r"[A-Z_]+", value), f"{path.name}: conda directive {value!r} is neither a path nor a NAME"
+    found = []
+    for rules in RULE_FILES:
+        for block in re.findall(rf"^{value} = \((.*?)^\)", rules.read_text(), flags=re.M | re.S):
+            found += re.findall(r"\"(\.\./envs/[\w.-]+\.yaml)\"", block)
+    assert found, f"{path.name}: {value} names no env file"
+    return found
 
 
 def test_gpu_rules_declare_memory_and_runtime():
@@ -113,6 +128,8 @@ def _pins(lines: list[str], where: str) -> dict[str, str | None]:
 
 def test_envs_are_pinned_like_requirements():
     required = _pins((ROOT / "requirements.txt").read_text().splitlines(), "requirements.txt")
+    gpu_only = _pins((ROOT / "requirements-gpu.txt").read_text().splitlines(), "requirements-gpu.txt")
+    assert gpu_only.get("deepspeed") and not set(gpu_only) & set(required)  # GPU-only pins stay out of the CPU install
     envs = sorted((ROOT / "envs").glob("*.yaml"))
     assert {e.stem for e in envs} >= {"torch", "eval", "report"}
     covered = set()
@@ -125,8 +142,11 @@ def test_envs_are_pinned_like_requirements():
         pins = _pins(pip, env.name)
         for name, version in pins.items():
             assert version, f"{env.name}: {name} is not pinned"
-            if required.get(name):
-                assert version == required[name], f"{env.name}: {name}=={version}, requirements.txt has {required[name]}"
+            pinned = required.get(name) or gpu_only.get(name)
+            if pinned:
+                assert version == pinned, f"{env.name}: {name}=={version}, the requirements have {pinned}"
+        if set(gpu_only) & set(pins):
+            assert env.stem.endswith("-gpu") and set(gpu_only) <= set(pins), f"{env.name}: GPU-only pins in a CPU env"
         covered |= set(pins)
     missing = set(required) - covered - DRIVER_ONLY
     assert not missing, f"requirements.txt packages in no env: {sorted(missing)}"

@@ -136,6 +136,35 @@ def load_tasks(tm: Any, specs: list[TaskSpec]) -> list[Any]:
     return objs
 
 
+def precache_tasks(*, tasks: list[TaskSpec], output: str | Path, task_dir: str | None = None,
+                   include_defaults: bool = True) -> dict[str, Any]:
+    """Load the datasets of ``tasks`` through lm-eval's own task loading, so the Hugging Face caches hold exactly
+    what the harness reads later, and write ``output/manifest.json`` last (per leaf task: its column, dataset
+    and split sizes). The caller points the caches into ``output`` first and allows the network (the fetch
+    rule's script: :func:`kept.smk.log_to_rule` with ``network=True, hf_cache=output``); harness jobs on compute
+    nodes then read the same caches with the hub offline."""
+    import lm_eval
+
+    tm = _task_manager(task_dir, include_defaults)
+    leaves: dict[str, Any] = {}
+    for spec in tasks:
+        try:
+            loaded = tm.load([spec.task])
+        except (KeyError, ValueError, OSError) as exc:
+            raise KeptError(f"lm-eval task {spec.task!r} (column {spec.name!r}): cannot load ({exc})") from exc
+        if not loaded["tasks"]:
+            raise KeptError(f"lm-eval task {spec.task!r} (column {spec.name!r}): no tasks after loading")
+        for name, task in loaded["tasks"].items():
+            data = getattr(task, "dataset", None) or {}
+            leaves[str(name)] = {"column": spec.name, "dataset_path": task.config.dataset_path,
+                                 "dataset_name": task.config.dataset_name,
+                                 "splits": {str(k): len(v) for k, v in data.items()}}
+    manifest = {"tasks": leaves, "lm_eval_version": getattr(lm_eval, "__version__", "unknown")}
+    Path(output).mkdir(parents=True, exist_ok=True)
+    write_json(Path(output) / "manifest.json", manifest)
+    return manifest
+
+
 def _stderr_key(metric: str) -> str:
     name, filt = metric.split(",", 1)
     return f"{name}_stderr,{filt}"

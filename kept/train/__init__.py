@@ -3,7 +3,18 @@
     from kept.train import TrainConfig, train
 """
 
+from typing import Any
+
 from kept.train.config import TrainConfig
-from kept.train.trainer import train
 
 __all__ = ["TrainConfig", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    # the trainer (torch, transformers) loads on first use, so the workflow can read kept.train.config's settings
+    # helpers while it parses without importing torch
+    if name == "train":
+        from kept.train.trainer import train
+
+        return train
+    raise AttributeError(f"module 'kept.train' has no attribute {name!r}")

@@ -126,3 +126,33 @@ class TrainConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
+
+
+# settings that must be equal across methods for a matched comparison (config train.<key>)
+SHARED_KEYS = ("steps", "batch_size", "grad_accum", "max_length", "snapshot_every", "save_state_every")
+
+
+def method_settings(train: dict[str, Any], method: str, *, seed: int) -> dict[str, Any]:
+    """TrainConfig fields of one method from the workflow config's ``train`` section: ``common``, then the
+    method's non-null ``per_method`` overrides, then the shared budget (:data:`SHARED_KEYS`) and ``seed``. The
+    train rule and the width-faithful rehearsal (bench/bench_rehearsal.py) both build their runs with it."""
+    settings = dict(train["common"])
+    overrides = (train.get("per_method") or {}).get(method) or {}
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    settings.update({key: train[key] for key in SHARED_KEYS})
+    settings["betas"] = list(settings["betas"])
+    settings["seed"] = seed
+    return settings
+
+
+def pilot_settings(train: dict[str, Any], *, seed: int) -> dict[str, Any]:
+    """PilotConfig fields (all but the paths) from the workflow config's ``train`` section: ``train.pilot`` (less
+    its ``variants``) and the run-wide settings it shares with the trainings. The pilot rule and the rehearsal
+    (bench/bench_rehearsal.py) both build the pilot with it (kept.train.pilot.PilotConfig)."""
+    common = train["common"]
+    settings = {k: v for k, v in train["pilot"].items() if k != "variants"}
+    settings.update(seed=seed, max_length=train["max_length"], kl_chunk_size=common["kl_chunk_size"],
+                    model_dtype=common["model_dtype"], teacher_dtype=common["teacher_dtype"],
+                    mixed_precision=common["mixed_precision"],
+                    gradient_checkpointing=common.get("gradient_checkpointing", False))
+    return settings

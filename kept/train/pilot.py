@@ -43,6 +43,9 @@ class PilotConfig:
     model_dtype: str = "float32"
     teacher_dtype: str = "float32"
     mixed_precision: str = "no"
+    # recompute each layer in the backward: at Orion-14B size and T = 4096 the pilot holds the bf16 student and
+    # teacher (27 GiB each); without it the activations (~37 GiB) push it past 80 GB (docs/memory-plan.md)
+    gradient_checkpointing: bool = False
     progress: bool = True
 
 
@@ -67,7 +70,7 @@ def run_pilot(cfg: PilotConfig) -> dict[str, Any]:
         batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=0.0, seed=cfg.seed,
         log_every=cfg.log_every, kl_chunk_size=cfg.kl_chunk_size, max_length=cfg.max_length,
         model_dtype=cfg.model_dtype, teacher_dtype=cfg.teacher_dtype, mixed_precision=cfg.mixed_precision,
-        trainable="norms", progress=cfg.progress,
+        gradient_checkpointing=cfg.gradient_checkpointing, trainable="norms", progress=cfg.progress,
     )
     rows: list[dict[str, Any]] = []
     state: dict[str, Any] = {}

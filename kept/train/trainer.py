@@ -43,11 +43,31 @@ class LRSchedule:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def decay_names(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Trainable parameter names split into (decayed, not decayed): every weight of a linear layer or an embedding
+    decays; norm weights (any module whose class name contains "Norm") and biases do not. Chosen by name and module
+    type, never by shape: DeepSpeed ZeRO-3 partitions each parameter to an empty 1-D tensor (real shape in
+    ``ds_shape``), so a rule on ``p.ndim`` would put every weight in the no-decay group."""
+    decay, other = [], []
+    seen: set[int] = set()  # a tied weight is listed once, under its first name (as named_parameters does)
+    for mod_name, module in model.named_modules():
+        is_norm = "Norm" in type(module).__name__
+        for leaf, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            name = f"{mod_name}.{leaf}" if mod_name else leaf
+            (other if is_norm or leaf == "bias" else decay).append(name)
+    return decay, other
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices and embeddings, none on norm weights and biases."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    other = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+    """AdamW groups (see :func:`decay_names`): ``weight_decay`` on matrices and embeddings, none on norms and
+    biases."""
+    params = dict(model.named_parameters())
+    decay, other = decay_names(model)
+    groups = [{"params": [params[n] for n in decay], "weight_decay": weight_decay},
+              {"params": [params[n] for n in other], "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
@@ -72,6 +92,18 @@ def _set_trainable(model: nn.Module, cfg: TrainConfig) -> None:
         p.requires_grad_(name not in frozen)
 
 
+def peak_memory(device: torch.device) -> dict[str, float | None]:
+    """This process's peak memory so far, GiB: host resident set (VmHWM: pinned and pageable host memory alike)
+    and, on CUDA, the caching allocator's peak allocated and reserved bytes (what DeepSpeed and torch use)."""
+    import resource
+
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # ru_maxrss is KiB on Linux
+    cuda = device.type == "cuda"
+    return {"peak_host_rss_gib": round(host, 3),
+            "peak_gpu_allocated_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if cuda else None,
+            "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved(device) / 2**30, 3) if cuda else None}
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -89,15 +121,16 @@ def _new_accelerator(cfg: TrainConfig) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    cpu = not torch.cuda.is_available()
-    if not PartialState(cpu=cpu).use_distributed:
+    # No cpu=True here: accelerate picks the CPU by itself on a host without a GPU, and cpu=True would silently
+    # replace a launcher's DeepSpeed set-up with plain multi-CPU data parallelism. A torchrun job on CPUs gets
+    # accelerate's own ACCELERATE_USE_CPU flag from kept.train.launch instead (gloo, MULTI_CPU).
+    if PartialState._shared_state and not PartialState().use_distributed:
         # several runs in one process (tests, the pilot after a run): start from a clean accelerate state
         AcceleratorState._reset_state()
         GradientState._reset_state()
     return Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
-        cpu=cpu,
         step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the world size
     )
 
@@ -114,6 +147,23 @@ def _check_pair(student: nn.Module, teacher: nn.Module, cfg: TrainConfig) -> Non
         raise CheckpointError(
             f"{cfg.student} vs {cfg.teacher}: num_hidden_layers {s.num_hidden_layers} != {t.num_hidden_layers}"
         )
+
+
+def configure_deepspeed(accelerator: Any, cfg: TrainConfig) -> dict[str, Any] | None:
+    """Under DeepSpeed, write the run's batch, accumulation and clipping into the plugin's config before
+    ``prepare``. accelerate fills ``train_micro_batch_size_per_gpu: auto`` only from a prepared DataLoader and the
+    trainer prepares none (it reads the packed corpus itself), so without this ``prepare`` raises; and the profile's
+    own ``gradient_clipping`` / ``gradient_accumulation_steps`` must not silently differ from the train config.
+    Returns the DeepSpeed config (None without DeepSpeed)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return None
+    ds = plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    ds["gradient_accumulation_steps"] = cfg.grad_accum
+    ds["train_batch_size"] = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    ds["gradient_clipping"] = cfg.max_grad_norm  # DeepSpeed clips inside its step; 0 disables it
+    return ds
 
 
 def _register_head_for_zero3(accelerator: Any, module: StudentObjective) -> None:
@@ -180,6 +230,7 @@ def fit(
         raise ConfigError(f"{cfg.student}: export_format 'orion' needs an Orion-format student")
     if cfg.trainable == "norms" and is_orion:
         raise ConfigError(f"{cfg.student}: trainable 'norms' (the pilot) needs a stock-Llama student")
+    configure_deepspeed(accelerator, cfg)
     student = load_model(cfg.student, dtype=cfg.model_dtype)
     centered = student_is_centered(cfg.student)
     teacher = None
@@ -363,6 +414,8 @@ def fit(
         "tokens_per_s": (cfg.steps - start_step) * tokens_per_step / max(seconds - elapsed_before, 1e-9),
         "first_logged_loss": first_loss, "final_loss": last_loss, f"final_{metric}": last_metric,
         "world_size": accelerator.num_processes, "output": cfg.output if export else None,
+        "distributed_type": accelerator.distributed_type.value,  # e.g. NO, MULTI_GPU, DEEPSPEED, FSDP
+        "zero_stage": getattr(getattr(accelerator.state, "deepspeed_plugin", None), "zero_stage", None),
     }
     if export:
         state = accelerator.get_state_dict(module)
@@ -376,6 +429,7 @@ def fit(
         save_state(cfg.steps, seconds)
     elif main:
         resume.clear()
+    summary.update(peak_memory(device))  # the main process's peaks over the whole run, exports included
     if main:
         write_json(work / "summary.json", summary)
     accelerator.wait_for_everyone()
