@@ -8,15 +8,22 @@ PILOT = TRAIN["pilot"]
 SHARED_KEYS = ("steps", "batch_size", "grad_accum", "max_length", "snapshot_every", "save_state_every")
 
 
-def train_settings(method):
-    """kept.train.TrainConfig fields of one method: common + per-method overrides + the shared budget."""
+def train_settings(method, seed=None):
+    """kept.train.TrainConfig fields of one method: common + per-method overrides + the shared budget, with the
+    student's seed (data order and any randomness of the run; default the primary seed)."""
     settings = dict(TRAIN["common"])
     overrides = TRAIN["per_method"].get(method) or {}
     settings.update({key: value for key, value in overrides.items() if value is not None})
     settings.update({key: TRAIN[key] for key in SHARED_KEYS})
     settings["betas"] = list(settings["betas"])
-    settings["seed"] = config["seed"]
+    settings["seed"] = SEEDS[0] if seed is None else seed
     return settings
+
+
+def student_settings(wildcards):
+    """train_settings of the trained student named by {method} (kept.grid: method, init, corpus, seed)."""
+    method, _, _, seed = trained_spec(wildcards.method)
+    return train_settings(method, seed)
 
 
 def accelerate_profile():
@@ -25,9 +32,12 @@ def accelerate_profile():
 
 
 def train_input(wildcards):
-    inputs = {"student": R(wildcards.variant, f"init-{TRAIN_INIT}", "model"), "corpus": R("corpus")}
-    if wildcards.method == "xkd_z" and OFFLINE:
+    """The init, the corpus (an ablation's own, or the transfer corpus) and the teacher (or its cache) of the
+    trained student named by {method}."""
+    method, init, corpus, _ = trained_spec(wildcards.method)
+    inputs = {"student": R(wildcards.variant, f"init-{init}", "model"), "corpus": corpus_dir(corpus)}
+    if method == "xkd_z" and OFFLINE and corpus is None:
         inputs["teacher_cache"] = R(wildcards.variant, "teacher_cache")
-    elif wildcards.method != "ut":
+    elif method != "ut":
         inputs["teacher"] = teacher_dir(wildcards.variant)
     return inputs
