@@ -13,7 +13,7 @@ from kept.cli import main as kept_main
 from kept.errors import KeptError
 from kept.report import ReportJob, build_report, paper
 from kept.report.figures import (
-    longctx_figure, mtbench_category_figure, pilot_figure, recovery_figure, train_loss_figure,
+    longctx_figure, mtbench_category_figure, mtbench_spread_figure, pilot_figure, recovery_figure, train_loss_figure,
 )
 from kept.report.inputs import Item
 from kept.report.tables import (
@@ -353,6 +353,7 @@ def test_recovery_figure(tmp_path):
     xkd = frame[frame.method == "OPM + XKD-z"]
     assert xkd.step.tolist() == [0, 100, 200]
     assert xkd.score.tolist() == pytest.approx([30.0, 50.0, 70.0])  # step 0 = init mean over ARC, HellaSwag
+    assert xkd.se.tolist() == pytest.approx([100 * math.sqrt(2) * 0.01 / 2] * 3)  # two columns' stderr, propagated
     with pytest.raises(KeptError, match="recovery subset"):
         bad = harness(tmp_path / "b.json", variant="base", model="teacher", values=[0.9] * 2, names=H6[2:4])
         recovery_figure(items=[*items[2:], Item("base", "teacher", bad)], train_init="paper",
@@ -361,15 +362,32 @@ def test_recovery_figure(tmp_path):
 
 
 def test_longctx_mtbench_loss_pilot_figures(tmp_path):
-    lc = [Item("longchat", m, longctx(tmp_path / f"l-{m}.json", variant="longchat", model=m, scale=s))
-          for m, s in [("teacher", 3.0), ("xkd_z", 3.1)]]
+    lc = [Item("longchat", m, longctx(tmp_path / f"l-{m}.json", variant="longchat", model=m, scale=s, docs=d))
+          for m, s, d in [("teacher", 3.0, 6), ("xkd_z", 3.1, 0)]]
     frame = longctx_figure(items=lc, train_init="paper", png=tmp_path / "l.png", pdf=tmp_path / "l.pdf")
     assert _is_png_pdf(tmp_path / "l") and len(frame) == 2 * 2 * 4
+    assert (frame[frame.model == "Original (teacher)"].se > 0).all() and frame[frame.model != "Original (teacher)"].se.isna().all()
 
     mt = [Item("chat", m, mtbench(tmp_path / f"{m}-{f}.json", variant="chat", model=m, fmt=f, t1=5, t2=4), f)
           for m, f in [("teacher", "orion"), ("xkd_z", "orion"), ("xkd_z", "llama3")]]
     frame = mtbench_category_figure(items=mt, train_init="paper", png=tmp_path / "m.png", pdf=tmp_path / "m.pdf")
     assert _is_png_pdf(tmp_path / "m") and len(frame) == 3 * 8 and set(frame.format) == {"Orion", "Llama-3"}
+    assert frame.se.isna().all()  # no judgment files: no error bars, never invented ones
+    # with judgments, each category's bar has the standard error over its questions; the spread figure puts every
+    # student's average beside the teacher
+    details = [judgments(tmp_path / "j" / f"{it.model}-{it.tag}.jsonl", model=it.model, t1=[4, 6] * 8, t2=[5] * 16)
+               for it in mt]
+    for it, d in zip(mt, details):
+        obj = json.loads(Path(it.path).read_text())
+        for i, cat in enumerate(obj["by_category"]):
+            obj["by_category"][cat]["question_ids"] = [81 + 2 * i, 82 + 2 * i]
+        Path(it.path).write_text(json.dumps(obj))
+    mt = [Item(it.variant, it.model, it.path, it.tag, d) for it, d in zip(mt, details)]
+    frame = mtbench_category_figure(items=mt, train_init="paper", png=tmp_path / "m.png", pdf=tmp_path / "m.pdf")
+    assert frame.se.tolist() == pytest.approx([0.5] * 24, rel=0.15)  # question means 4.5 and 5.5
+    spread = mtbench_spread_figure(items=mt, train_init="paper", png=tmp_path / "s.png", pdf=tmp_path / "s.pdf")
+    assert _is_png_pdf(tmp_path / "s") and set(spread.panel) == {"Orion", "Llama-3"}
+    assert spread[~spread.teacher].se.tolist() == pytest.approx([math.sqrt(0.25 / 16)] * 2, rel=0.15)
 
     logs = []
     for m in ("ut", "xkd_h", "xkd_z"):

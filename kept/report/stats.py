@@ -99,7 +99,12 @@ def average_sample(parts: Sequence[Sample]) -> Sample:
 
 
 def _ratio_replicates(stratum: Stratum, idx: np.ndarray) -> np.ndarray:
-    return stratum.num[idx].sum(axis=1) / stratum.den[idx].sum(axis=1)
+    """Bootstrap replicates of one stratum's ratio, their spread about the mean inflated by sqrt(n / (n - 1)):
+    the plain bootstrap of a mean has variance s^2 (n - 1) / n^2, the correction makes it the usual s^2 / n
+    (ddof 1, as lm-eval's stderr), which matters for the few units of an MT-Bench category or of long documents."""
+    rep = stratum.num[idx].sum(axis=1) / stratum.den[idx].sum(axis=1)
+    n = len(stratum.ids)
+    return rep.mean() + (rep - rep.mean()) * math.sqrt(n / (n - 1))
 
 
 def bootstrap_se(sample: Sample, *, iters: int = BOOTSTRAP_ITERS, seed: int = SEED) -> float:
@@ -212,7 +217,8 @@ def joint_replicates(samples: Sequence[Sample], *, iters: int = BOOTSTRAP_ITERS,
             if set(order) != set(s0.ids):
                 raise KeptError(f"joint bootstrap: stratum {k} covers different units in sample {j}")
             perm = np.array([order[u] for u in s0.ids])
-            raw[:, j] += sk.weight * (sk.num[perm][idx].sum(axis=1) / sk.den[perm][idx].sum(axis=1))
+            aligned = Stratum(s0.ids, sk.num[perm], sk.den[perm], sk.weight)
+            raw[:, j] += sk.weight * _ratio_replicates(aligned, idx)
     out = np.empty_like(raw)
     for j, sample in enumerate(samples):
         out[:, j] = sample.scale * np.vectorize(sample.transform, otypes=[float])(raw[:, j])
