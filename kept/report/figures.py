@@ -155,10 +155,11 @@ def recovery_figure(*, items: list[Item], train_init: str, png: str | Path, pdf:
 
 
 def longctx_frame(*, items: list[Item], train_init: str) -> tuple[pd.DataFrame, dict[str, int]]:
-    """(variant, model, source, length, ppl, se) rows and each variant's training length; se = bootstrap
-    standard error over documents (nan for files without per-document NLL)."""
+    """(variant, model, source, length, ppl, se) rows and each variant's training length: ppl is the mean over a
+    student's seeds, se its bootstrap standard error over documents (nan for files without per-document NLL)."""
     _require(items, "long-context figure")
-    rows, limits = [], {}
+    pooled: dict[tuple[str, str, str, int], tuple[list[float], list[stats.Sample | None]]] = {}
+    limits: dict[str, int] = {}
     for it in items:
         tml, sources = read_longctx(it)
         found = units.longctx_samples(read_json(it.path), path=it.path)
@@ -166,10 +167,15 @@ def longctx_frame(*, items: list[Item], train_init: str) -> tuple[pd.DataFrame, 
             limits[it.variant] = max(limits.get(it.variant, 0), tml)
         for src, pairs in sources.items():
             for n, p in pairs:
-                sample = found.get((src, n))
-                rows.append({"variant": it.variant, "model": model_label(it.model, train_init=train_init),
-                             "source": src, "length": n, "ppl": p,
-                             "se": stats.bootstrap_se(sample) if sample is not None else float("nan")})
+                key = (it.variant, model_label(it.model, train_init=train_init), src, n)
+                values, samples = pooled.setdefault(key, ([], []))
+                values.append(p)
+                samples.append(found.get((src, n)))
+    rows = []
+    for (variant, model, src, n), (values, samples) in pooled.items():
+        se = stats.bootstrap_se(stats.seed_mean(samples)) if all(x is not None for x in samples) else float("nan")
+        rows.append({"variant": variant, "model": model, "source": src, "length": n,
+                     "ppl": sum(values) / len(values), "se": se})
     return pd.DataFrame(rows), limits
 
 
@@ -223,10 +229,11 @@ def _category_samples(judgments: str | None, cats: dict[str, Any]) -> dict[str, 
 
 
 def mtbench_category_frame(*, items: list[Item], train_init: str) -> pd.DataFrame:
-    """(variant, model, format, category, score, se) rows: the average of both turns per category, 1-10, and
-    its standard error over the category's questions (nan without the judgment file or question ids)."""
+    """(variant, model, format, category, score, se) rows: the average of both turns per category, 1-10 (the
+    mean over a student's seeds), and its standard error over the category's questions (nan without the
+    judgment file or question ids)."""
     _require(items, "MT-Bench category figure")
-    rows = []
+    pooled: dict[tuple[str, str, str, str], tuple[list[float], list[stats.Sample | None]]] = {}
     for it in items:
         obj = read_json(it.path)
         check_labels(obj, it, path=it.path)
@@ -240,12 +247,17 @@ def mtbench_category_frame(*, items: list[Item], train_init: str) -> pd.DataFram
                 raise KeptError(f"{it.path} by_category[{cat!r}]: expected an object")
         found = _category_samples(it.detail, cats)
         for cat, scores in cats.items():
-            where = f"{it.path} by_category[{cat!r}]"
-            sample = found.get(cat)
-            rows.append({"variant": it.variant, "model": model_label(it.model, train_init=train_init),
-                         "format": FORMAT_NAMES.get(it.tag, it.tag), "category": cat,
-                         "score": judged(scores, "average", path=where),
-                         "se": stats.bootstrap_se(sample) if sample is not None else float("nan")})
+            key = (it.variant, model_label(it.model, train_init=train_init), FORMAT_NAMES.get(it.tag, it.tag), cat)
+            values, samples = pooled.setdefault(key, ([], []))
+            values.append(judged(scores, "average", path=f"{it.path} by_category[{cat!r}]"))
+            samples.append(found.get(cat))
+    rows = []
+    for (variant, model, fmt, cat), (values, samples) in pooled.items():
+        se = float("nan")
+        if all(x is not None for x in samples):
+            se = stats.bootstrap_se(stats.seed_mean(samples))
+        rows.append({"variant": variant, "model": model, "format": fmt, "category": cat,
+                     "score": sum(values) / len(values), "se": se})
     return pd.DataFrame(rows)
 
 
