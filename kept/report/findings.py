@@ -26,7 +26,7 @@ from kept.errors import KeptError
 from kept.grid import parse as parse_trained
 from kept.grid import row_name
 from kept.report import paper, stats, units
-from kept.report.inputs import Item, check_labels, get, number, read_json, read_jsonl
+from kept.report.inputs import Item, check_labels, number, read_json, read_jsonl
 from kept.report.tables import model_label
 
 COLLAPSE = 0.5  # "collapse": keeps less than this share of the teacher's margin above chance (floor)
@@ -295,13 +295,13 @@ class Checker:
             pv = (ref[better][2] - ref[worse][2]) if ref else math.nan
             unit, name = f"MT-Bench points ({FORMAT_LABEL.get(fmt, fmt)})", f"MT-Bench, {FORMAT_LABEL.get(fmt, fmt)}"
 
-        def get(model: str):
+        def score(model: str):
             return r.h6_avg(variant, model) if metric == "h6" else r.mt_avg(variant, model, fmt)
 
         def measure(arm: Arm) -> tuple[str, str]:
-            a, b = get(arm(better)), get(arm(worse))
+            a, b = score(arm(better)), score(arm(worse))
             if a is None and worse == "ut" and better != "xkd_z":  # XKD-z stands for XKD where only it was trained
-                a = get(arm("xkd_z"))
+                a = score(arm("xkd_z"))
                 label = self.label(arm("xkd_z"))
             else:
                 label = self.label(arm(better))
@@ -488,4 +488,4 @@ def write_findings(*, items: list[Item], md: str | Path, train_init: str) -> lis
     return rows
 
 
-__all__ = ["Finding", "collect_findings", "findings_markdown", "write_findings", "get"]
+__all__ = ["Finding", "collect_findings", "findings_markdown", "write_findings"]
