@@ -53,9 +53,12 @@ def test_findings_verdicts_and_experiments(tmp_path):
     recover = rows[("XKD-z (from OPM) recovers the teacher's H6", "base")]
     assert recover.verdict == "disagrees" and "regains 0.50" in recover.toy
     # the same measurement on each alternative of the run: the broad corpus (0.92) and the exact mapping (1.00)
-    assert "*Test* (broad corpus): OPM + XKD-z (broad corpus) regains 0.92" in recover.experiment
-    assert "*Test* (from the exact mapping): Exact + XKD-z regains 1.00 [1.00, 1.00] of what OPM lost -> agrees: " \
-           "supported" in recover.experiment
+    tests = {t.arm: t for t in recover.tests}
+    assert tests["broad corpus"].figure.startswith("OPM + XKD-z (broad corpus) regains 0.92")
+    assert tests["broad corpus"].explanation == "corpus" and tests["broad corpus"].outcome == "not supported"
+    exact = tests["from the exact mapping"]
+    assert exact.figure == "Exact + XKD-z regains 1.00 [1.00, 1.00] of what OPM lost"
+    assert (exact.explanation, exact.verdict, exact.outcome) == ("init", "agrees", "supported")
     order = rows[("XKD-h > UT (H6)", "base")]
     assert order.verdict == "disagrees" and "-10.00 H6 points" in order.toy
     # no XKD-h on the broad corpus: XKD-z stands for XKD against UT there (85 vs 70)
@@ -72,7 +75,8 @@ def test_findings_verdicts_and_experiments(tmp_path):
     md = tmp_path / "findings.md"
     write_findings(items=_grid(tmp_path / "again"), md=md, train_init="paper")
     text = md.read_text()
-    assert text.startswith("# Findings") and "| Claim (paper)" in text and "## Experiments that test" in text
+    assert text.startswith("# Findings") and "| Claim (paper)" in text and "## Explanations tested" in text
+    assert "| Explanation is" in text and "- **corpus**: the transfer corpus" in text
     assert text.count("\n| ") >= len(rows)
 
 

@@ -3,9 +3,10 @@
 One row per claim and variant: the paper's figure, the run's figure with a 95% interval (paired bootstrap over
 the evaluation's units, :func:`kept.report.stats.joint_replicates`, or a paired permutation test), a verdict and
 the criterion it applies. A verdict is ``agrees`` / ``disagrees`` when the interval (or test) settles the
-criterion one way, ``not separable`` when it does not, ``no data`` when the run lacks the models. For every
-claim the toy does not reproduce, the row reports the experiment of this run that tests an explanation (the
-corpus-breadth ablation of ``train.ablations``, the init x method grid) with its own figures.
+criterion one way, ``not separable`` when it does not; claims whose models the run lacks are left out. For
+every claim the toy does not reproduce (or cannot separate), the same measurement on each alternative of the
+run (the corpus-breadth ablation of ``train.ablations``, the other mappings of ``train.init``, the teacher in the
+Llama-3 format) tests an explanation (``EXPLANATIONS``), judged by the claim's own criterion.
 
 Inputs are :class:`kept.report.inputs.Item` with ``tag`` naming the kind of file: ``h6`` (summary, detail = raw
 lm-eval directory), ``mtbench-<format>`` (summary, detail = judgments), ``code`` (summary, detail = items),
@@ -15,7 +16,7 @@ lm-eval directory), ``mtbench-<format>`` (summary, detail = judgments), ``code``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +39,17 @@ MT_FLOOR = 1.0
 
 
 @dataclass
+class Test:
+    """The same measurement as a claim's, on an alternative arm of the run that tests one explanation."""
+
+    explanation: str  # a key of EXPLANATIONS
+    arm: str
+    figure: str
+    verdict: str  # the claim's criterion applied to this arm
+    outcome: str  # "supported" when the claim holds on this arm, else "not supported"
+
+
+@dataclass
 class Finding:
     claim: str
     variant: str
@@ -45,7 +57,12 @@ class Finding:
     toy: str
     verdict: str
     criterion: str
-    experiment: str = ""
+    tests: list[Test] = field(default_factory=list)
+
+    @property
+    def experiment(self) -> str:
+        """The tests as one line of text ('' if none)."""
+        return " ".join(f"[{t.explanation}] {t.arm}: {t.figure} -> {t.verdict}: {t.outcome}." for t in self.tests)
 
 
 def _fmt(x: float, spec: str = ".1f") -> str:
@@ -156,7 +173,7 @@ class Arm:
 
     label: str
     suffix: str = ""  # kept.grid suffix: "@exact", "+broad"
-    explanation: str = ""
+    explanation: str = ""  # a key of EXPLANATIONS
 
     def __call__(self, method: str) -> str:
         return method + self.suffix
@@ -164,11 +181,16 @@ class Arm:
 
 PAPER = Arm("the paper's pipeline")
 MEASURE = Callable[..., tuple[str, str]]  # (this run's figure, verdict)
-EXPLAIN_CORPUS = ("the transfer corpus (encyclopedic passages, as MIRACL) never shows the formats and the dialogue "
-                  "the suites score, so matching the teacher on it leaves those behaviours unconstrained")
-EXPLAIN_INIT = ("OPM starts too far from the teacher for the budget: from a mapping next to the teacher the same "
-                "objective and budget isolate what the method itself does")
-EXPLAIN_TEMPLATE = "the toy teacher never saw the Llama-3 template, so no model of the grid can answer in it"
+EXPLANATIONS = {
+    "corpus": ("the transfer corpus (encyclopedic passages, as MIRACL) never shows the formats and the dialogue the "
+               "suites score, so matching the teacher on it leaves those behaviours unconstrained. Test: the same "
+               "measurement for students trained on an ablation corpus with the world's quiz and dialogue text "
+               "(never a held-out item) at the same budget (train.ablations)"),
+    "init": ("OPM starts too far from the teacher for the budget to bring back what it destroyed. Test: the same "
+             "measurement for the same methods and budget from a mapping next to the teacher (train.init)"),
+    "template": ("the toy teacher never saw the Llama-3 template, so no model of the grid can answer in it. Test: "
+                 "the teacher itself in the Llama-3 format"),
+}
 
 
 class Checker:
@@ -181,8 +203,8 @@ class Checker:
         names = [parse_trained(m) for key in (run.h6, run.mt, run.code, run.longctx) for (_, m, *_) in key]
         corpora = sorted({t.corpus for t in names if t is not None and t.corpus})
         inits = sorted({t.init for t in names if t is not None and t.init})
-        self.arms = ([Arm(f"{c} corpus", f"+{c}", EXPLAIN_CORPUS) for c in corpora]
-                     + [Arm(f"from the {i} mapping", f"@{i}", EXPLAIN_INIT) for i in inits])
+        self.arms = ([Arm(f"{c} corpus", f"+{c}", "corpus") for c in corpora]
+                     + [Arm(f"from the {i} mapping", f"@{i}", "init") for i in inits])
 
     def label(self, model: str) -> str:
         return model_label(model, train_init=self.train_init)
@@ -190,20 +212,17 @@ class Checker:
     def finding(self, claim: str, variant: str, paper_text: str, criterion: str, measure: MEASURE,
                 extra: list[tuple[str, str, Callable[[], tuple[str, str]]]] = ()) -> Finding:
         """A claim measured on the paper's arm; if it does not hold, the same ``measure`` on every alternative
-        arm (plus ``extra`` tests: (label, explanation, measure)) becomes the experiment text."""
+        arm of the run (plus ``extra`` tests: (label, explanation key, measure)) tests the explanations."""
         toy, verdict = measure(PAPER)
         f = Finding(claim, variant, paper_text, toy, verdict, criterion)
         if verdict == "agrees":
             return f
         tests = [(arm.label, arm.explanation, lambda arm=arm: measure(arm)) for arm in self.arms] + list(extra)
-        parts = []
-        for label, why, run in tests:
+        for label, key, run in tests:
             figure, outcome = run()
-            if outcome == "no data":
-                continue
-            parts.append(f"*Explanation:* {why}. *Test* ({label}): {figure} -> {outcome}: "
-                         f"{'supported' if outcome == 'agrees' else 'not supported'}.")
-        f.experiment = " ".join(parts) or "No alternative in this run tests an explanation (train.init, train.ablations)."
+            if outcome != "no data":
+                f.tests.append(Test(key, label, figure, outcome,
+                                    "supported" if outcome == "agrees" else "not supported"))
         return f
 
     # ---- claims ----------------------------------------------------------------------------------------------
@@ -265,7 +284,7 @@ class Checker:
             return (f"the teacher in Llama-3 format keeps {_fmt(point, '.2f')} {_ci(lo, hi)} of its Orion-format "
                     "margin over the floor", _band(lo, hi, COLLAPSE, above=False))
 
-        return "the teacher's own template test", EXPLAIN_TEMPLATE, measure
+        return "the teacher in the Llama-3 format", "template", measure
 
     def xkd_recovers_mt(self, variant: str, fmt: str) -> Finding:
         r = self.run
@@ -450,17 +469,25 @@ def collect_findings(items: list[Item], *, train_init: str) -> list[Finding]:
 
 
 def findings_markdown(rows: list[Finding], *, header: str = "") -> str:
+    """The claims table, then the explanations and the table of their tests."""
     import pandas as pd
 
-    frame = pd.DataFrame([{"Claim (paper)": r.claim, "Variant": r.variant, "Paper": r.paper, "This run (95% interval)": r.toy,
-                           "Verdict": r.verdict, "Criterion": r.criterion} for r in rows])
-    out = [header.rstrip() + "\n"] if header else []
+    frame = pd.DataFrame([{"Claim (paper)": r.claim, "Variant": r.variant, "Paper": r.paper,
+                           "This run (95% interval)": r.toy, "Verdict": r.verdict, "Criterion": r.criterion}
+                          for r in rows])
+    out = [header.rstrip() + "\n\n"] if header else []
     out.append(frame.to_markdown(index=False) + "\n")
-    tested = [r for r in rows if r.experiment]
-    if tested:
-        out.append("\n## Experiments that test an explanation\n")
-        for r in tested:
-            out.append(f"\n- **{r.claim}** ({r.variant}, {r.verdict}): {r.experiment}\n")
+    tests = [(r, t) for r in rows for t in r.tests]
+    if tests:
+        keys = list(dict.fromkeys(t.explanation for _, t in tests))
+        out.append("\n## Explanations tested\n\nFor every claim this run does not reproduce (or cannot separate), the "
+                   "same measurement on the alternatives of the run, judged by the claim's own criterion: "
+                   "*supported* when the claim holds there.\n\n")
+        out += [f"- **{k}**: {EXPLANATIONS[k]}.\n" for k in keys]
+        table = pd.DataFrame([{"Claim (paper)": r.claim, "Variant": r.variant, "Verdict": r.verdict,
+                               "Explanation": t.explanation, "Test": t.arm, "This run (95% interval)": t.figure,
+                               "Verdict there": t.verdict, "Explanation is": t.outcome} for r, t in tests])
+        out.append("\n" + table.to_markdown(index=False) + "\n")
     return "".join(out)
 
 
