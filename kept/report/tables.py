@@ -37,12 +37,12 @@ METHOD_NAMES = {"ut": "UT", "xkd_h": "XKD-h", "xkd_z": "XKD-z"}
 FORMAT_NAMES = {"orion": "Orion", "llama3": "Llama-3"}
 TEST_ROW = "paired test: best vs runner-up"
 UNCERTAINTY_NOTE = (
-    "± = one standard error over the evaluation's units (lm-eval's stderr where it reports one, else a "
-    f"{stats.BOOTSTRAP_ITERS}-resample bootstrap over items, questions, documents or sequences; averages "
-    "propagate their columns' errors); (sd x) = standard deviation across training seeds where a row pools "
-    "several. Bold: the best student, only where a paired sign-flip permutation test over the same units "
-    f"separates it from the runner-up at p < {stats.ALPHA}; the paired-test row of each variant gives p or "
-    "'not separable'."
+    "± = one standard error over the evaluation's units (lm-eval's stderr where it reports one and the row has "
+    f"one seed, else a {stats.BOOTSTRAP_ITERS}-resample bootstrap over items, questions, documents or sequences; "
+    "an average over columns propagates its columns' errors); (sd x) = standard deviation across training seeds "
+    "where a row pools several. Bold: the best student, only where a paired sign-flip permutation test over the "
+    f"same units separates it from the runner-up at p < {stats.ALPHA}; the paired-test row of each variant gives "
+    "p or 'not separable'."
 )
 
 
@@ -538,7 +538,7 @@ def render_markdown(table: Table) -> str:
     shown = _display(table, pm="±", bold=lambda t: f"**{t}**", escape=lambda t: t)
     n_labels = len(shown.columns) - len(table.value_columns)
     align = ["left"] * n_labels + ["right"] * len(table.value_columns)
-    return shown.to_markdown(index=False, colalign=align) + "\n"
+    return shown.to_markdown(index=False, colalign=align) + "\n\n" + UNCERTAINTY_NOTE + "\n"
 
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
