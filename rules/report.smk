@@ -590,7 +590,8 @@ rule report_figure_h6_spread:
 
 
 # docs/findings.md: every claim of the paper against this run (kept.report.findings), from the same result files
-# as the tables (tag = the kind of file), the per-unit data beside each.
+# as the tables (tag = the kind of file), the per-unit data beside each; a file that holds its own per-unit data
+# (longctx.json, the pilot's cosine.jsonl) is its own detail, which the script reads as "none".
 FINDINGS_ITEMS = (
     [(label + ("h6",), path, detail) for (label, path, detail) in
      [((v, m), R(v, "eval", m, "h6.json"), R(v, "eval", m, "h6")) for v in VARIANTS for m in eval_models(v, "h6")]]
