@@ -46,7 +46,7 @@ class Test:
     arm: str
     figure: str
     verdict: str  # the claim's criterion applied to this arm
-    outcome: str  # "supported" when the claim holds on this arm, else "not supported"
+    outcome: str  # OUTCOME of the verdict: supported / not supported / inconclusive
 
 
 @dataclass
@@ -180,6 +180,8 @@ class Arm:
 
 
 PAPER = Arm("the paper's pipeline")
+# the claim's verdict on an alternative arm -> what it says of the explanation that arm tests
+OUTCOME = {"agrees": "supported", "disagrees": "not supported", "not separable": "inconclusive"}
 MEASURE = Callable[..., tuple[str, str]]  # (this run's figure, verdict)
 EXPLANATIONS = {
     "corpus": ("the transfer corpus (encyclopedic passages, as MIRACL) never shows the formats and the dialogue the "
@@ -221,8 +223,7 @@ class Checker:
         for label, key, run in tests:
             figure, outcome = run()
             if outcome != "no data":
-                f.tests.append(Test(key, label, figure, outcome,
-                                    "supported" if outcome == "agrees" else "not supported"))
+                f.tests.append(Test(key, label, figure, outcome, OUTCOME[outcome]))
         return f
 
     # ---- claims ----------------------------------------------------------------------------------------------
@@ -481,8 +482,9 @@ def findings_markdown(rows: list[Finding], *, header: str = "") -> str:
     if tests:
         keys = list(dict.fromkeys(t.explanation for _, t in tests))
         out.append("\n## Explanations tested\n\nFor every claim this run does not reproduce (or cannot separate), the "
-                   "same measurement on the alternatives of the run, judged by the claim's own criterion: "
-                   "*supported* when the claim holds there.\n\n")
+                   "same measurement on the alternatives of the run, judged by the claim's own criterion: the "
+                   "explanation is *supported* when the claim holds there, *not supported* when it fails there too, "
+                   "*inconclusive* when the interval straddles the criterion.\n\n")
         out += [f"- **{k}**: {EXPLANATIONS[k]}.\n" for k in keys]
         table = pd.DataFrame([{"Claim (paper)": r.claim, "Variant": r.variant, "Verdict": r.verdict,
                                "Explanation": t.explanation, "Test": t.arm, "This run (95% interval)": t.figure,
