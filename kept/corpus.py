@@ -48,6 +48,8 @@ class CorpusConfig:
     max_length: int = 256  # tokens per packed sequence
     seed: int = 0
     passages: str | None = None  # source "world": the world's text/passages.jsonl
+    world_texts: list[str] = field(default_factory=list)  # source "world": other world text files (quiz, dialogue,
+    # code: text/<domain>.jsonl) whose documents join each language's pool (the corpus-breadth ablation)
     miracl_repo: str = MIRACL_REPO
     miracl_revision: str | None = None  # pinned commit of the MIRACL repo (source "miracl")
     data_files: dict[str, list[str]] | None = None  # source "miracl": per-language files instead of the hub
@@ -65,6 +67,8 @@ class CorpusConfig:
             raise ConfigError(f"corpus: token_budget {self.token_budget} is too small for {len(self.languages)} languages")
         if self.source == "world" and not self.passages:
             raise ConfigError("corpus: source 'world' needs the passages file (key 'passages')")
+        if self.world_texts and self.source != "world":
+            raise ConfigError(f"corpus: world_texts {self.world_texts!r} only apply to source 'world'")
 
 
 # ---- sources ---------------------------------------------------------------------------------------------------
@@ -75,11 +79,14 @@ def document_text(record: dict[str, Any]) -> str:
     return f"{title}\n{text}" if title else text
 
 
-def world_documents(passages: str | Path, lang: str, *, seed: int,
-                    passes: dict[str, int] | None = None) -> Iterator[str]:
-    """The world's passages in ``lang``, shuffled, endlessly (each pass in a new order)."""
+def world_documents(passages: str | Path, lang: str, *, seed: int, passes: dict[str, int] | None = None,
+                    extra: Iterable[str | Path] = ()) -> Iterator[str]:
+    """The world's passages in ``lang`` (plus the ``lang`` documents of the ``extra`` world text files),
+    shuffled, endlessly (each pass in a new order)."""
     path = Path(passages)
     docs = [document_text(rec) for rec in read_jsonl(path, what="passages") if rec.get("lang") == lang]
+    for other in extra:
+        docs += [document_text(rec) for rec in read_jsonl(Path(other), what="world text") if rec.get("lang") == lang]
     if not docs:
         raise KeptError(f"{path}: no passages in language {lang!r}")
     rng = random.Random(f"{seed}:{lang}")
@@ -288,7 +295,8 @@ def prepare_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     streams: dict[str, Iterator[tuple[str, list[int]]]] = {}
     for lang in cfg.languages:
         if cfg.source == "world":
-            texts: Iterable[str] = world_documents(cfg.passages, lang, seed=cfg.seed, passes=passes)
+            texts: Iterable[str] = world_documents(cfg.passages, lang, seed=cfg.seed, passes=passes,
+                                                   extra=cfg.world_texts)
         else:
             files = (cfg.data_files or {}).get(lang) if cfg.data_files is not None else None
             if cfg.data_files is not None and not files:
@@ -299,6 +307,7 @@ def prepare_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     per = cfg.token_budget // len(cfg.languages)
     extra = {
         "source": cfg.source if cfg.source == "world" else f"{cfg.miracl_repo}@{cfg.miracl_revision or 'main'}",
+        **({"world_texts": [Path(t).name for t in cfg.world_texts]} if cfg.world_texts else {}),
         "languages": list(cfg.languages),
         "token_budget": per * len(cfg.languages),
         "tokenizer_sha256": file_sha256(tok_path),

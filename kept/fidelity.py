@@ -289,15 +289,20 @@ class _OnlineLogitStats:
             arg[rows] = torch.where(better, idx + v0, arg[rows])
         self.dmax = max(self.dmax, float((zt - zs).abs().max()))
 
-    def result(self) -> dict[str, float]:
+    def result(self, *, sequences: int = 1) -> dict[str, Any]:
+        """The metrics over all tokens, plus KL and top-1 agreement per sequence (tokens in sequence-major
+        order, ``sequences`` equal rows) for standard errors over sequences."""
         lse_t = self.m_t + torch.log(self.s_t)
         lse_s = self.m_s + torch.log(self.s_s)
         kl = (self.a / self.s_t - lse_t + lse_s).clamp_min(0.0)  # sum p_t (z_t - z_s) - lse_t + lse_s
+        agree = (self.arg_t == self.arg_s).double()
         return {
             "kl_mean": float(kl.mean()),
             "kl_max": float(kl.max()),
-            "top1_agreement": float((self.arg_t == self.arg_s).double().mean()),
+            "top1_agreement": float(agree.mean()),
             "max_abs_dlogit": self.dmax,
+            "kl_per_sequence": kl.view(sequences, -1).mean(1).tolist(),
+            "top1_per_sequence": agree.view(sequences, -1).mean(1).tolist(),
         }
 
 
@@ -363,9 +368,11 @@ def fidelity_report(
                 if offset is not None:
                     fixed.update(rows, v0, zt, zs + offset[v0 : v0 + w_t.shape[0]])
             del w_t, w_s
-        report: dict[str, Any] = {"n_tokens": int(ids.numel()), **stats.result(), "layer_rel_err": layer_err}
+        report: dict[str, Any] = {"n_tokens": int(ids.numel()), **stats.result(sequences=ids.shape[0]),
+                                  "layer_rel_err": layer_err}
         if offset is not None:
-            report["offset_corrected"] = fixed.result()
+            report["offset_corrected"] = {k: v for k, v in fixed.result(sequences=ids.shape[0]).items()
+                                          if not k.endswith("_per_sequence")}
         return report
     finally:
         t_model.close()

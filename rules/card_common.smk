@@ -24,6 +24,6 @@ def card_models(variant):
 def card_input(wildcards):
     inputs = {"model": model_dir(wildcards.variant, wildcards.model),
               "evals": card_evals(wildcards.variant, wildcards.model)}
-    if wildcards.model in METHODS:  # the fidelity a trained student's card quotes is its initial conversion's
-        inputs["init"] = model_dir(wildcards.variant, f"init-{TRAIN_INIT}")
+    if parse_trained(wildcards.model):  # the fidelity a trained student's card quotes is its initial conversion's
+        inputs["init"] = model_dir(wildcards.variant, f"init-{trained_spec(wildcards.model)[1]}")
     return inputs

@@ -1,8 +1,11 @@
 # Config validation, path helpers and wildcard constraints shared by every rule file.
 import json
+import re
 from pathlib import Path
 
 from snakemake.utils import validate
+
+from kept.grid import parse as parse_trained, row_name, trained as trained_model
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -11,7 +14,12 @@ RESULTS = config["results"]
 VARIANTS = list(config["variants"])
 NORMS = list(config["convert"]["norms"])
 METHODS = list(config["train"]["methods"])
-TRAIN_INIT = config["train"]["init"]
+# train.init: one mapping or a list (the init x method grid); the first is the primary init, whose students keep
+# the plain method names (results/{variant}/{method}/...). train.seeds: the seeds each student is trained (and its
+# sampled evaluations run) with; null = [seed]; the first is the primary seed. Names: kept.grid.
+TRAIN_INITS = [config["train"]["init"]] if isinstance(config["train"]["init"], str) else list(config["train"]["init"])
+TRAIN_INIT = TRAIN_INITS[0]
+SEEDS = list(config["train"].get("seeds") or [config["seed"]])
 
 
 # Final targets: each rule file appends the outputs it wants `rule all` to build.
@@ -25,6 +33,11 @@ def all_targets():
 def R(*parts):
     """A path under the results directory."""
     return str(Path(RESULTS, *parts))
+
+
+def corpus_dir(ablation=None):
+    """The packed transfer corpus, or the corpus of an ablation of corpus.ablations (kept.grid's `+corpus`)."""
+    return R("corpus") if ablation is None else R(f"corpus-{ablation}")
 
 
 def variant_cfg(variant):
@@ -45,9 +58,38 @@ def teacher_dir(variant):
     return variant_cfg(variant)["source"]["path"]
 
 
+def trained_names(variant=None, *, seeds=None, ablations=True):
+    """Trained students of a variant (every variant if None): each method from each init with each seed (all
+    seeds unless `seeds` is given), then the corpus ablations of train.ablations that name the variant."""
+    seeds = SEEDS if seeds is None else seeds
+    names = [
+        trained_model(m, init=i, corpus=None, seed=s, primary_init=TRAIN_INIT, primary_seed=SEEDS[0]).name
+        for i in TRAIN_INITS
+        for m in METHODS
+        for s in seeds
+    ]
+    if ablations:
+        for name, abl in config["train"].get("ablations", {}).items():
+            if variant is not None and variant not in abl["variants"]:
+                continue
+            names += [
+                trained_model(m, init=TRAIN_INIT, corpus=abl["corpus"], seed=s, primary_init=TRAIN_INIT,
+                              primary_seed=SEEDS[0]).name
+                for m in abl["methods"]
+                for s in seeds
+            ]
+    return list(dict.fromkeys(names))
+
+
+def trained_spec(name):
+    """(method, init, corpus, seed) of a trained student's name (kept.grid), primary values filled in."""
+    t = parse_trained(name)
+    return t.method, t.init or TRAIN_INIT, t.corpus, SEEDS[0] if t.seed is None else t.seed
+
+
 def model_names(variant):
-    """Every model of a variant's grid: the teacher, the untrained mappings, the trained methods."""
-    return ["teacher"] + [f"init-{n}" for n in NORMS] + METHODS
+    """Every model of a variant's grid: the teacher, the untrained mappings, the trained students."""
+    return ["teacher"] + [f"init-{n}" for n in NORMS] + trained_names(variant)
 
 
 def model_dir(variant, model):
@@ -73,7 +115,8 @@ def variants_with(eval_name):
 
 def eval_models(variant, eval_name):
     """Grid models that `eval_name` evaluates in `variant` (config eval.models; [] if the variant skips it).
-    Tokens: all, teacher, init (= init-<train.init>), inits, trained, or a model name."""
+    Tokens: all, teacher, init (= init-<first train.init>), inits, trained (every trained student: methods x
+    inits x seeds and the corpus ablations), or a model name (a student's name covers all its seeds)."""
     if eval_name not in evals_of(variant):
         return []
     names = model_names(variant)
@@ -86,9 +129,9 @@ def eval_models(variant, eval_name):
         elif token == "inits":
             chosen.update(n for n in names if n.startswith("init-"))
         elif token == "trained":
-            chosen.update(METHODS)
-        else:
-            chosen.add(token)
+            chosen.update(trained_names(variant))
+        else:  # a model name; a trained student's name also selects its other seeds
+            chosen.update(n for n in names if n == token or row_name(n) == token)
     return [n for n in names if n in chosen]
 
 
@@ -107,6 +150,6 @@ def snapshot_steps():
 wildcard_constraints:
     variant="|".join(VARIANTS),
     norm="|".join(NORMS),
-    method="|".join(METHODS),
-    model="|".join(["teacher"] + [f"init-{n}" for n in NORMS] + METHODS),
+    method="|".join(re.escape(n) for n in trained_names()),
+    model="|".join(re.escape(n) for n in ["teacher"] + [f"init-{n}" for n in NORMS] + trained_names()),
     step=r"\d+",

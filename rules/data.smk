@@ -65,21 +65,21 @@ rule eval_data:
 
 
 rule prepare_corpus:
+    # {corpus} is `corpus` (the transfer corpus) or `corpus-<name>` (an ablation of corpus.ablations)
     input:
         unpack(corpus_input),
     output:
-        corpus=directory(R("corpus")),
+        corpus=directory(R("{corpus}")),
+    wildcard_constraints:
+        corpus="|".join(["corpus"] + [f"corpus-{n}" for n in CORPUS_ABLATIONS]),
     params:
-        source=CORPUS["source"],
-        languages=CORPUS["languages"],
-        token_budget=CORPUS["token_budget"],
-        max_length=CORPUS["max_length"],
+        settings=corpus_settings,
         seed=config["seed"],
         miracl=CORPUS["miracl"],
     log:
-        R("logs/data/prepare_corpus.log"),
+        R("logs/data/prepare_{corpus}.log"),
     benchmark:
-        R("benchmarks/data/prepare_corpus.tsv")
+        R("benchmarks/data/prepare_{corpus}.tsv")
     threads: 1
     resources:
         runtime=30 if CORPUS["source"] == "world" else 600,

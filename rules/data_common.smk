@@ -28,6 +28,28 @@ def teacher_init_input(wildcards):
 MIRACL_DIR = R("downloads", "miracl")
 
 
+CORPUS_ABLATIONS = CORPUS.get("ablations") or {}
+for _name, _settings in [("corpus.domains", CORPUS)] + [(f"corpus.ablations.{k}", v) for k, v in CORPUS_ABLATIONS.items()]:
+    if "passages" not in (_settings.get("domains") or ["passages"]):
+        raise ValueError(f"{_name}: the domains must include passages (the encyclopedic text every corpus is built on)")
+for _name, _abl in config["train"].get("ablations", {}).items():
+    if _abl["corpus"] not in CORPUS_ABLATIONS:
+        raise ValueError(f"train.ablations.{_name}.corpus {_abl['corpus']!r} is not in corpus.ablations "
+                         f"({sorted(CORPUS_ABLATIONS)})")
+    for _v in _abl["variants"]:
+        if _v not in VARIANTS:
+            raise ValueError(f"train.ablations.{_name}.variants: {_v!r} is not a configured variant")
+
+
+def corpus_settings(wildcards):
+    """The settings of the corpus named by {corpus}: `corpus` (the transfer corpus) or `corpus-<ablation>`
+    (corpus.ablations.<ablation> overriding domains / languages of the transfer corpus; same budget and length)."""
+    name = wildcards.corpus[len("corpus-"):] if wildcards.corpus != "corpus" else None
+    settings = {k: CORPUS[k] for k in ("source", "languages", "token_budget", "max_length", "domains")}
+    settings.update({k: v for k, v in (CORPUS_ABLATIONS[name] if name else {}).items() if v is not None})
+    return settings
+
+
 def corpus_input(wildcards):
     """The tokenizer (toy: the world's; otherwise the first variant's teacher dir) and the documents: the toy
     world's passages, or MIRACL's fetched files."""

@@ -47,6 +47,16 @@ def recovery_variants():
     return [v for v in variants_with("h6") if chosen is None or v in chosen]
 
 
+def recovery_models():
+    """Trained students with recovery curves: every method from every init, primary seed, transfer corpus."""
+    return trained_names(seeds=SEEDS[:1], ablations=False)
+
+
+def model_seed(wildcards):
+    """Seed of a model's sampled evaluations (MT-Bench): a trained student's own seed, else the global seed."""
+    return trained_spec(wildcards.model)[3] if parse_trained(wildcards.model) else config["seed"]
+
+
 def recovery_input(wildcards):
     return {"snapshots": R(wildcards.variant, wildcards.method, "snapshots"), **harness_task_inputs()}
 

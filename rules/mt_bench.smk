@@ -51,7 +51,7 @@ rule mtbench_answer_student:
             R("{{variant}}", "mtbench", "model_answer", "{{model}}-{fmt}.jsonl"), fmt=mtbench_formats("student")
         ),
     wildcard_constraints:
-        model="|".join([f"init-{n}" for n in NORMS] + METHODS),
+        model="|".join(re.escape(n) for n in [f"init-{n}" for n in NORMS] + trained_names()),
     params:
         model="{model}",
         formats=mtbench_formats("student"),
@@ -60,7 +60,7 @@ rule mtbench_answer_student:
         default_temperature=MTB["default_temperature"],
         batch_size=MTB["batch_size"],
         question_limit=MTB["question_limit"],
-        seed=config["seed"],
+        seed=model_seed,
         dtype=EVAL["dtype"],
         device=EVAL["device"],
     log:

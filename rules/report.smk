@@ -10,20 +10,22 @@ REPORT_CFG = config["report"]
 REPORT_PAPER_TABLES = {"h6", "mtbench", "kommlu"}
 REPORT_EXTS = {"table": ("csv", "md", "tex"), "figure": ("png", "pdf")}
 
-# artifact -> (kind, name, [((variant, model, tag), path), ...]) over the configured grid (eval_models,
+# artifact -> (kind, name, [((variant, model, tag), path[, detail]), ...]) over the configured grid (eval_models,
 # mtbench_formats, snapshot_steps in common.smk; recovery_variants in eval_harness.smk). Fidelity reads each
-# untrained mapping's model directory.
+# untrained mapping's model directory. `detail` is the per-unit data behind a summary (lm-eval's raw directory with
+# its per-sample logs, the MT-Bench judgments, the code probe's items) for the standard errors and paired tests
+# (kept.report.units); an artifact gives it for every item or for none.
 REPORT_ARTIFACTS = {
     "table_h6": (
         "table",
         "h6",
-        [((v, m, ""), R(v, "eval", m, "h6.json")) for v in VARIANTS for m in eval_models(v, "h6")],
+        [((v, m, ""), R(v, "eval", m, "h6.json"), R(v, "eval", m, "h6")) for v in VARIANTS for m in eval_models(v, "h6")],
     ),
     "table_mtbench": (
         "table",
         "mtbench",
         [
-            ((v, m, f), R(v, "eval", m, f"mtbench-{f}.json"))
+            ((v, m, f), R(v, "eval", m, f"mtbench-{f}.json"), R(v, "mtbench", "judgments", f"{m}-{f}.jsonl"))
             for v in VARIANTS
             for m in eval_models(v, "mtbench")
             for f in mtbench_formats(m)
@@ -32,12 +34,20 @@ REPORT_ARTIFACTS = {
     "table_kommlu": (
         "table",
         "kommlu",
-        [((v, m, ""), R(v, "eval", m, "kommlu.json")) for v in VARIANTS for m in eval_models(v, "kommlu")],
+        [
+            ((v, m, ""), R(v, "eval", m, "kommlu.json"), R(v, "eval", m, "kommlu"))
+            for v in VARIANTS
+            for m in eval_models(v, "kommlu")
+        ],
     ),
     "table_transfer_code": (
         "table",
         "transfer_code",
-        [((v, m, ""), R(v, "eval", m, "code.json")) for v in VARIANTS for m in eval_models(v, "code")],
+        [
+            ((v, m, ""), R(v, "eval", m, "code.json"), R(v, "eval", m, "code.items.jsonl"))
+            for v in VARIANTS
+            for m in eval_models(v, "code")
+        ],
     ),
     "table_transfer_longctx": (
         "table",
@@ -52,24 +62,24 @@ REPORT_ARTIFACTS = {
     "figure_train_loss": (
         "figure",
         "train_loss",
-        [((v, m, ""), R(v, m, "train_log.jsonl")) for v in VARIANTS for m in METHODS],
+        [((v, m, ""), R(v, m, "train_log.jsonl")) for v in VARIANTS for m in trained_names(v)],
     ),
-    # Figure 2: the recovery subset of H6 on every snapshot of every method, from the untrained init (step 0,
-    # its h6 summary) towards the teacher (dashed line), where those two are evaluated on h6.
+    # Figure 2: the recovery subset of H6 on every snapshot of every trained student (primary seed), from its
+    # untrained init (step 0, its h6 summary) towards the teacher (dashed line), where those are evaluated on h6.
     "figure_recovery": (
         "figure",
         "recovery",
         [
             ((v, m, str(step)), R(v, "recovery", m, f"step-{step}.json"))
             for v in recovery_variants()
-            for m in METHODS
+            for m in recovery_models()
             for step in snapshot_steps()
         ]
         + [
             ((v, m, ""), R(v, "eval", m, "h6.json"))
             for v in recovery_variants()
             if snapshot_steps()
-            for m in ("teacher", f"init-{TRAIN_INIT}")
+            for m in ["teacher"] + [f"init-{i}" for i in TRAIN_INITS]
             if m in eval_models(v, "h6")
         ],
     ),
@@ -86,8 +96,13 @@ REPORT_ARTIFACTS["figure_mtbench_categories"] = (
     "mtbench_categories",
     REPORT_ARTIFACTS["table_mtbench"][2],
 )
+REPORT_ARTIFACTS["figure_mtbench_spread"] = ("figure", "mtbench_spread", REPORT_ARTIFACTS["table_mtbench"][2])
+REPORT_ARTIFACTS["figure_h6_spread"] = ("figure", "h6_spread", REPORT_ARTIFACTS["table_h6"][2])
 
-REPORT_INPUTS = {a: [path for _, path in items] for a, (_, _, items) in REPORT_ARTIFACTS.items()}
+REPORT_INPUTS = {
+    a: {"summaries": [entry[1] for entry in items], "details": [entry[2] for entry in items if len(entry) > 2]}
+    for a, (_, _, items) in REPORT_ARTIFACTS.items()
+}
 REPORT_OUTPUTS = {
     a: {ext: R("report", f"{kind}s", f"{name}.{ext}") for ext in REPORT_EXTS[kind]}
     for a, (kind, name, _) in REPORT_ARTIFACTS.items()
@@ -98,7 +113,7 @@ REPORT_PARAMS = {
     a: {
         "kind": kind,
         "name": name,
-        "labels": [list(label) for label, _ in items],
+        "labels": [list(entry[0]) for entry in items],
         "train_init": TRAIN_INIT,
         **({"paper_reference": REPORT_CFG["paper_reference"]} if name in REPORT_PAPER_TABLES else {}),
         **({"dpi": REPORT_CFG["dpi"]} if kind == "figure" else {}),
@@ -125,6 +140,8 @@ localrules:
     report_figure_train_loss,
     report_figure_recovery,
     report_figure_pilot,
+    report_figure_mtbench_spread,
+    report_figure_h6_spread,
 
 
 # ---- tables -------------------------------------------------------------------------------------------------
@@ -132,7 +149,8 @@ localrules:
 
 rule report_table_h6:
     input:
-        REPORT_INPUTS["table_h6"],
+        summaries=REPORT_INPUTS["table_h6"]["summaries"],
+        details=REPORT_INPUTS["table_h6"]["details"],
     output:
         csv=report(
             REPORT_OUTPUTS["table_h6"]["csv"],
@@ -168,7 +186,8 @@ rule report_table_h6:
 
 rule report_table_mtbench:
     input:
-        REPORT_INPUTS["table_mtbench"],
+        summaries=REPORT_INPUTS["table_mtbench"]["summaries"],
+        details=REPORT_INPUTS["table_mtbench"]["details"],
     output:
         csv=report(
             REPORT_OUTPUTS["table_mtbench"]["csv"],
@@ -204,7 +223,8 @@ rule report_table_mtbench:
 
 rule report_table_kommlu:
     input:
-        REPORT_INPUTS["table_kommlu"],
+        summaries=REPORT_INPUTS["table_kommlu"]["summaries"],
+        details=REPORT_INPUTS["table_kommlu"]["details"],
     output:
         csv=report(
             REPORT_OUTPUTS["table_kommlu"]["csv"],
@@ -240,7 +260,8 @@ rule report_table_kommlu:
 
 rule report_table_transfer_code:
     input:
-        REPORT_INPUTS["table_transfer_code"],
+        summaries=REPORT_INPUTS["table_transfer_code"]["summaries"],
+        details=REPORT_INPUTS["table_transfer_code"]["details"],
     output:
         csv=report(
             REPORT_OUTPUTS["table_transfer_code"]["csv"],
@@ -276,7 +297,8 @@ rule report_table_transfer_code:
 
 rule report_table_transfer_longctx:
     input:
-        REPORT_INPUTS["table_transfer_longctx"],
+        summaries=REPORT_INPUTS["table_transfer_longctx"]["summaries"],
+        details=REPORT_INPUTS["table_transfer_longctx"]["details"],
     output:
         csv=report(
             REPORT_OUTPUTS["table_transfer_longctx"]["csv"],
@@ -312,7 +334,8 @@ rule report_table_transfer_longctx:
 
 rule report_table_fidelity:
     input:
-        REPORT_INPUTS["table_fidelity"],
+        summaries=REPORT_INPUTS["table_fidelity"]["summaries"],
+        details=REPORT_INPUTS["table_fidelity"]["details"],
     output:
         csv=report(
             REPORT_OUTPUTS["table_fidelity"]["csv"],
@@ -351,7 +374,8 @@ rule report_table_fidelity:
 
 rule report_figure_longctx:
     input:
-        REPORT_INPUTS["figure_longctx"],
+        summaries=REPORT_INPUTS["figure_longctx"]["summaries"],
+        details=REPORT_INPUTS["figure_longctx"]["details"],
     output:
         png=report(
             REPORT_OUTPUTS["figure_longctx"]["png"],
@@ -381,7 +405,8 @@ rule report_figure_longctx:
 
 rule report_figure_mtbench_categories:
     input:
-        REPORT_INPUTS["figure_mtbench_categories"],
+        summaries=REPORT_INPUTS["figure_mtbench_categories"]["summaries"],
+        details=REPORT_INPUTS["figure_mtbench_categories"]["details"],
     output:
         png=report(
             REPORT_OUTPUTS["figure_mtbench_categories"]["png"],
@@ -411,7 +436,8 @@ rule report_figure_mtbench_categories:
 
 rule report_figure_train_loss:
     input:
-        REPORT_INPUTS["figure_train_loss"],
+        summaries=REPORT_INPUTS["figure_train_loss"]["summaries"],
+        details=REPORT_INPUTS["figure_train_loss"]["details"],
     output:
         png=report(
             REPORT_OUTPUTS["figure_train_loss"]["png"],
@@ -441,7 +467,8 @@ rule report_figure_train_loss:
 
 rule report_figure_recovery:
     input:
-        REPORT_INPUTS["figure_recovery"],
+        summaries=REPORT_INPUTS["figure_recovery"]["summaries"],
+        details=REPORT_INPUTS["figure_recovery"]["details"],
     output:
         png=report(
             REPORT_OUTPUTS["figure_recovery"]["png"],
@@ -471,7 +498,8 @@ rule report_figure_recovery:
 
 rule report_figure_pilot:
     input:
-        REPORT_INPUTS["figure_pilot"],
+        summaries=REPORT_INPUTS["figure_pilot"]["summaries"],
+        details=REPORT_INPUTS["figure_pilot"]["details"],
     output:
         png=report(
             REPORT_OUTPUTS["figure_pilot"]["png"],
@@ -497,3 +525,105 @@ rule report_figure_pilot:
         "../envs/report.yaml"
     script:
         "../scripts/report.py"
+
+
+rule report_figure_mtbench_spread:
+    input:
+        summaries=REPORT_INPUTS["figure_mtbench_spread"]["summaries"],
+        details=REPORT_INPUTS["figure_mtbench_spread"]["details"],
+    output:
+        png=report(
+            REPORT_OUTPUTS["figure_mtbench_spread"]["png"],
+            caption="../report/figure_mtbench_spread.rst",
+            category="Figures",
+            labels={"figure": "MT-Bench spread of the students (± SE)", "format": "PNG"},
+        ),
+        pdf=report(
+            REPORT_OUTPUTS["figure_mtbench_spread"]["pdf"],
+            caption="../report/figure_mtbench_spread.rst",
+            category="Figures",
+            labels={"figure": "MT-Bench spread of the students (± SE)", "format": "PDF"},
+        ),
+    params:
+        **REPORT_PARAMS["figure_mtbench_spread"],
+    log:
+        R("logs/report/figure_mtbench_spread.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_figure_h6_spread:
+    input:
+        summaries=REPORT_INPUTS["figure_h6_spread"]["summaries"],
+        details=REPORT_INPUTS["figure_h6_spread"]["details"],
+    output:
+        png=report(
+            REPORT_OUTPUTS["figure_h6_spread"]["png"],
+            caption="../report/figure_h6_spread.rst",
+            category="Figures",
+            labels={"figure": "H6 average of the init x method grid (± SE)", "format": "PNG"},
+        ),
+        pdf=report(
+            REPORT_OUTPUTS["figure_h6_spread"]["pdf"],
+            caption="../report/figure_h6_spread.rst",
+            category="Figures",
+            labels={"figure": "H6 average of the init x method grid (± SE)", "format": "PDF"},
+        ),
+    params:
+        **REPORT_PARAMS["figure_h6_spread"],
+    log:
+        R("logs/report/figure_h6_spread.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+# docs/findings.md: every claim of the paper against this run (kept.report.findings), from the same result files
+# as the tables (tag = the kind of file), the per-unit data beside each; a file that holds its own per-unit data
+# (longctx.json, the pilot's cosine.jsonl) is its own detail, which the script reads as "none".
+FINDINGS_ITEMS = (
+    [(label + ("h6",), path, detail) for (label, path, detail) in
+     [((v, m), R(v, "eval", m, "h6.json"), R(v, "eval", m, "h6")) for v in VARIANTS for m in eval_models(v, "h6")]]
+    + [((v, m, f"mtbench-{f}"), p, d) for (v, m, f), p, d in REPORT_ARTIFACTS["table_mtbench"][2]]
+    + [((v, m, "code"), p, d) for (v, m, _), p, d in REPORT_ARTIFACTS["table_transfer_code"][2]]
+    + [((v, m, "longctx"), p, p) for (v, m, _), p in REPORT_ARTIFACTS["table_transfer_longctx"][2]]
+    + [((v, "pilot", "pilot"), p, p) for (v, _, _), p in REPORT_ARTIFACTS["figure_pilot"][2]]
+)
+if FINDINGS_ITEMS:
+    TARGETS.append(R("report", "findings.md"))
+
+
+localrules:
+    report_findings,
+
+
+rule report_findings:
+    input:
+        summaries=[path for _, path, _ in FINDINGS_ITEMS],
+        details=[detail for _, _, detail in FINDINGS_ITEMS],
+    output:
+        md=report(R("report", "findings.md"), caption="../report/findings.rst", category="Findings"),
+    params:
+        labels=[list(label) for label, _, _ in FINDINGS_ITEMS],
+        train_init=TRAIN_INIT,
+    log:
+        R("logs/report/findings.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/findings.py"

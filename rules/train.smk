@@ -13,8 +13,8 @@ rule train:
         snapshots=directory(R("{variant}", "{method}", "snapshots")),
         log=R("{variant}", "{method}", "train_log.jsonl"),
     params:
-        objective="{method}",
-        settings=lambda w: train_settings(w.method),
+        objective=lambda w: trained_spec(w.method)[0],
+        settings=student_settings,
         work_dir=lambda w: R(w.variant, w.method),
         launcher=TRAIN["launcher"],
         num_processes=TRAIN["num_processes"],
@@ -88,6 +88,6 @@ rule pilot:
         "../scripts/pilot.py"
 
 
-TARGETS.extend(R(v, m, "model") for v in VARIANTS for m in METHODS)
-TARGETS.extend(R(v, m, "train_log.jsonl") for v in VARIANTS for m in METHODS)
+TARGETS.extend(R(v, m, "model") for v in VARIANTS for m in trained_names(v))
+TARGETS.extend(R(v, m, "train_log.jsonl") for v in VARIANTS for m in trained_names(v))
 TARGETS.extend(R(v, "pilot", "cosine.jsonl") for v in PILOT.get("variants", []) if v in VARIANTS)

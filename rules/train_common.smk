@@ -5,11 +5,12 @@ OFFLINE = TRAIN.get("offline_teacher", {}).get("enabled", False)
 PILOT = TRAIN["pilot"]
 
 
-def train_settings(method):
-    """kept.train.TrainConfig fields of one method: common + per-method overrides + the shared budget."""
+def train_settings(method, seed=None):
+    """kept.train.TrainConfig fields of one method: common + per-method overrides + the shared budget, with the
+    student's seed (data order and any randomness of the run; default the primary seed)."""
     from kept.train.config import method_settings
 
-    return method_settings(TRAIN, method, seed=config["seed"])
+    return method_settings(TRAIN, method, seed=SEEDS[0] if seed is None else seed)
 
 
 def pilot_settings():
@@ -17,6 +18,12 @@ def pilot_settings():
     from kept.train.config import pilot_settings as settings
 
     return settings(TRAIN, seed=config["seed"])
+
+
+def student_settings(wildcards):
+    """train_settings of the trained student named by {method} (kept.grid: method, init, corpus, seed)."""
+    method, _, _, seed = trained_spec(wildcards.method)
+    return train_settings(method, seed)
 
 
 def accelerate_profile():
@@ -33,9 +40,12 @@ TRAIN_ENV = (
 
 
 def train_input(wildcards):
-    inputs = {"student": R(wildcards.variant, f"init-{TRAIN_INIT}", "model"), "corpus": R("corpus")}
-    if wildcards.method == "xkd_z" and OFFLINE:
+    """The init, the corpus (an ablation's own, or the transfer corpus) and the teacher (or its cache) of the
+    trained student named by {method}."""
+    method, init, corpus, _ = trained_spec(wildcards.method)
+    inputs = {"student": R(wildcards.variant, f"init-{init}", "model"), "corpus": corpus_dir(corpus)}
+    if method == "xkd_z" and OFFLINE and corpus is None:
         inputs["teacher_cache"] = R(wildcards.variant, "teacher_cache")
-    elif wildcards.method != "ut":
+    elif method != "ut":
         inputs["teacher"] = teacher_dir(wildcards.variant)
     return inputs

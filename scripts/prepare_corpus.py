@@ -10,19 +10,21 @@ smk = snakemake  # noqa: F821 (injected by Snakemake)
 log_to_rule(smk, threads=False)
 
 p = smk.params
-miracl = p.miracl
+s, miracl = p.settings, p.miracl
+text = Path(smk.input.world, "text") if s["source"] == "world" else None
 data_files = miracl["data_files"]
-if p.source == "miracl" and data_files is None:  # the files the fetch stage downloaded; no hub access here
-    data_files = miracl_local_files(smk.input.miracl, list(p.languages))
+if s["source"] == "miracl" and data_files is None:  # the files the fetch stage downloaded; no hub access here
+    data_files = miracl_local_files(smk.input.miracl, list(s["languages"]))
 manifest = prepare_corpus(CorpusConfig(
     output=smk.output.corpus,
     tokenizer=smk.input.tokenizer,
-    source=p.source,
-    languages=list(p.languages),
-    token_budget=p.token_budget,
-    max_length=p.max_length,
+    source=s["source"],
+    languages=list(s["languages"]),
+    token_budget=s["token_budget"],
+    max_length=s["max_length"],
     seed=p.seed,
-    passages=str(Path(smk.input.world, "text", "passages.jsonl")) if p.source == "world" else None,
+    passages=str(text / "passages.jsonl") if text else None,
+    world_texts=[str(text / f"{d}.jsonl") for d in s["domains"] if d != "passages"] if text else [],
     miracl_repo=miracl["repo"],
     miracl_revision=miracl["revision"],
     data_files=data_files,

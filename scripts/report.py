@@ -9,13 +9,15 @@ smk = snakemake  # noqa: F821 (injected by Snakemake)
 log_to_rule(smk, threads=False)
 
 p = smk.params
-paths = list(smk.input)
-if len(paths) != len(p.labels):
-    raise RuntimeError(f"{smk.rule}: {len(paths)} input files but {len(p.labels)} labels")
+paths, details = list(smk.input.summaries), list(smk.input.details)
+if len(paths) != len(p.labels) or (details and len(details) != len(paths)):
+    raise RuntimeError(f"{smk.rule}: {len(paths)} inputs, {len(details)} details, {len(p.labels)} labels")
+details = details or [None] * len(paths)
 job = ReportJob(
     kind=p.kind,
     name=p.name,
-    items=tuple(Item(variant=v, model=m, tag=t, path=path) for (v, m, t), path in zip(p.labels, paths)),
+    items=tuple(Item(variant=v, model=m, tag=t, path=path, detail=d)
+                for (v, m, t), path, d in zip(p.labels, paths, details)),
     outputs=dict(smk.output.items()),
     train_init=p.train_init,
     paper_reference=p.get("paper_reference", False),

@@ -140,6 +140,18 @@ def test_world_path_packs_world_passages(tmp_path):
     sp = load_sp(tmp_path / "tokenizer.model")
     assert "Question" not in sp.decode(rows.reshape(-1).tolist())  # passages only: no quiz, no code
     assert "print(" not in sp.decode(rows.reshape(-1).tolist())
+    # the corpus-breadth ablation: the same budget, other world domains join each language's pool
+    text = tmp_path / "world" / "text"
+    m = prepare_corpus(CorpusConfig(output=str(tmp_path / "broad"), tokenizer=str(tmp_path / "tokenizer.model"),
+                                    source="world", passages=str(text / "passages.jsonl"), token_budget=4000,
+                                    max_length=64, seed=1, world_texts=[str(text / "quiz.jsonl"),
+                                                                        str(text / "dialogue.jsonl")]))
+    assert m["world_texts"] == ["quiz.jsonl", "dialogue.jsonl"] and m["total_tokens"] == 4000
+    _, rows = _load(tmp_path / "broad")
+    decoded = sp.decode(rows.reshape(-1).tolist())
+    assert "Question:" in decoded and "print(" not in decoded  # quiz joined; code was not asked for
+    with pytest.raises(ConfigError, match="world_texts"):
+        CorpusConfig(output="o", tokenizer="t", source="miracl", world_texts=[str(text / "quiz.jsonl")])
 
 
 def test_bad_inputs_fail_clearly_and_leave_nothing(miracl, tmp_path):

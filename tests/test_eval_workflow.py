@@ -82,16 +82,22 @@ def test_paper_dry_run_schedules_the_eval_grid(wd):
 
 @pytest.mark.slow
 def test_default_config_eval_jobs(wd):
-    """The default (toy) config's evaluation grid: every job the time budget was sized for, toy judge named as such."""
+    """The default (toy) config's evaluation grid (the init x method grid, the corpus ablations): every job the time
+    budget was sized for, toy judge named as such."""
     proc = snakemake("-n", "--configfile", "config.yaml", cwd=wd, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     jobs = parse_jobs(proc.stdout + proc.stderr)
     count = collections.Counter(j["rule"] for j in jobs)
-    h6 = sum(1 for j in jobs if j["rule"] == "eval_harness" and j["wildcards"].get("suite") == "h6")
-    assert h6 == 16 and count["eval_harness"] == 16 + 5  # H6 on the whole grid of base and chat; KoMMLU on base
-    assert count["eval_code"] == 15 and count["eval_longctx"] == 5
-    assert count["mtbench_answer_teacher"] == 2 and count["mtbench_answer_student"] == 8
-    assert count["mtbench_judge"] == 18 and count["eval_recovery"] == 9  # 3 methods x 3 snapshots
+    h6 = {(j["wildcards"]["variant"], j["wildcards"]["model"]) for j in jobs
+          if j["rule"] == "eval_harness" and j["wildcards"].get("suite") == "h6"}
+    # H6 on the whole grid of base and chat: teacher, 4 mappings, 3 methods from each of 2 inits, 2 ablations
+    students = {f"{m}{i}" for m in ("ut", "xkd_h", "xkd_z") for i in ("", "@exact")} | {"ut+broad", "xkd_z+broad"}
+    assert h6 == {(v, m) for v in ("base", "chat") for m in {"teacher", "init-paper", "init-centered", "init-exact",
+                                                              "init-fit"} | students}
+    assert count["eval_harness"] == 26 + 5  # KoMMLU on base: teacher, OPM and the paper's three students
+    assert count["eval_code"] == 2 * 10 + 8 and count["eval_longctx"] == 8
+    assert count["mtbench_answer_teacher"] == 2 and count["mtbench_answer_student"] == 2 * 9
+    assert count["mtbench_judge"] == 2 * (2 + 2 * 9) and count["eval_recovery"] == 6 * 3  # 6 students x 3 snapshots
     collect = [o for j in jobs if j["rule"] == "mtbench_collect" for o in j["output"]]
     assert len(collect) == 2 and all(o.endswith("toy-judge_single.jsonl") for o in collect)
     assert not any(j["resources"].get("gpu") == "1" for j in jobs if j["rule"].startswith(("eval_", "mtbench_")))

@@ -304,7 +304,11 @@ DEPENDANT = "Input files updated by another job"
 
 
 def _models(job: dict) -> set[str]:
-    return {job["wildcards"][k] for k in ("model", "method") if k in job["wildcards"]}
+    """The methods of a job's trained students (kept.grid: any init, corpus, seed), or its other model names."""
+    from kept.grid import parse
+
+    names = {job["wildcards"][k] for k in ("model", "method") if k in job["wildcards"]}
+    return {parse(n).method if parse(n) else n for n in names}
 
 
 @pytest.mark.slow
@@ -316,8 +320,10 @@ def test_changing_xkd_z_lr_reruns_only_xkd_z_and_dependants(smoke, tmp_path):
 
     jobs = _changed_run(smoke, tmp_path, change)
     roots = [j for j in jobs if DEPENDANT not in j["reason"]]
-    # the only jobs rerun for their own sake are the XKD-z trainings, one per variant, for changed params
-    assert {(j["rule"], j["wildcards"].get("method")) for j in roots} == {("train", "xkd_z")}, roots
+    # the only jobs rerun for their own sake are the XKD-z trainings (every seed and corpus ablation of XKD-z),
+    # in every variant, for changed params
+    assert {(j["rule"], m) for j in roots for m in _models(j)} == {("train", "xkd_z")}, roots
+    assert {j["wildcards"]["method"] for j in roots} >= {"xkd_z", "xkd_z.s1235"}
     assert all("Params have changed" in j["reason"] for j in roots)
     variants = yaml.safe_load((smoke / "config/smoke.yaml").read_text())["variants"]
     assert {j["wildcards"]["variant"] for j in roots} == set(variants)
@@ -344,6 +350,24 @@ def test_adding_a_variant_adds_only_its_jobs(smoke, tmp_path):
             continue
         assert "variant" not in job["wildcards"] and DEPENDANT in job["reason"], (
             f"adding a variant reruns {job['rule']} {job['wildcards']} ({job['reason']})")
+
+
+@pytest.mark.slow
+def test_adding_an_init_adds_only_its_students(smoke, tmp_path):
+    """train.init as a list (the init x method grid): the new mapping's students are trained (and their recovery
+    curves evaluated) under their own names; nothing of the existing students reruns, only the report."""
+    def change(cfg):
+        cfg["train"]["init"] = ["paper", "exact"]
+
+    jobs = _changed_run(smoke, tmp_path, change)
+    own = [j for j in jobs if "@exact" in j["wildcards"].get("method", "") + j["wildcards"].get("model", "")]
+    assert {"train", "eval_recovery"} <= {j["rule"] for j in own}
+    config = yaml.safe_load((smoke / "config/smoke.yaml").read_text())
+    assert {(j["wildcards"]["variant"], j["wildcards"]["method"]) for j in own if j["rule"] == "train"} == {
+        (v, f"{m}@exact{s}") for v in config["variants"] for m in config["train"]["methods"] for s in ("", ".s1235")}
+    for job in jobs:
+        if job not in own:
+            assert job["rule"] == "all" or job["rule"].startswith("report_"), f"{job['rule']} {job['wildcards']}"
 
 
 def _metrics(run: Path) -> dict[str, object]:

@@ -51,11 +51,13 @@ def _docs(path: str | Path) -> list[dict[str, Any]]:
 
 def perplexity_curve(lm: Any, docs: Iterable[dict[str, Any]], *, lengths: list[int], max_docs: int | None,
                      chunk: int, where: str) -> dict[str, Any]:
-    """``{"lengths", "ppl", "n_docs", "doc_ids"}`` for one source."""
+    """``{"lengths", "ppl", "n_docs", "doc_ids", "doc_nll"}`` for one source; ``doc_nll[d][j]`` is document
+    d's summed NLL over the ``lengths[j] - 1`` predictions of its first ``lengths[j]`` tokens (for standard
+    errors over documents)."""
     from kept.eval.common import sequence_nll
 
     top = lengths[-1]
-    used, sums = [], [0.0] * len(lengths)
+    used, sums, per_doc = [], [0.0] * len(lengths), []
     docs = list(docs)
     bar = Progress(len(docs), desc=f"longctx {Path(where).name}", unit="doc")  # docs read (short ones skipped)
     for doc in docs:
@@ -67,15 +69,17 @@ def perplexity_curve(lm: Any, docs: Iterable[dict[str, Any]], *, lengths: list[i
             continue
         nll = sequence_nll(lm, ids[:top], chunk=chunk)  # (top - 1,)
         # prefix sums: the window of the first L tokens scores its L - 1 predictions
-        for j, length in enumerate(lengths):
-            sums[j] += float(nll[: length - 1].sum())
+        doc_sums = [float(nll[: length - 1].sum()) for length in lengths]
+        for j, value in enumerate(doc_sums):
+            sums[j] += value
+        per_doc.append(doc_sums)
         used.append(doc["id"])
         bar.update()
     bar.close()
     if not used:
         raise KeptError(f"{where}: no document has {top} tokens; shorten eval lengths or use longer documents")
     ppl = [math.exp(s / (len(used) * (length - 1))) for s, length in zip(sums, lengths)]
-    return {"lengths": list(lengths), "ppl": ppl, "n_docs": len(used), "doc_ids": used}
+    return {"lengths": list(lengths), "ppl": ppl, "n_docs": len(used), "doc_ids": used, "doc_nll": per_doc}
 
 
 def corpus_max_length(path: str | Path) -> int:

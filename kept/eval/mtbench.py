@@ -239,7 +239,8 @@ def summarize_judgments(
         "average": _mean(valid),
         "by_category": {
             cat: {"turn1": _mean(v.get(1, [])), "turn2": _mean(v.get(2, [])),
-                  "average": _mean([s for t in v.values() for s in t])}
+                  "average": _mean([s for t in v.values() for s in t]),
+                  "question_ids": sorted(q for q, c in cats.items() if c == cat)}
             for cat, v in sorted(by_cat.items())
         },
         "n_judgments": len(rows),

@@ -28,6 +28,8 @@ FIGURES = {
     "mtbench_categories": figures.mtbench_category_figure,
     "train_loss": figures.train_loss_figure,
     "pilot": figures.pilot_figure,
+    "mtbench_spread": figures.mtbench_spread_figure,
+    "h6_spread": figures.h6_spread_figure,
 }
 OUTPUTS = {"table": ("csv", "md", "tex"), "figure": ("png", "pdf")}
 

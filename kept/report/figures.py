@@ -1,13 +1,16 @@
 """The paper's figures with seaborn, each written as PNG and PDF.
 
 Every ``*_figure`` function reads labelled inputs (:class:`kept.report.inputs.Item`), builds a long-form frame
-(returned, so tests can check what was plotted), draws it and writes both files atomically.
+(returned, so tests can check what was plotted), draws it and writes both files atomically. Error bars and bands
+are ± one standard error over the evaluation's units, as in the tables (kept.report.stats): lm-eval's stderr,
+or a bootstrap over items, questions or documents; a frame's ``se`` column holds them (nan: none available).
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -20,8 +23,11 @@ import seaborn as sns  # noqa: E402
 
 from kept.atomic import atomic_file  # noqa: E402
 from kept.errors import KeptError  # noqa: E402
+from kept.report import stats, units  # noqa: E402
 from kept.report.inputs import Item, check_labels, check_number, get, number, read_json, read_jsonl  # noqa: E402
-from kept.report.tables import FORMAT_NAMES, judged, model_label, read_longctx  # noqa: E402
+from kept.report.tables import (  # noqa: E402
+    FORMAT_NAMES, h6_table, judged, model_label, mtbench_table, read_longctx,
+)
 
 
 def save_figure(fig: plt.Figure, *, png: str | Path, pdf: str | Path, dpi: int) -> None:
@@ -46,25 +52,34 @@ def _require(items: list[Item], what: str) -> None:
         raise KeptError(f"{what}: no input files in the grid")
 
 
-def _subset_score(obj: dict, names: list[str], *, path: str) -> float:
-    """Mean (percent) of the named H6 columns of a harness summary."""
+def _subset_score(obj: dict, names: list[str], *, path: str) -> tuple[float, float]:
+    """Mean (percent) of the named H6 columns of a harness summary, and its standard error propagated from the
+    columns' lm-eval stderr (nan if a column has none)."""
     by_name = {}
     for i, col in enumerate(get(obj, "columns", path=path, kind=list)):
         where = f"{path} columns[{i}]"
-        by_name[get(col, "name", path=where, kind=str)] = number(col, "value", path=where, lo=0.0, hi=1.0)
+        se = col.get("stderr")
+        by_name[get(col, "name", path=where, kind=str)] = (
+            number(col, "value", path=where, lo=0.0, hi=1.0),
+            float("nan") if se is None else check_number(se, where=f"{where}: key 'stderr'", lo=0.0))
     missing = [n for n in names if n not in by_name]
     if missing:
         raise KeptError(f"{path}: no column(s) {missing} needed by the recovery subset")
-    return 100.0 * sum(by_name[n] for n in names) / len(names)
+    value = 100.0 * sum(by_name[n][0] for n in names) / len(names)
+    se = 100.0 * stats.propagate([by_name[n][1] for n in names], [1 / len(names)] * len(names))
+    return value, se
 
 
 def recovery_frame(*, items: list[Item], train_init: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(curve points, teacher levels). Curves: recovery files (``tag`` = step) per method; an ``init-*`` h6
-    file adds step 0 to every curve of its variant; a ``teacher`` h6 file gives the reference line. All scores
-    are the mean of the recovery subset's columns, in percent."""
+    """(curve points, teacher levels). Curves: recovery files (``tag`` = step) per trained student; an
+    ``init-*`` h6 file adds step 0 to every curve that starts from that mapping; a ``teacher`` h6 file gives the
+    reference line. Scores are the mean of the recovery subset's columns, in percent, with a standard error."""
+    from kept.grid import parse
+
     _require(items, "recovery figure")
     subset: dict[str, list[str]] = {}
     points, refs, starts = [], [], []
+    init_of: dict[tuple[str, str], str] = {}
     for it in items:
         if it.model == "teacher" or it.model.startswith("init-"):
             continue
@@ -76,8 +91,11 @@ def recovery_frame(*, items: list[Item], train_init: str) -> tuple[pd.DataFrame,
         if subset.setdefault(it.variant, names) != names:
             raise KeptError(f"{it.path}: recovery columns {names} differ from {subset[it.variant]}")
         step = int(check_number(int(it.tag) if it.tag.isdigit() else it.tag, where=f"{it.path}: step", lo=0))
-        points.append({"variant": it.variant, "method": model_label(it.model, train_init=train_init),
-                       "step": step, "score": _subset_score(obj, names, path=it.path)})
+        label = model_label(it.model, train_init=train_init)
+        t = parse(it.model)
+        init_of[(it.variant, label)] = (t.init if t and t.init else train_init)
+        score, se = _subset_score(obj, names, path=it.path)
+        points.append({"variant": it.variant, "method": label, "step": step, "score": score, "se": se})
     if not points:
         raise KeptError("recovery figure: no recovery step files among the inputs")
     for it in items:
@@ -87,28 +105,45 @@ def recovery_frame(*, items: list[Item], train_init: str) -> tuple[pd.DataFrame,
             raise KeptError(f"{it.path}: variant {it.variant!r} has no recovery curve")
         obj = read_json(it.path)
         check_labels(obj, it, path=it.path)
-        score = _subset_score(obj, subset[it.variant], path=it.path)
+        score, se = _subset_score(obj, subset[it.variant], path=it.path)
         if it.model == "teacher":
-            refs.append({"variant": it.variant, "score": score})
+            refs.append({"variant": it.variant, "score": score, "se": se})
         else:
-            starts.append((it.variant, score))
+            starts.append((it.variant, it.model[5:], score, se))
     frame = pd.DataFrame(points)
-    for variant, score in starts:
+    for variant, init, score, se in starts:
         for method in frame.loc[frame.variant == variant, "method"].unique():
+            if init_of.get((variant, method)) != init:
+                continue
             if not ((frame.variant == variant) & (frame.method == method) & (frame.step == 0)).any():
-                frame.loc[len(frame)] = {"variant": variant, "method": method, "step": 0, "score": score}
+                frame.loc[len(frame)] = {"variant": variant, "method": method, "step": 0, "score": score, "se": se}
     return frame.sort_values(["variant", "method", "step"]).reset_index(drop=True), pd.DataFrame(refs)
+
+
+def _bands(ax, frame: pd.DataFrame, *, x: str, y: str, hue: str, palette: dict) -> None:
+    """± se bands behind the lines of ``frame`` (rows without a finite se get none)."""
+    for key, part in frame.groupby(hue, sort=False):
+        part = part.sort_values(x)
+        ok = part["se"].notna()
+        if ok.any():
+            ax.fill_between(part[x][ok], (part[y] - part["se"])[ok], (part[y] + part["se"])[ok],
+                            color=palette[key], alpha=0.15, lw=0)
 
 
 def recovery_figure(*, items: list[Item], train_init: str, png: str | Path, pdf: str | Path,
                     dpi: int = 150) -> pd.DataFrame:
-    """Figure 2: H6 (subset) score against training step per method, the teacher as a dashed line."""
+    """Figure 2: H6 (subset) score against training step per trained student, ± one standard error (band), the
+    teacher as a dashed line."""
     frame, refs = recovery_frame(items=items, train_init=train_init)
     style, context = _theme()
     with style, context:
+        methods = list(dict.fromkeys(frame.method))
+        palette = dict(zip(methods, sns.color_palette(n_colors=len(methods))))
         grid = sns.relplot(data=frame, x="step", y="score", hue="method", col="variant", kind="line",
-                           marker="o", height=3.2, aspect=1.3, facet_kws={"sharey": False})
+                           marker="o", height=3.2, aspect=1.3, palette=palette, errorbar=None,
+                           facet_kws={"sharey": False})
         for variant, ax in grid.axes_dict.items():
+            _bands(ax, frame[frame.variant == variant], x="step", y="score", hue="method", palette=palette)
             for score in refs.loc[refs.variant == variant, "score"] if len(refs) else []:
                 ax.axhline(score, ls="--", color="black", lw=1)
                 ax.annotate("teacher", (1.0, score), xycoords=("axes fraction", "data"), ha="right",
@@ -120,31 +155,46 @@ def recovery_figure(*, items: list[Item], train_init: str, png: str | Path, pdf:
 
 
 def longctx_frame(*, items: list[Item], train_init: str) -> tuple[pd.DataFrame, dict[str, int]]:
-    """(variant, model, source, length, ppl) rows and each variant's training length."""
+    """(variant, model, source, length, ppl, se) rows and each variant's training length: ppl is the mean over a
+    student's seeds, se its bootstrap standard error over documents (nan for files without per-document NLL)."""
     _require(items, "long-context figure")
-    rows, limits = [], {}
+    pooled: dict[tuple[str, str, str, int], tuple[list[float], list[stats.Sample | None]]] = {}
+    limits: dict[str, int] = {}
     for it in items:
         tml, sources = read_longctx(it)
+        found = units.longctx_samples(read_json(it.path), path=it.path)
         if tml is not None:
             limits[it.variant] = max(limits.get(it.variant, 0), tml)
         for src, pairs in sources.items():
-            rows += [{"variant": it.variant, "model": model_label(it.model, train_init=train_init),
-                      "source": src, "length": n, "ppl": p} for n, p in pairs]
+            for n, p in pairs:
+                key = (it.variant, model_label(it.model, train_init=train_init), src, n)
+                values, samples = pooled.setdefault(key, ([], []))
+                values.append(p)
+                samples.append(found.get((src, n)))
+    rows = []
+    for (variant, model, src, n), (values, samples) in pooled.items():
+        se = stats.bootstrap_se(stats.seed_mean(samples)) if all(x is not None for x in samples) else float("nan")
+        rows.append({"variant": variant, "model": model, "source": src, "length": n,
+                     "ppl": sum(values) / len(values), "se": se})
     return pd.DataFrame(rows), limits
 
 
 def longctx_figure(*, items: list[Item], train_init: str, png: str | Path, pdf: str | Path,
                    dpi: int = 150) -> pd.DataFrame:
     """Figure 4: perplexity against input length, teacher and students together, one panel per source (log y
-    when the curves span more than a factor of 3)."""
+    when the curves span more than a factor of 3), ± one standard error over documents (bands)."""
     frame, limits = longctx_frame(items=items, train_init=train_init)
     style, context = _theme()
     with style, context:
+        models = list(dict.fromkeys(frame.model))
+        palette = dict(zip(models, sns.color_palette(n_colors=len(models))))
         grid = sns.relplot(data=frame, x="length", y="ppl", hue="model", row="variant", col="source",
-                           kind="line", marker="o", height=3.2, aspect=1.3, facet_kws={"sharey": False})
+                           kind="line", marker="o", height=3.2, aspect=1.3, palette=palette, errorbar=None,
+                           facet_kws={"sharey": False})
         for (variant, source), ax in grid.axes_dict.items():  # keys are (row, col) = (variant, source)
             ax.set_xscale("log", base=2)
             mine = frame.loc[(frame.variant == variant) & (frame.source == source)]
+            _bands(ax, mine, x="length", y="ppl", hue="model", palette=palette)
             lengths = sorted(mine["length"].unique())
             ax.set_xticks(lengths, [str(n) for n in lengths])
             ax.xaxis.set_minor_locator(ticker.NullLocator())
@@ -161,10 +211,29 @@ def longctx_figure(*, items: list[Item], train_init: str, png: str | Path, pdf: 
     return frame
 
 
+def _category_samples(judgments: str | None, cats: dict[str, Any]) -> dict[str, stats.Sample]:
+    """Per category, the sample of per-question mean scores (both turns) from a judgment file, the questions of
+    each category as the summary lists them (``by_category[cat]["question_ids"]``; none listed: no sample)."""
+    if judgments is None:
+        return {}
+    scores: dict[str, list[float]] = {}
+    for row in read_jsonl(judgments):
+        if row.get("score") not in (None, -1):
+            scores.setdefault(str(row["question_id"]), []).append(float(row["score"]))
+    out = {}
+    for cat, entry in cats.items():
+        ids = [str(q) for q in (entry.get("question_ids") or []) if str(q) in scores]
+        if ids:
+            out[cat] = stats.mean_sample(ids, [sum(scores[q]) / len(scores[q]) for q in ids])
+    return out
+
+
 def mtbench_category_frame(*, items: list[Item], train_init: str) -> pd.DataFrame:
-    """(variant, model, format, category, score) rows: the average of both turns per category, 1-10."""
+    """(variant, model, format, category, score, se) rows: the average of both turns per category, 1-10 (the
+    mean over a student's seeds), and its standard error over the category's questions (nan without the
+    judgment file or question ids)."""
     _require(items, "MT-Bench category figure")
-    rows = []
+    pooled: dict[tuple[str, str, str, str], tuple[list[float], list[stats.Sample | None]]] = {}
     for it in items:
         obj = read_json(it.path)
         check_labels(obj, it, path=it.path)
@@ -174,27 +243,121 @@ def mtbench_category_frame(*, items: list[Item], train_init: str) -> pd.DataFram
         if not cats:
             raise KeptError(f"{it.path}: key 'by_category' is empty")
         for cat, scores in cats.items():
-            where = f"{it.path} by_category[{cat!r}]"
             if not isinstance(scores, dict):
-                raise KeptError(f"{where}: expected an object")
-            rows.append({"variant": it.variant, "model": model_label(it.model, train_init=train_init),
-                         "format": FORMAT_NAMES.get(it.tag, it.tag), "category": cat,
-                         "score": judged(scores, "average", path=where)})
+                raise KeptError(f"{it.path} by_category[{cat!r}]: expected an object")
+        found = _category_samples(it.detail, cats)
+        for cat, scores in cats.items():
+            key = (it.variant, model_label(it.model, train_init=train_init), FORMAT_NAMES.get(it.tag, it.tag), cat)
+            values, samples = pooled.setdefault(key, ([], []))
+            values.append(judged(scores, "average", path=f"{it.path} by_category[{cat!r}]"))
+            samples.append(found.get(cat))
+    rows = []
+    for (variant, model, fmt, cat), (values, samples) in pooled.items():
+        se = float("nan")
+        if all(x is not None for x in samples):
+            se = stats.bootstrap_se(stats.seed_mean(samples))
+        rows.append({"variant": variant, "model": model, "format": fmt, "category": cat,
+                     "score": sum(values) / len(values), "se": se})
     return pd.DataFrame(rows)
 
 
 def mtbench_category_figure(*, items: list[Item], train_init: str, png: str | Path, pdf: str | Path,
                             dpi: int = 150) -> pd.DataFrame:
-    """MT-Bench average score per category, one panel per variant and chat format."""
+    """MT-Bench average score per category, one panel per variant and chat format, ± one standard error over
+    the category's questions."""
     frame = mtbench_category_frame(items=items, train_init=train_init)
     style, context = _theme()
     with style, context:
         grid = sns.catplot(data=frame, x="category", y="score", hue="model", row="variant", col="format",
-                           kind="bar", height=3.0, aspect=1.8)
+                           kind="bar", height=3.0, aspect=1.8, errorbar=None)
+        for (variant, fmt), ax in grid.axes_dict.items():
+            mine = frame[(frame.variant == variant) & (frame.format == fmt)]
+            for container, (_, part) in zip(ax.containers, mine.groupby("model", sort=False)):
+                part = part.set_index("category")
+                for bar, label in zip(container, [t.get_text() for t in ax.get_xticklabels()]):
+                    if label in part.index and pd.notna(part.at[label, "se"]):
+                        ax.errorbar(bar.get_x() + bar.get_width() / 2, part.at[label, "score"],
+                                    yerr=part.at[label, "se"], color="black", lw=0.8, capsize=1.5)
         grid.set(ylim=(0, 10.5))
         grid.set_axis_labels("", "score (1-10)")
         grid.tick_params(axis="x", labelrotation=35)
         save_figure(grid.figure, png=png, pdf=pdf, dpi=dpi)
+    return frame
+
+
+def _spread_frame(table, columns: dict[str, str]) -> pd.DataFrame:
+    """(variant, model, panel, score, se, seeds, teacher) rows of the named table columns (column -> panel)."""
+    rows = []
+    frame = table.frame
+    for pos, i in enumerate(frame.index):
+        for col, panel in columns.items():
+            if col not in frame or pd.isna(frame.at[i, col]):
+                continue
+            rows.append({"variant": frame.at[i, "Variant"], "model": frame.at[i, "Model"], "panel": panel,
+                         "score": frame.at[i, col], "se": table.se.at[i, col], "seeds": table.seeds[pos],
+                         "teacher": not table.contender[pos]})
+    return pd.DataFrame(rows)
+
+
+def _spread_plot(frame: pd.DataFrame, *, xlabel: str, floor: float | None, reference: str | None, png, pdf,
+                 dpi) -> None:
+    """Rows = variants, columns = panels: each student's score ± se as a point with an error bar, the teacher
+    in the panel's own terms as a dashed line (and, where ``reference`` names another panel, the teacher there
+    as a dash-dotted one), the floor (if any) dotted."""
+    style, context = _theme()
+    with style, context:
+        variants = list(dict.fromkeys(frame.variant))
+        panels = list(dict.fromkeys(frame.panel))
+        students = frame[~frame.teacher]
+        n_rows = max(students.groupby("variant").model.nunique().max(), 1)
+        fig, axes = plt.subplots(len(variants), len(panels), figsize=(4.6 * len(panels), (0.8 + 0.3 * n_rows) * len(variants)),
+                                 squeeze=False, sharey="row")
+        hi = max(frame.score.max() + frame.se.fillna(0).max(), (floor or 0) + 1)
+        for r, variant in enumerate(variants):
+            for c, panel in enumerate(panels):
+                ax = axes[r][c]
+                mine = frame[(frame.variant == variant) & (frame.panel == panel)]
+                studs = mine[~mine.teacher]
+                ax.errorbar(studs.score, studs.model, xerr=studs.se.fillna(0), fmt="o", color="C0", ecolor="C0",
+                            capsize=2, lw=1)
+                for score in mine[mine.teacher].score:
+                    ax.axvline(score, ls="--", color="black", lw=1, label=f"teacher ({panel})")
+                if reference and panel != reference:
+                    ref = frame[(frame.variant == variant) & (frame.panel == reference) & frame.teacher]
+                    for score in ref.score:
+                        ax.axvline(score, ls="-.", color="dimgrey", lw=1, label=f"teacher ({reference})")
+                if floor is not None:
+                    ax.axvline(floor, ls=":", color="grey", lw=1, label="floor")
+                ax.set_xlim((floor if floor is not None else 0) - 0.05 * hi, 1.05 * hi)
+                ax.set_title(f"{variant}: {panel}")
+                ax.set_xlabel(xlabel if r == len(variants) - 1 else "")
+                ax.set_ylabel("")
+                if r == 0 and c == len(panels) - 1:
+                    ax.legend(loc="lower right", fontsize="x-small")
+            axes[r][0].invert_yaxis()
+        fig.tight_layout()
+        save_figure(fig, png=png, pdf=pdf, dpi=dpi)
+
+
+def mtbench_spread_figure(*, items: list[Item], train_init: str, png: str | Path, pdf: str | Path,
+                          dpi: int = 150) -> pd.DataFrame:
+    """The MT-Bench spread: every student's average (both turns) ± one standard error over questions, per
+    variant and chat format, between the floor (1) and the teacher (dashed; in the Llama-3 panel also the
+    teacher's Orion score, dash-dotted)."""
+    table = mtbench_table(items=items, train_init=train_init, paper_reference=False)
+    frame = _spread_frame(table, {f"Avg ({name})": name for name in FORMAT_NAMES.values()})
+    _spread_plot(frame, xlabel="MT-Bench average (1-10)", floor=1.0, reference=FORMAT_NAMES["orion"], png=png,
+                 pdf=pdf, dpi=dpi)
+    return frame
+
+
+def h6_spread_figure(*, items: list[Item], train_init: str, png: str | Path, pdf: str | Path,
+                     dpi: int = 150) -> pd.DataFrame:
+    """The H6 average of every model (the init x method grid) ± one standard error, per variant, the teacher
+    as a dashed line."""
+    table = h6_table(items=items, train_init=train_init, paper_reference=False)
+    frame = _spread_frame(table, {"Average": "H6 average"})
+    _spread_plot(frame, xlabel="H6 average (%)", floor=None, reference=None, png=png, pdf=pdf, dpi=dpi)
     return frame
 
 
@@ -206,20 +369,21 @@ def train_loss_frame(*, items: list[Item], train_init: str) -> pd.DataFrame:
         for i, rec in enumerate(read_jsonl(it.path), start=1):
             where = f"{it.path}:{i}"
             rows.append({"variant": it.variant, "method": model_label(it.model, train_init=train_init),
-                         "step": int(number(rec, "step", path=where, lo=0)),
+                         "run": it.model, "step": int(number(rec, "step", path=where, lo=0)),
                          "loss": number(rec, "loss", path=where)})
     return pd.DataFrame(rows)
 
 
 def train_loss_figure(*, items: list[Item], train_init: str, png: str | Path, pdf: str | Path,
                       dpi: int = 150) -> pd.DataFrame:
-    """Training loss against step, one panel per variant and method (UT: cross-entropy, XKD-h: MSE,
-    XKD-z: KL, so the y axes are not shared)."""
+    """Training loss against step, one panel per variant and trained student (UT: cross-entropy, XKD-h: MSE,
+    XKD-z: KL, so the y axes are not shared); a student trained with several seeds shows their mean and a band
+    of ± one standard deviation across seeds."""
     frame = train_loss_frame(items=items, train_init=train_init)
     style, context = _theme()
     with style, context:
         grid = sns.relplot(data=frame, x="step", y="loss", row="variant", col="method", kind="line",
-                           height=2.6, aspect=1.3, facet_kws={"sharey": False})
+                           errorbar="sd", height=2.6, aspect=1.3, facet_kws={"sharey": False})
         grid.set_axis_labels("training step", "loss")
         save_figure(grid.figure, png=png, pdf=pdf, dpi=dpi)
     return frame

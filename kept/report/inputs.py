@@ -17,13 +17,16 @@ class Item:
     """One input file of a table or figure, labelled with the grid coordinates it belongs to.
 
     ``tag`` carries the extra coordinate some artifacts need: the chat format of an MT-Bench file, the step of
-    a recovery file. ``path`` is the file (or, for fidelity, the converted model directory).
+    a recovery file. ``path`` is the file (or, for fidelity, the converted model directory). ``detail`` is the
+    per-unit data behind it, where the artifact uses one (kept.report.units): lm-eval's raw directory, the
+    MT-Bench judgment file, the code probe's items file.
     """
 
     variant: str
     model: str
     path: str
     tag: str = ""
+    detail: str | None = None
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

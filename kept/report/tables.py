@@ -1,59 +1,131 @@
-"""The paper's tables from per-model result files: CSV, Markdown and LaTeX (booktabs), best values in bold.
+"""The paper's tables from per-model result files: CSV, Markdown and LaTeX (booktabs), with uncertainty.
 
 Each ``*_table`` function reads labelled input files (:class:`kept.report.inputs.Item`) and returns a
 :class:`Table`; :func:`write_table` renders it. Values are shown in the paper's units: H6, KoMMLU and accuracies
-in percent, MT-Bench on 1-10. "Best" is taken per variant and per column among the converted students (the
-teacher is the reference, not a contender); ties are all bold; a column whose contenders do not differ (as
-displayed) has no bold value.
+in percent, MT-Bench on 1-10.
+
+Uncertainty (:mod:`kept.report.stats`): every cell is ``value ± standard error`` over the evaluation's units
+(items, questions, documents, sequences): lm-eval's own stderr where the summary has one and the row has one
+seed, else a bootstrap over the per-unit data (:mod:`kept.report.units`, read from ``Item.detail``); an average
+over columns propagates its columns' errors. A row that pools several seeds shows their mean, the standard
+error of that mean over units, and ``(sd x)`` across seeds. "Best" is decided per variant and column among the
+students (the teacher is the reference, not a contender): the best row is bold only when a paired sign-flip
+permutation test over the same units separates it from the runner-up at p < 0.05; each variant's block ends
+with a "paired test" row that gives that p-value or says "not separable".
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from kept.atomic import atomic_file
 from kept.errors import ConfigError, KeptError
-from kept.report import paper
+from kept.grid import parse as parse_trained
+from kept.grid import row_name
+from kept.report import paper, stats, units
 from kept.report.inputs import Item, check_labels, check_number, get, number, read_json
 
 LABELS = ("Variant", "Model")
 INIT_NAMES = {"paper": "OPM", "centered": "Centered", "exact": "Exact", "fit": "Fit"}
 METHOD_NAMES = {"ut": "UT", "xkd_h": "XKD-h", "xkd_z": "XKD-z"}
 FORMAT_NAMES = {"orion": "Orion", "llama3": "Llama-3"}
+TEST_ROW = "paired test: best vs runner-up"
+UNCERTAINTY_NOTE = (
+    "± = one standard error over the evaluation's units (lm-eval's stderr where it reports one and the row has "
+    f"one seed, else a {stats.BOOTSTRAP_ITERS}-resample bootstrap over items, questions, documents or sequences; "
+    "an average over columns propagates its columns' errors); (sd x) = standard deviation across training seeds "
+    "where a row pools several. Bold: the best student, only where a paired sign-flip permutation test over the "
+    f"same units separates it from the runner-up at p < {stats.ALPHA}; the paired-test row of each variant gives "
+    "p or 'not separable'."
+)
 
 
 def model_label(model: str, *, train_init: str) -> str:
-    """Display name of a grid model: ``OPM + XKD-z`` for xkd_z trained from init-paper, and so on."""
+    """Display name of a grid model: ``OPM + XKD-z`` for xkd_z trained from init-paper, ``Exact + XKD-z`` for
+    xkd_z@exact, ``OPM + UT (broad corpus)`` for ut+broad; seeds of one student share its label."""
     if model == "teacher":
         return "Original (teacher)"
     if model.startswith("init-"):
         return INIT_NAMES.get(model[5:], model)
-    if model in METHOD_NAMES:
-        return f"{INIT_NAMES.get(train_init, train_init)} + {METHOD_NAMES[model]}"
+    t = parse_trained(model)
+    if t is not None:
+        init = t.init or train_init
+        label = f"{INIT_NAMES.get(init, init)} + {METHOD_NAMES[t.method]}"
+        return label + (f" ({t.corpus} corpus)" if t.corpus else "")
     return model
+
+
+@dataclass
+class Cell:
+    """One model's number in one column: the value, lm-eval's stderr if any (else nan), the per-unit sample."""
+
+    value: float
+    se: float = math.nan
+    sample: stats.Sample | None = None
+
+
+@dataclass
+class PairedTest:
+    """The paired test of one variant's column: best and runner-up row (frame index), p (None: no test)."""
+
+    best: int | None
+    runner: int | None
+    p: float | None
+    note: str
+
+    @property
+    def separable(self) -> bool:
+        return self.p is not None and self.p < stats.ALPHA
 
 
 @dataclass
 class Table:
     """A table: label columns ``Variant`` and ``Model``, then numeric columns.
 
-    ``better`` maps a numeric column to "max" or "min" (columns not in it are never bold); ``formats`` maps a
-    numeric column to its format spec; ``contender`` marks the rows that compete for bold.
+    ``frame`` holds the values (the mean over seeds), ``se`` their standard errors over units, ``sd`` the
+    spread across seeds (nan for one seed), ``seeds`` the seeds per row; ``better`` maps a numeric column to
+    "max" or "min" (columns not in it are never tested nor bold); ``formats`` maps a numeric column to its
+    format spec; ``contender`` marks the rows that compete for bold; ``samples`` holds per row and column the
+    per-unit sample (seed mean) behind the value, for the paired tests.
     """
 
     frame: pd.DataFrame
     better: dict[str, str]
     formats: dict[str, str]
     contender: list[bool]
+    se: pd.DataFrame | None = None
+    sd: pd.DataFrame | None = None
+    seeds: list[int] = field(default_factory=list)
+    samples: list[dict[str, stats.Sample | None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.frame)
+        cols = self.value_columns
+        if self.se is None:
+            self.se = pd.DataFrame(math.nan, index=self.frame.index, columns=cols)
+        if self.sd is None:
+            self.sd = pd.DataFrame(math.nan, index=self.frame.index, columns=cols)
+        if not self.seeds:
+            self.seeds = [1] * n
+        if not self.samples:
+            self.samples = [{} for _ in range(n)]
+        self._tests: dict[tuple[str, str], PairedTest] | None = None
 
     @property
     def value_columns(self) -> list[str]:
         return [c for c in self.frame.columns if c not in LABELS]
+
+    @property
+    def tests(self) -> dict[tuple[str, str], PairedTest]:
+        if self._tests is None:
+            self._tests = paired_tests(self)
+        return self._tests
 
 
 def _rows_to_table(rows: list[dict], *, columns: list[str], better: dict[str, str], formats: dict[str, str],
@@ -62,6 +134,51 @@ def _rows_to_table(rows: list[dict], *, columns: list[str], better: dict[str, st
     for col in columns:
         frame[col] = pd.to_numeric(frame[col]).astype(float)
     return Table(frame=frame, better=better, formats=formats, contender=contender)
+
+
+def build_table(entries: list[tuple[str, str, dict[str, Cell]]], *, columns: list[str], better: dict[str, str],
+                formats: dict[str, str], train_init: str, fixed: dict[tuple[str, str], dict[str, float]] | None = None
+                ) -> Table:
+    """A Table from per-model cells: models that differ only in their seed suffix (kept.grid) pool into one
+    row (mean of the seeds' values, the standard error of the seed mean over units, the sd across seeds).
+    ``fixed`` gives columns without uncertainty (the paper's numbers) per (variant, row model); ``columns`` is
+    the order of all value columns."""
+    groups: dict[tuple[str, str], list[dict[str, Cell]]] = {}
+    for variant, model, cells in entries:
+        groups.setdefault((variant, row_name(model)), []).append(cells)
+    rows, se_rows, sd_rows, seeds, samples, contender = [], [], [], [], [], []
+    for (variant, model), runs in groups.items():
+        row = {"Variant": variant, "Model": model_label(model, train_init=train_init)}
+        se_row = dict.fromkeys(columns, math.nan)
+        sd_row = dict.fromkeys(columns, math.nan)
+        sample_row: dict[str, stats.Sample | None] = dict.fromkeys(columns)
+        mine = (fixed or {}).get((variant, model), {})
+        for col in columns:
+            cells = [r[col] for r in runs if col in r]
+            values = [c.value for c in cells]
+            if col in mine or not cells or any(math.isnan(v) for v in values):
+                row[col] = mine.get(col, math.nan)
+                continue
+            found = [c.sample for c in cells]
+            sample = stats.seed_mean(found) if all(s is not None for s in found) else None
+            row[col] = float(np.mean(values))
+            sd_row[col] = stats.seed_sd(values)
+            sample_row[col] = sample
+            if len(cells) == 1 and not math.isnan(cells[0].se):
+                se_row[col] = cells[0].se
+            elif sample is not None:
+                se_row[col] = stats.bootstrap_se(sample)
+        rows.append(row)
+        se_rows.append(se_row)
+        sd_rows.append(sd_row)
+        samples.append(sample_row)
+        seeds.append(len(runs))
+        contender.append(model != "teacher")
+    table = _rows_to_table(rows, columns=columns, better=better, formats=formats, contender=contender)
+    table.se = pd.DataFrame(se_rows, index=table.frame.index, columns=columns).astype(float)
+    table.sd = pd.DataFrame(sd_rows, index=table.frame.index, columns=columns).astype(float)
+    table.seeds, table.samples = seeds, samples
+    return table
 
 
 def _group_rows(items: list[Item], *, what: str) -> list[tuple[str, str]]:
@@ -83,48 +200,69 @@ def _require_paper_column(name: str) -> int:
     return paper.H6_COLUMNS.index(name)
 
 
+def _stderr(col: dict[str, Any], *, where: str, scale: float = 100.0) -> float:
+    """lm-eval's stderr of a summary column (scaled), nan where it reported none."""
+    se = col.get("stderr")
+    return math.nan if se is None else scale * check_number(se, where=f"{where}: key 'stderr'", lo=0.0)
+
+
+def _paper_rows(items: list[Item], train_init: str, ref: dict[str, dict[str, Any]], pick) -> dict:
+    """(variant, row model) -> {column: the paper's number} for the rows the paper has."""
+    out = {}
+    for it in items:
+        method = paper.paper_method(row_name(it.model), train_init=train_init)
+        found = ref.get(it.variant, {}).get(method) if method else None
+        out[(it.variant, row_name(it.model))] = pick(found)
+    return out
+
+
 def h6_table(*, items: list[Item], train_init: str, paper_reference: bool) -> Table:
-    """Table 3: the H6 ablation, one row per variant and grid model, six columns + average, in percent."""
+    """Table 3: the H6 ablation, one row per variant and grid model (seeds pooled), six columns + average, in
+    percent, each ± its standard error."""
     _group_rows(items, what="H6 table")
     names: list[str] | None = None
     first = ""
-    rows, contender = [], []
+    entries = []
     for it in items:
         obj = read_json(it.path)
         check_labels(obj, it, path=it.path)
         cols = get(obj, "columns", path=it.path, kind=list)
-        row = {"Variant": it.variant, "Model": model_label(it.model, train_init=train_init)}
-        these = []
+        these, cells = [], {}
         for i, col in enumerate(cols):
             where = f"{it.path} columns[{i}]"
             if not isinstance(col, dict):
                 raise KeptError(f"{where}: expected an object")
             name = get(col, "name", path=where, kind=str)
             these.append(name)
-            row[name] = 100.0 * number(col, "value", path=where, lo=0.0, hi=1.0)
+            cells[name] = Cell(100.0 * number(col, "value", path=where, lo=0.0, hi=1.0), _stderr(col, where=where))
         if not these:
             raise KeptError(f"{it.path}: key 'columns' is empty")
         if names is None:
             names, first = these, it.path
         elif these != names:
             raise KeptError(f"{it.path}: H6 columns {these} differ from {names} in {first}")
-        row["Average"] = 100.0 * number(obj, "average", path=it.path, lo=0.0, hi=1.0)
-        if paper_reference:
-            method = paper.paper_method(it.model, train_init=train_init)
-            ref = paper.TABLE3.get(it.variant, {}).get(method) if method else None
-            for name in names:
-                row[f"{name} (paper)"] = ref[_require_paper_column(name)] if ref else math.nan
-            row["Average (paper)"] = ref[-1] if ref else math.nan
-        rows.append(row)
-        contender.append(it.model != "teacher")
+        ses = [cells[n].se for n in these]
+        cells["Average"] = Cell(100.0 * number(obj, "average", path=it.path, lo=0.0, hi=1.0),
+                                stats.propagate(ses, [1 / len(ses)] * len(ses)))
+        for name, sample in units.harness_samples(it.path, it.detail).items():
+            cells[name].sample = sample
+        entries.append((it.variant, it.model, cells))
     assert names is not None
-    columns = []
+    columns, fixed = [], None
     for name in names + ["Average"]:
         columns.append(name)
         if paper_reference:
             columns.append(f"{name} (paper)")
-    return _rows_to_table(rows, columns=columns, better={c: "max" for c in columns},
-                          formats={c: ".2f" for c in columns}, contender=contender)
+    if paper_reference:
+        idx = {n: _require_paper_column(n) for n in names}
+
+        def pick(ref):
+            out = {f"{n} (paper)": ref[idx[n]] if ref else math.nan for n in names}
+            return out | {"Average (paper)": ref[-1] if ref else math.nan}
+
+        fixed = _paper_rows(items, train_init, paper.TABLE3, pick)
+    return build_table(entries, columns=columns, better={c: "max" for c in names + ["Average"]},
+                       formats={c: ".1f" for c in columns}, train_init=train_init, fixed=fixed)
 
 
 def judged(obj: dict, key: str, *, path: str) -> float:
@@ -134,73 +272,86 @@ def judged(obj: dict, key: str, *, path: str) -> float:
     return number(obj, key, path=path, lo=1.0, hi=10.0)
 
 
+MTBENCH_KEYS = (("turn1", "Turn 1"), ("turn2", "Turn 2"), ("average", "Avg"))
+
+
 def mtbench_table(*, items: list[Item], train_init: str, paper_reference: bool) -> Table:
-    """Table 4: MT-Bench turn 1 / turn 2 / average per chat format (``Item.tag``), on 1-10."""
-    keys = _group_rows(items, what="MT-Bench table")
+    """Table 4: MT-Bench turn 1 / turn 2 / average per chat format (``Item.tag``), on 1-10, each ± its standard
+    error over questions (``Item.detail``: the FastChat judgment file)."""
+    _group_rows(items, what="MT-Bench table")
     formats = [f for f in FORMAT_NAMES if any(it.tag == f for it in items)]
     unknown = sorted({it.tag for it in items} - set(FORMAT_NAMES))
     if unknown:
         raise KeptError(f"MT-Bench table: unknown chat format(s) {unknown} (known: {list(FORMAT_NAMES)})")
-    cells: dict[tuple[str, str], dict[str, float]] = {k: {} for k in keys}
+    merged: dict[tuple[str, str], dict[str, Cell]] = {}
     for it in items:
         obj = read_json(it.path)
         check_labels(obj, it, path=it.path)
         if get(obj, "format", path=it.path) != it.tag:
             raise KeptError(f"{it.path}: key 'format' is {obj['format']!r}, expected {it.tag!r}")
         fmt = FORMAT_NAMES[it.tag]
-        for key, head in (("turn1", "Turn 1"), ("turn2", "Turn 2"), ("average", "Avg")):
-            cells[(it.variant, it.model)][f"{head} ({fmt})"] = judged(obj, key, path=it.path)
-    columns = [f"{h} ({FORMAT_NAMES[f]})" for f in formats for h in ("Turn 1", "Turn 2", "Avg")]
+        found = units.mtbench_samples(it.detail)
+        cells = merged.setdefault((it.variant, it.model), {})
+        for key, head in MTBENCH_KEYS:
+            cells[f"{head} ({fmt})"] = Cell(judged(obj, key, path=it.path), sample=found.get(key))
+    measured = [f"{h} ({FORMAT_NAMES[f]})" for f in formats for _, h in MTBENCH_KEYS]
+    columns, fixed = list(measured), None
     if paper_reference:
-        columns += ["Turn 1 (paper)", "Turn 2 (paper)", "Avg (paper)"]
-    rows, contender = [], []
-    for variant, model in keys:
-        row = {"Variant": variant, "Model": model_label(model, train_init=train_init), **cells[(variant, model)]}
-        if paper_reference:
-            method = paper.paper_method(model, train_init=train_init)
-            ref = paper.TABLE4.get(variant, {}).get(method) if method else None
-            for i, head in enumerate(("Turn 1", "Turn 2", "Avg")):
-                row[f"{head} (paper)"] = ref[i] if ref else math.nan
-        rows.append(row)
-        contender.append(model != "teacher")
-    return _rows_to_table(rows, columns=columns, better={c: "max" for c in columns},
-                          formats={c: ".3f" for c in columns}, contender=contender)
+        columns += [f"{h} (paper)" for _, h in MTBENCH_KEYS]
+        fixed = _paper_rows(items, train_init, paper.TABLE4, lambda ref: {
+            f"{h} (paper)": ref[i] if ref else math.nan for i, (_, h) in enumerate(MTBENCH_KEYS)})
+    entries = [(v, m, cells) for (v, m), cells in merged.items()]
+    return build_table(entries, columns=columns, better={c: "max" for c in measured},
+                       formats={c: ".2f" for c in columns}, train_init=train_init, fixed=fixed)
 
 
 def kommlu_table(*, items: list[Item], train_init: str, paper_reference: bool) -> Table:
-    """KoMMLU macro and micro averages in percent (plus the paper's registered Llamion-Base score)."""
+    """KoMMLU macro and micro averages in percent, ± standard errors (plus the paper's registered Llamion-Base
+    score)."""
     _group_rows(items, what="KoMMLU table")
-    rows, contender = [], []
-    columns = ["Macro", "Micro"] + (["Paper"] if paper_reference else [])
+    entries = []
     for it in items:
         obj = read_json(it.path)
         check_labels(obj, it, path=it.path)
-        row = {"Variant": it.variant, "Model": model_label(it.model, train_init=train_init),
-               "Macro": 100.0 * number(obj, "macro", path=it.path, lo=0.0, hi=1.0),
-               "Micro": 100.0 * number(obj, "micro", path=it.path, lo=0.0, hi=1.0)}
-        if paper_reference:
-            method = paper.paper_method(it.model, train_init=train_init)
-            row["Paper"] = paper.KOMMLU.get(it.variant, {}).get(method or "", math.nan)
-        rows.append(row)
-        contender.append(it.model != "teacher")
-    return _rows_to_table(rows, columns=columns, better={c: "max" for c in columns},
-                          formats={c: ".2f" for c in columns}, contender=contender)
+        cols = obj.get("columns") or []
+        ses = [_stderr(c, where=f"{it.path} columns[{i}]") for i, c in enumerate(cols)]
+        se = ses[0] if len(ses) == 1 else math.nan  # one task: macro = micro = that column
+        cells = {"Macro": Cell(100.0 * number(obj, "macro", path=it.path, lo=0.0, hi=1.0), se),
+                 "Micro": Cell(100.0 * number(obj, "micro", path=it.path, lo=0.0, hi=1.0), se)}
+        if it.detail is not None and cols:
+            parts = [units.harness_column(it.detail, c) for c in cols]
+            cells["Macro"].sample = stats.average_sample([stats.Sample([st], scale=p.scale)
+                                                          for p in parts for st in p.strata])
+            cells["Micro"].sample = stats.Sample(
+                [stats.Stratum([u for p in parts for st in p.strata for u in st.ids],
+                               np.concatenate([st.num for p in parts for st in p.strata]),
+                               np.concatenate([st.den for p in parts for st in p.strata]))], scale=100.0)
+        entries.append((it.variant, it.model, cells))
+    columns, fixed = ["Macro", "Micro"], None
+    if paper_reference:
+        columns.append("Paper")
+        fixed = {(it.variant, row_name(it.model)): {"Paper": paper.KOMMLU.get(it.variant, {}).get(
+            paper.paper_method(row_name(it.model), train_init=train_init) or "", math.nan)} for it in items}
+    return build_table(entries, columns=columns, better={"Macro": "max", "Micro": "max"},
+                       formats={c: ".1f" for c in columns}, train_init=train_init, fixed=fixed)
 
 
 def code_table(*, items: list[Item], train_init: str) -> Table:
-    """Zero-shot transfer, code: perplexity on the code probe and answer accuracy (percent)."""
+    """Zero-shot transfer, code: perplexity on the code probe and answer accuracy (percent), ± bootstrap
+    standard errors over probe items (``Item.detail``: code.items.jsonl)."""
     _group_rows(items, what="code transfer table")
-    rows, contender = [], []
+    entries = []
     for it in items:
         obj = read_json(it.path)
         check_labels(obj, it, path=it.path)
-        rows.append({"Variant": it.variant, "Model": model_label(it.model, train_init=train_init),
-                     "Code ppl": number(obj, "ppl", path=it.path, lo=1.0),
-                     "Code accuracy": 100.0 * number(obj, "accuracy", path=it.path, lo=0.0, hi=1.0)})
-        contender.append(it.model != "teacher")
+        found = units.code_samples(it.detail)
+        entries.append((it.variant, it.model, {
+            "Code ppl": Cell(number(obj, "ppl", path=it.path, lo=1.0), sample=found.get("ppl")),
+            "Code accuracy": Cell(100.0 * number(obj, "accuracy", path=it.path, lo=0.0, hi=1.0),
+                                  sample=found.get("accuracy"))}))
     columns = ["Code ppl", "Code accuracy"]
-    return _rows_to_table(rows, columns=columns, better={"Code ppl": "min", "Code accuracy": "max"},
-                          formats={"Code ppl": ".3f", "Code accuracy": ".2f"}, contender=contender)
+    return build_table(entries, columns=columns, better={"Code ppl": "min", "Code accuracy": "max"},
+                       formats={"Code ppl": ".3f", "Code accuracy": ".1f"}, train_init=train_init)
 
 
 def read_longctx(item: Item) -> tuple[int | None, dict[str, list[tuple[int, float]]]]:
@@ -231,11 +382,12 @@ def read_longctx(item: Item) -> tuple[int | None, dict[str, list[tuple[int, floa
 
 
 def longctx_table(*, items: list[Item], train_init: str) -> Table:
-    """Zero-shot transfer, long context: perplexity at every evaluated length beyond the training length."""
+    """Zero-shot transfer, long context: perplexity at every evaluated length beyond the training length,
+    ± bootstrap standard errors over documents (longctx.json's per-document NLL)."""
     keys = _group_rows(items, what="long-context transfer table")
     parsed = {(it.variant, it.model): (it, *read_longctx(it)) for it in items}
     columns: list[str] = []
-    cells: dict[tuple[str, str], dict[str, float]] = {k: {} for k in keys}
+    cells: dict[tuple[str, str], dict[str, Cell]] = {k: {} for k in keys}
     for variant in dict.fromkeys(v for v, _ in keys):
         mine = [parsed[k] for k in keys if k[0] == variant]
         limits = [tml for _, tml, _ in mine if tml is not None]
@@ -247,24 +399,27 @@ def longctx_table(*, items: list[Item], train_init: str) -> Table:
             if sorted(sources) != sorted(first) or any(
                     [n for n, _ in sources[s]] != [n for n, _ in first[s]] for s in first):
                 raise KeptError(f"{it.path}: sources/lengths differ from {first_it.path}")
+            found = units.longctx_samples(read_json(it.path), path=it.path)
             for src, pairs in sources.items():
                 for n, p in pairs:
                     if n > limit:
                         col = f"{src} @{n}"
                         if col not in columns:
                             columns.append(col)
-                        cells[(variant, it.model)][col] = p
+                        cells[(variant, it.model)][col] = Cell(p, sample=found.get((src, n)))
         if not any(cells[(variant, m)] for v, m in keys if v == variant):
             raise KeptError(f"{first_it.path}: no evaluated length beyond the training length {limit}")
-    rows = [{"Variant": v, "Model": model_label(m, train_init=train_init), **cells[(v, m)]} for v, m in keys]
-    return _rows_to_table(rows, columns=columns, better={c: "min" for c in columns},
-                          formats={c: ".3f" for c in columns}, contender=[m != "teacher" for _, m in keys])
+    entries = [(v, m, cells[(v, m)]) for v, m in keys]
+    return build_table(entries, columns=columns, better={c: "min" for c in columns},
+                       formats={c: ".3f" for c in columns}, train_init=train_init)
 
 
 def fidelity_table(*, items: list[Item], train_init: str) -> Table:
-    """Fidelity before training: each mapping's ``fidelity.json`` (``Item.path`` = the converted model dir)."""
+    """Fidelity before training: each mapping's ``fidelity.json`` (``Item.path`` = the converted model dir).
+    KL mean and top-1 agreement carry bootstrap standard errors over the calibration sequences; the max
+    columns are extremes over those fixed tokens (no interval, never tested)."""
     _group_rows(items, what="fidelity table")
-    rows = []
+    entries = []
     for it in items:
         path = Path(it.path) / "fidelity.json"
         obj = read_json(path)
@@ -274,71 +429,137 @@ def fidelity_table(*, items: list[Item], train_init: str) -> Table:
         layer = get(obj, "layer_rel_err", path=path, kind=list)
         if not layer:
             raise KeptError(f"{path}: key 'layer_rel_err' is empty")
-        rows.append({
-            "Variant": it.variant, "Model": model_label(it.model, train_init=train_init),
-            "KL mean": number(obj, "kl_mean", path=path, lo=-1e-6),
-            "KL max": number(obj, "kl_max", path=path, lo=-1e-6),
-            "Top-1 agreement": 100.0 * number(obj, "top1_agreement", path=path, lo=0.0, hi=1.0),
-            "Max abs dlogit": number(obj, "max_abs_dlogit", path=path, lo=0.0),
-            "Max layer rel. err": max((check_number(e, where=f"{path}: layer_rel_err[{i}]", lo=0.0)
-                                       for i, e in enumerate(layer))),
-        })
+        found = units.fidelity_samples(obj, path=path)
+        entries.append((it.variant, it.model, {
+            "KL mean": Cell(number(obj, "kl_mean", path=path, lo=-1e-6), sample=found.get("KL mean")),
+            "KL max": Cell(number(obj, "kl_max", path=path, lo=-1e-6)),
+            "Top-1 agreement": Cell(100.0 * number(obj, "top1_agreement", path=path, lo=0.0, hi=1.0),
+                                    sample=found.get("Top-1 agreement")),
+            "Max abs dlogit": Cell(number(obj, "max_abs_dlogit", path=path, lo=0.0)),
+            "Max layer rel. err": Cell(max(check_number(e, where=f"{path}: layer_rel_err[{i}]", lo=0.0)
+                                           for i, e in enumerate(layer))),
+        }))
     columns = ["KL mean", "KL max", "Top-1 agreement", "Max abs dlogit", "Max layer rel. err"]
-    better = {"KL mean": "min", "KL max": "min", "Top-1 agreement": "max", "Max abs dlogit": "min",
-              "Max layer rel. err": "min"}
     formats = {c: ".3g" for c in columns} | {"Top-1 agreement": ".2f"}
-    return _rows_to_table(rows, columns=columns, better=better, formats=formats, contender=[True] * len(rows))
+    table = build_table(entries, columns=columns, better={"KL mean": "min", "Top-1 agreement": "max"},
+                        formats=formats, train_init=train_init)
+    table.contender = [True] * len(table.frame)  # every mapping competes (there is no teacher row)
+    return table
 
 
-# ---- rendering ---------------------------------------------------------------------------------------------
+# ---- paired tests and rendering ------------------------------------------------------------------------------
+
+
+def paired_tests(table: Table) -> dict[tuple[str, str], PairedTest]:
+    """Per variant and tested column: the best contender, the runner-up and the p-value of a paired sign-flip
+    permutation test between them over their shared units (:func:`kept.report.stats.paired_test`)."""
+    frame = table.frame
+    out = {}
+    for variant, idx in frame.groupby("Variant", sort=False).groups.items():
+        rows = [i for i in idx if table.contender[frame.index.get_loc(i)]]
+        for col, direction in table.better.items():
+            vals = [(frame.at[i, col], i) for i in rows if not math.isnan(frame.at[i, col])]
+            if len(vals) < 2:
+                out[(variant, col)] = PairedTest(None, None, None, "–")
+                continue
+            vals.sort(key=lambda t: -t[0] if direction == "max" else t[0])
+            (_, best), (_, runner) = vals[0], vals[1]
+            a = table.samples[frame.index.get_loc(best)].get(col)
+            b = table.samples[frame.index.get_loc(runner)].get(col)
+            if a is None or b is None:
+                out[(variant, col)] = PairedTest(best, runner, None, "no per-item data")
+                continue
+            p = stats.paired_test(a, b)
+            note = f"p = {p:.3g}" if p < stats.ALPHA else f"not separable (p = {p:.2g})"
+            out[(variant, col)] = PairedTest(best, runner, p, note)
+    return out
+
+
+def best_mask(table: Table) -> pd.DataFrame:
+    """True where a cell holds its variant's best student of a column that a paired test separates from the
+    runner-up (p < ALPHA)."""
+    mask = pd.DataFrame(False, index=table.frame.index, columns=table.frame.columns)
+    for (_, col), test in table.tests.items():
+        if test.separable:
+            mask.loc[test.best, col] = True
+    return mask
 
 
 def _fmt(value: float, spec: str) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def best_mask(table: Table) -> pd.DataFrame:
-    """True where a cell holds its variant's best value of the column among the contender rows (ties all);
-    nothing is bold where the contenders do not differ (a single one, or all equal as displayed)."""
+def cell_text(table: Table, i: int, col: str, *, pm: str = "±") -> str:
+    """``value ± se`` (``(sd x)`` added for a row over several seeds); "–" for a missing value."""
+    spec = table.formats[col]
+    value = table.frame.at[i, col]
+    text = _fmt(value, spec)
+    if math.isnan(value):
+        return text
+    se, sd = table.se.at[i, col], table.sd.at[i, col]
+    if not math.isnan(se):
+        text += f" {pm} {_fmt(se, spec)}"
+    if not math.isnan(sd):
+        text += f" (sd {_fmt(sd, spec)})"
+    return text
+
+
+def _display(table: Table, *, pm: str, bold, escape) -> pd.DataFrame:
+    """The table as strings: value cells, a Seeds column when a row pools several, and after each variant's
+    rows its paired-test row."""
+    mask = best_mask(table)
     frame = table.frame
-    mask = pd.DataFrame(False, index=frame.index, columns=frame.columns)
-    contender = pd.Series(table.contender, index=frame.index)
-    for col, direction in table.better.items():
-        shown = frame[col].map(lambda v: np.nan if math.isnan(v) else float(format(v, table.formats[col])))
-        for _, idx in frame.groupby("Variant", sort=False).groups.items():
-            vals = shown.loc[idx][contender.loc[idx]].dropna()
-            if vals.nunique() < 2:  # one contender, or all equal: nothing to single out
-                continue
-            best = vals.max() if direction == "max" else vals.min()
-            mask.loc[vals.index[vals == best], col] = True
-    return mask
+    multi = max(table.seeds) > 1
+    tests = table.tests
+    out = []
+    variants = list(frame["Variant"])
+    for pos, i in enumerate(frame.index):
+        row = {"Variant": escape(frame.at[i, "Variant"]), "Model": escape(frame.at[i, "Model"])}
+        if multi:
+            row["Seeds"] = str(table.seeds[pos])
+        for col in table.value_columns:
+            text = cell_text(table, i, col, pm=pm)
+            row[col] = bold(text) if mask.at[i, col] else text
+        out.append(row)
+        last = pos + 1 == len(variants) or variants[pos + 1] != variants[pos]
+        if last and table.better:
+            test_row = {"Variant": escape(variants[pos]), "Model": escape(TEST_ROW)}
+            if multi:
+                test_row["Seeds"] = ""
+            for col in table.value_columns:
+                test = tests.get((variants[pos], col))
+                test_row[col] = escape(test.note) if test else ""
+            out.append(test_row)
+    columns = list(LABELS) + (["Seeds"] if multi else []) + table.value_columns
+    return pd.DataFrame(out, columns=columns)
 
 
 def render_markdown(table: Table) -> str:
-    mask = best_mask(table)
-    out = table.frame.copy().astype(object)
-    for col in table.value_columns:
-        out[col] = [f"**{_fmt(v, table.formats[col])}**" if b else _fmt(v, table.formats[col])
-                    for v, b in zip(table.frame[col], mask[col])]
-    align = ["left"] * len(LABELS) + ["right"] * len(table.value_columns)
-    return out.to_markdown(index=False, colalign=align) + "\n"
+    shown = _display(table, pm="±", bold=lambda t: f"**{t}**", escape=lambda t: t)
+    n_labels = len(shown.columns) - len(table.value_columns)
+    align = ["left"] * n_labels + ["right"] * len(table.value_columns)
+    return shown.to_markdown(index=False, colalign=align) + "\n\n" + UNCERTAINTY_NOTE + "\n"
+
+
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}", "–": "--"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
 def render_latex(table: Table) -> str:
-    mask = best_mask(table)
-    css = pd.DataFrame("", index=table.frame.index, columns=table.frame.columns)
-    css[mask] = "textbf:--rwrap;"
-    styler = table.frame.style.hide(axis="index")
-    styler = styler.format(escape="latex", subset=list(LABELS))
-    for col in table.value_columns:
-        styler = styler.format(lambda v, spec=table.formats[col]: _fmt(v, spec).replace("–", "--"), subset=[col])
-    styler = styler.format_index(escape="latex", axis=1)
-    styler = styler.apply(lambda _: css, axis=None)
-    text = styler.to_latex(hrules=True, column_format="l" * len(LABELS) + "r" * len(table.value_columns))
+    shown = _display(table, pm="$\\pm$", bold=lambda t: f"\\textbf{{{t}}}", escape=latex_escape)
+    for col in table.value_columns:  # value cells: escape the dash of a missing value only
+        shown[col] = [t.replace("–", "--") for t in shown[col]]
+    n_labels = len(shown.columns) - len(table.value_columns)
+    styler = shown.style.hide(axis="index").format_index(escape="latex", axis=1)
+    text = styler.to_latex(hrules=True, column_format="l" * n_labels + "r" * len(table.value_columns))
     # a \midrule between variants: the body is one line per row, between \midrule and \bottomrule
     lines = text.splitlines()
     start = lines.index("\\midrule") + 1
-    variants = list(table.frame["Variant"])
+    variants = list(shown["Variant"])
     body = []
     for i, line in enumerate(lines[start:start + len(variants)]):
         if i and variants[i] != variants[i - 1]:
@@ -347,10 +568,21 @@ def render_latex(table: Table) -> str:
     return "\n".join(lines[:start] + body + lines[start + len(variants):]) + "\n"
 
 
+def frame_with_errors(table: Table) -> pd.DataFrame:
+    """The CSV view: labels, seeds, then per value column its value, ``<col> se`` and ``<col> seed sd``."""
+    out = table.frame[list(LABELS)].copy()
+    out["Seeds"] = table.seeds
+    for col in table.value_columns:
+        out[col] = table.frame[col]
+        out[f"{col} se"] = table.se[col]
+        out[f"{col} seed sd"] = table.sd[col]
+    return out
+
+
 def write_table(table: Table, *, csv: str | Path, md: str | Path, tex: str | Path) -> None:
     """Render all three formats first, then write each atomically (no partial set on a rendering error)."""
     texts = {
-        csv: table.frame.to_csv(index=False, float_format="%.6g"),
+        csv: frame_with_errors(table).to_csv(index=False, float_format="%.6g"),
         md: render_markdown(table),
         tex: render_latex(table),
     }

@@ -1,0 +1,75 @@
+"""Names of the trained students of the grid: method x init x transfer corpus x seed in one path component.
+
+A trained student is ``{method}[@{init}][+{corpus}][.s{seed}]`` (docs/architecture.md, "Models of the grid"):
+
+- ``@{init}`` only when it starts from another mapping than the primary one (``train.init``'s first entry),
+- ``+{corpus}`` only for an ablation corpus (``corpus.ablations``; the transfer corpus has no suffix),
+- ``.s{seed}`` only for another seed than the primary one (``train.seeds``' first entry).
+
+So with the default settings the names are the plain method names (``xkd_z``), and the paths of the primary
+runs read as before (``results/base/xkd_z/model``); ``xkd_z@exact``, ``ut+broad`` and ``xkd_z.s1235`` are their
+siblings. The workflow (rules/common.smk) and the report both parse names with :func:`parse`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from kept.errors import ConfigError
+
+METHODS = ("ut", "xkd_h", "xkd_z")
+_NAME = re.compile(r"^(?P<method>ut|xkd_h|xkd_z)(?:@(?P<init>[A-Za-z0-9]+))?(?:\+(?P<corpus>[A-Za-z0-9]+))?"
+                   r"(?:\.s(?P<seed>\d+))?$")
+
+
+@dataclass(frozen=True)
+class Trained:
+    """One trained student: ``init`` None = the primary init, ``corpus`` None = the transfer corpus, ``seed``
+    None = the primary seed."""
+
+    method: str
+    init: str | None = None
+    corpus: str | None = None
+    seed: int | None = None
+
+    @property
+    def name(self) -> str:
+        out = self.method
+        if self.init is not None:
+            out += f"@{self.init}"
+        if self.corpus is not None:
+            out += f"+{self.corpus}"
+        if self.seed is not None:
+            out += f".s{self.seed}"
+        return out
+
+    @property
+    def row(self) -> str:
+        """The name without its seed: the table row that pools this student's seeds."""
+        return Trained(self.method, self.init, self.corpus).name
+
+
+def trained(method: str, *, init: str, corpus: str | None, seed: int, primary_init: str,
+            primary_seed: int) -> Trained:
+    """The student trained with ``method`` from ``init`` on ``corpus`` with ``seed``, named relative to the
+    primary init and seed."""
+    if method not in METHODS:
+        raise ConfigError(f"train method {method!r}: expected one of {METHODS}")
+    return Trained(method, None if init == primary_init else init, corpus,
+                   None if seed == primary_seed else int(seed))
+
+
+def parse(name: str) -> Trained | None:
+    """The :class:`Trained` of a grid model name, or None for the teacher and the untrained inits."""
+    m = _NAME.match(name)
+    if m is None:
+        return None
+    seed = m.group("seed")
+    return Trained(m.group("method"), m.group("init"), m.group("corpus"), int(seed) if seed else None)
+
+
+def row_name(model: str) -> str:
+    """The table row of a grid model: trained students lose their seed suffix, other models are unchanged."""
+    t = parse(model)
+    return t.row if t is not None else model

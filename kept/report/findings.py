@@ -1,0 +1,520 @@
+"""docs/findings.md: each claim of the paper checked against this run's results, generated (never typed).
+
+One row per claim and variant: the paper's figure, the run's figure with a 95% interval (paired bootstrap over
+the evaluation's units, :func:`kept.report.stats.joint_replicates`, or a paired permutation test), a verdict and
+the criterion it applies. A verdict is ``agrees`` / ``disagrees`` when the interval (or test) settles the
+criterion one way, ``not separable`` when it does not; claims whose models the run lacks are left out. For
+every claim the toy does not reproduce (or cannot separate), the same measurement on each alternative of the
+run (the corpus-breadth ablation of ``train.ablations``, the other mappings of ``train.init``, the teacher in the
+Llama-3 format) tests an explanation (``EXPLANATIONS``), judged by the claim's own criterion.
+
+Inputs are :class:`kept.report.inputs.Item` with ``tag`` naming the kind of file: ``h6`` (summary, detail = raw
+lm-eval directory), ``mtbench-<format>`` (summary, detail = judgments), ``code`` (summary, detail = items),
+``longctx`` (summary with per-document NLL) and ``pilot`` (cosine.jsonl).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from kept.atomic import atomic_file
+from kept.errors import KeptError
+from kept.grid import parse as parse_trained
+from kept.grid import row_name
+from kept.report import paper, stats, units
+from kept.report.inputs import Item, check_labels, number, read_json, read_jsonl
+from kept.report.tables import model_label
+
+COLLAPSE = 0.5  # "collapse": keeps less than this share of the teacher's margin above chance (floor)
+RECOVER = 0.9  # "recovers": regains at least this share of what the conversion lost
+SURVIVE = 0.8  # "survives": keeps at least this share of the teacher's code accuracy
+LONGCTX_MARGIN = 1.10  # "within a small margin": student / teacher perplexity at most this
+PILOT_COS = 0.9  # "converges toward gamma": final mean cosine at least this
+MT_FLOOR = 1.0
+
+
+@dataclass
+class Test:
+    """The same measurement as a claim's, on an alternative arm of the run that tests one explanation."""
+
+    explanation: str  # a key of EXPLANATIONS
+    arm: str
+    figure: str
+    verdict: str  # the claim's criterion applied to this arm
+    outcome: str  # OUTCOME of the verdict: supported / not supported / inconclusive
+
+
+@dataclass
+class Finding:
+    claim: str
+    variant: str
+    paper: str
+    toy: str
+    verdict: str
+    criterion: str
+    tests: list[Test] = field(default_factory=list)
+
+    @property
+    def experiment(self) -> str:
+        """The tests as one line of text ('' if none)."""
+        return " ".join(f"[{t.explanation}] {t.arm}: {t.figure} -> {t.verdict}: {t.outcome}." for t in self.tests)
+
+
+def _fmt(x: float, spec: str = ".1f") -> str:
+    return "nan" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def _ci(lo: float, hi: float, spec: str = ".2f") -> str:
+    return f"[{_fmt(lo, spec)}, {_fmt(hi, spec)}]"
+
+
+def _band(lo: float, hi: float, threshold: float, *, above: bool) -> str:
+    """Verdict of "the quantity is above (below) threshold" from its 95% interval."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "no data"
+    if above:
+        return "agrees" if lo >= threshold else "disagrees" if hi < threshold else "not separable"
+    return "agrees" if hi < threshold else "disagrees" if lo >= threshold else "not separable"
+
+
+def _direction(diff: float, p: float, *, expected: int) -> str:
+    """Verdict of "a > b" (expected = +1) from the paired difference a - b and its permutation p-value."""
+    if not math.isfinite(diff) or p is None:
+        return "no data"
+    if p >= stats.ALPHA:
+        return "not separable"
+    return "agrees" if np.sign(diff) == expected else "disagrees"
+
+
+class RunResults:
+    """This run's per-unit samples, by (variant, row model), seeds pooled (kept.grid row names)."""
+
+    def __init__(self, items: list[Item]) -> None:
+        self.h6: dict[tuple[str, str], list[tuple[dict, dict[str, stats.Sample]]]] = {}
+        self.mt: dict[tuple[str, str, str], list[stats.Sample]] = {}
+        self.code: dict[tuple[str, str], list[stats.Sample]] = {}
+        self.longctx: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+        self.pilot: dict[str, list[dict]] = {}
+        for it in items:
+            key = (it.variant, row_name(it.model))
+            if it.tag == "pilot":
+                self.pilot[it.variant] = list(read_jsonl(it.path))
+                continue
+            obj = read_json(it.path)
+            check_labels(obj, it, path=it.path)
+            if it.tag == "h6":
+                self.h6.setdefault(key, []).append((obj, units.harness_samples(it.path, it.detail)))
+            elif it.tag.startswith("mtbench-"):
+                found = units.mtbench_samples(it.detail)
+                if "average" in found:
+                    self.mt.setdefault((*key, it.tag[len("mtbench-"):]), []).append(found["average"])
+            elif it.tag == "code":
+                self.code.setdefault(key, []).append(units.code_samples(it.detail)["accuracy"])
+            elif it.tag == "longctx":
+                self.longctx.setdefault(key, []).append((obj, units.longctx_samples(obj, path=it.path)))
+            else:
+                raise KeptError(f"{it.path}: unknown findings input kind {it.tag!r}")
+
+    def h6_avg(self, variant: str, model: str) -> stats.Sample | None:
+        runs = self.h6.get((variant, model))
+        if not runs or any("Average" not in s for _, s in runs):
+            return None
+        return stats.seed_mean([s["Average"] for _, s in runs])
+
+    def h6_chance(self, variant: str) -> float:
+        for (v, _), runs in self.h6.items():
+            if v == variant:
+                cols = runs[0][0]["columns"]
+                return 100.0 * sum(c.get("chance") or 0.0 for c in cols) / len(cols)
+        return math.nan
+
+    def mt_avg(self, variant: str, model: str, fmt: str) -> stats.Sample | None:
+        runs = self.mt.get((variant, model, fmt))
+        return stats.seed_mean(runs) if runs else None
+
+    def code_acc(self, variant: str, model: str) -> stats.Sample | None:
+        runs = self.code.get((variant, model))
+        return stats.seed_mean(runs) if runs else None
+
+    def variants(self, table: dict) -> list[str]:
+        return list(dict.fromkeys(k[0] for k in table))
+
+
+def _joint(samples: list[stats.Sample | None], fn: Callable[..., float]) -> tuple[float, float, float]:
+    """(point, 95% low, 95% high) of fn over several models' statistics on the same units."""
+    if any(s is None for s in samples):
+        return math.nan, math.nan, math.nan
+    point = fn(*[s.value() for s in samples])
+    reps = stats.joint_replicates(samples)
+    lo, hi = stats.interval(np.array([fn(*row) for row in reps]))
+    return point, lo, hi
+
+
+def _share(x: float, ref: float, base: float) -> float:
+    """(x - base) / (ref - base): the share of ref's margin over base that x keeps."""
+    return (x - base) / (ref - base) if ref != base else math.nan
+
+
+def _paired(a: stats.Sample | None, b: stats.Sample | None) -> tuple[float, float | None]:
+    if a is None or b is None:
+        return math.nan, None
+    return a.value() - b.value(), stats.paired_test(a, b)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """The students a claim is measured on: the paper's (from OPM on the transfer corpus) or an alternative of
+    this run (another init of train.init, an ablation corpus of train.ablations), by method."""
+
+    label: str
+    suffix: str = ""  # kept.grid suffix: "@exact", "+broad"
+    explanation: str = ""  # a key of EXPLANATIONS
+
+    def __call__(self, method: str) -> str:
+        return method + self.suffix
+
+
+PAPER = Arm("the paper's pipeline")
+# the claim's verdict on an alternative arm -> what it says of the explanation that arm tests
+OUTCOME = {"agrees": "supported", "disagrees": "not supported", "not separable": "inconclusive"}
+MEASURE = Callable[..., tuple[str, str]]  # (this run's figure, verdict)
+EXPLANATIONS = {
+    "corpus": ("the transfer corpus (encyclopedic passages, as MIRACL) never shows the formats and the dialogue the "
+               "suites score, so matching the teacher on it leaves those behaviours unconstrained. Test: the same "
+               "measurement for students trained on an ablation corpus with the world's quiz and dialogue text "
+               "(never a held-out item) at the same budget (train.ablations)"),
+    "init": ("OPM starts too far from the teacher for the budget to bring back what it destroyed. Test: the same "
+             "measurement for the same methods and budget from a mapping next to the teacher (train.init)"),
+    "template": ("the toy teacher never saw the Llama-3 template, so no model of the grid can answer in it. Test: "
+                 "the teacher itself in the Llama-3 format"),
+}
+
+
+class Checker:
+    """Builds the findings rows from a :class:`RunResults`: every claim is a measurement on the paper's arm;
+    where it does not hold, the same measurement on each alternative arm of this run tests an explanation."""
+
+    def __init__(self, run: RunResults, *, train_init: str) -> None:
+        self.run = run
+        self.train_init = train_init
+        names = [parse_trained(m) for key in (run.h6, run.mt, run.code, run.longctx) for (_, m, *_) in key]
+        corpora = sorted({t.corpus for t in names if t is not None and t.corpus})
+        inits = sorted({t.init for t in names if t is not None and t.init})
+        self.arms = ([Arm(f"{c} corpus", f"+{c}", "corpus") for c in corpora]
+                     + [Arm(f"from the {i} mapping", f"@{i}", "init") for i in inits])
+
+    def label(self, model: str) -> str:
+        return model_label(model, train_init=self.train_init)
+
+    def finding(self, claim: str, variant: str, paper_text: str, criterion: str, measure: MEASURE,
+                extra: list[tuple[str, str, Callable[[], tuple[str, str]]]] = ()) -> Finding:
+        """A claim measured on the paper's arm; if it does not hold, the same ``measure`` on every alternative
+        arm of the run (plus ``extra`` tests: (label, explanation key, measure)) tests the explanations."""
+        toy, verdict = measure(PAPER)
+        f = Finding(claim, variant, paper_text, toy, verdict, criterion)
+        if verdict == "agrees":
+            return f
+        tests = [(arm.label, arm.explanation, lambda arm=arm: measure(arm)) for arm in self.arms] + list(extra)
+        for label, key, run in tests:
+            figure, outcome = run()
+            if outcome != "no data":
+                f.tests.append(Test(key, label, figure, outcome, OUTCOME[outcome]))
+        return f
+
+    # ---- claims ----------------------------------------------------------------------------------------------
+    def opm_collapse(self, variant: str) -> Finding:
+        r = self.run
+        chance = r.h6_chance(variant)
+        ref = paper.TABLE3.get(variant, {})
+
+        def measure(_: Arm) -> tuple[str, str]:
+            point, lo, hi = _joint([r.h6_avg(variant, "init-paper"), r.h6_avg(variant, "teacher")],
+                                   lambda o, t: _share(o, t, chance))
+            return (f"OPM keeps {_fmt(point, '.2f')} {_ci(lo, hi)} of the teacher's H6 margin over chance "
+                    f"({chance:.1f})", _band(lo, hi, COLLAPSE, above=False))
+
+        return self.finding(
+            "OPM (no training) collapses H6 towards chance", variant,
+            f"OPM {ref['opm'][-1]:.1f} vs teacher {ref['original'][-1]:.1f}: keeps "
+            f"{_share(ref['opm'][-1], ref['original'][-1], chance):.2f} of the margin over chance" if ref else "–",
+            f"share < {COLLAPSE} (95% interval)", measure)
+
+    def opm_floor(self, variant: str, fmt: str) -> Finding:
+        r = self.run
+        ref = paper.TABLE4.get(variant, {})
+
+        def measure(_: Arm) -> tuple[str, str]:
+            point, lo, hi = _joint([r.mt_avg(variant, "init-paper", fmt), r.mt_avg(variant, "teacher", "orion")],
+                                   lambda o, t: _share(o, t, MT_FLOOR))
+            return (f"OPM keeps {_fmt(point, '.2f')} {_ci(lo, hi)} of the teacher's margin over the floor",
+                    _band(lo, hi, COLLAPSE, above=False))
+
+        return self.finding(
+            f"OPM collapses MT-Bench to the floor ({FORMAT_LABEL.get(fmt, fmt)} format)", variant,
+            f"OPM {ref['opm'][2]:.2f} vs teacher {ref['original'][2]:.2f} (floor 1)" if ref else "–",
+            f"share < {COLLAPSE} (95% interval)", measure)
+
+    def xkd_recovers(self, variant: str) -> Finding:
+        r = self.run
+        ref = paper.TABLE3.get(variant, {})
+
+        def measure(arm: Arm) -> tuple[str, str]:
+            point, lo, hi = _joint([r.h6_avg(variant, arm("xkd_z")), r.h6_avg(variant, "init-paper"),
+                                    r.h6_avg(variant, "teacher")], lambda s, o, t: _share(s, t, o))
+            return (f"{self.label(arm('xkd_z'))} regains {_fmt(point, '.2f')} {_ci(lo, hi)} of what OPM lost",
+                    _band(lo, hi, RECOVER, above=True))
+
+        return self.finding(
+            "XKD-z (from OPM) recovers the teacher's H6", variant,
+            f"XKD-z {ref['xkd_z'][-1]:.1f} vs teacher {ref['original'][-1]:.1f}: regains "
+            f"{_share(ref['xkd_z'][-1], ref['original'][-1], ref['opm'][-1]):.2f} of OPM's loss" if ref else "–",
+            f"share regained >= {RECOVER} (95% interval)", measure)
+
+    def template_test(self, variant: str) -> tuple[str, str, Callable[[], tuple[str, str]]]:
+        """The Llama-3 floor explained by the template: the teacher itself in Llama-3 format."""
+        r = self.run
+
+        def measure() -> tuple[str, str]:
+            point, lo, hi = _joint([r.mt_avg(variant, "teacher", "llama3"), r.mt_avg(variant, "teacher", "orion")],
+                                   lambda l3, o: _share(l3, o, MT_FLOOR))
+            return (f"the teacher in Llama-3 format keeps {_fmt(point, '.2f')} {_ci(lo, hi)} of its Orion-format "
+                    "margin over the floor", _band(lo, hi, COLLAPSE, above=False))
+
+        return "the teacher in the Llama-3 format", "template", measure
+
+    def xkd_recovers_mt(self, variant: str, fmt: str) -> Finding:
+        r = self.run
+        ref = paper.TABLE4.get(variant, {})
+
+        def measure(arm: Arm) -> tuple[str, str]:
+            point, lo, hi = _joint([r.mt_avg(variant, arm("xkd_z"), fmt), r.mt_avg(variant, "init-paper", fmt),
+                                    r.mt_avg(variant, "teacher", "orion")], lambda s, o, t: _share(s, t, o))
+            return (f"{self.label(arm('xkd_z'))} regains {_fmt(point, '.2f')} {_ci(lo, hi)} of what OPM lost",
+                    _band(lo, hi, RECOVER, above=True))
+
+        extra = [self.template_test(variant)] if fmt == "llama3" else []
+        return self.finding(
+            f"XKD-z (from OPM) recovers the teacher's MT-Bench ({FORMAT_LABEL.get(fmt, fmt)} format)", variant,
+            f"XKD-z {ref['xkd_z'][2]:.2f} vs teacher {ref['original'][2]:.2f}: regains "
+            f"{_share(ref['xkd_z'][2], ref['original'][2], ref['opm'][2]):.2f} of OPM's loss" if ref else "–",
+            f"share regained >= {RECOVER} (95% interval; teacher in Orion format)", measure, extra)
+
+    def ordering(self, variant: str, better: str, worse: str, *, metric: str, fmt: str = "llama3") -> Finding:
+        r = self.run
+        if metric == "h6":
+            ref = paper.TABLE3.get(variant, {})
+            pv = (ref[better][-1] - ref[worse][-1]) if ref else math.nan
+            unit, name = "H6 points", "H6"
+        else:
+            ref = paper.TABLE4.get(variant, {})
+            pv = (ref[better][2] - ref[worse][2]) if ref else math.nan
+            unit, name = f"MT-Bench points ({FORMAT_LABEL.get(fmt, fmt)})", f"MT-Bench, {FORMAT_LABEL.get(fmt, fmt)}"
+
+        def score(model: str):
+            return r.h6_avg(variant, model) if metric == "h6" else r.mt_avg(variant, model, fmt)
+
+        def measure(arm: Arm) -> tuple[str, str]:
+            a, b = score(arm(better)), score(arm(worse))
+            if a is None and worse == "ut" and better != "xkd_z":  # XKD-z stands for XKD where only it was trained
+                a = score(arm("xkd_z"))
+                label = self.label(arm("xkd_z"))
+            else:
+                label = self.label(arm(better))
+            diff, p = _paired(a, b)
+            return (f"{label} - {self.label(arm(worse))} = {_fmt(diff, '+.2f')} {unit}, paired p = "
+                    f"{_fmt(p, '.3g') if p is not None else 'nan'}", _direction(diff, p, expected=1))
+
+        sign = ">=" if (better, worse) == ("xkd_z", "xkd_h") else ">"
+        extra = [self.template_test(variant)] if metric != "h6" and fmt == "llama3" else []
+        return self.finding(f"XKD-{better[-1]} {sign} {METHOD_LABEL[worse]} ({name})", variant,
+                            f"{pv:+.2f} {unit}" if math.isfinite(pv) else "–",
+                            "sign of the difference, paired sign-flip test p < 0.05", measure, extra)
+
+    def generative_gap(self, variant: str, fmt: str) -> Finding:
+        r = self.run
+        chance = r.h6_chance(variant)
+        ref3, ref4 = paper.TABLE3.get(variant, {}), paper.TABLE4.get(variant, {})
+        paper_text = "–"
+        if ref3 and ref4:
+            pm = (ref4["xkd_z"][2] - ref4["ut"][2]) / (ref4["original"][2] - MT_FLOOR)
+            ph = (ref3["xkd_z"][-1] - ref3["ut"][-1]) / (ref3["original"][-1] - chance)
+            paper_text = f"(XKD-z - UT) / teacher margin: MT-Bench {pm:.3f} vs H6 {ph:.3f}"
+
+        def measure(arm: Arm) -> tuple[str, str]:
+            mt = [r.mt_avg(variant, arm("xkd_z"), fmt), r.mt_avg(variant, arm("ut"), fmt),
+                  r.mt_avg(variant, "teacher", "orion")]
+            h6 = [r.h6_avg(variant, arm("xkd_z")), r.h6_avg(variant, arm("ut")), r.h6_avg(variant, "teacher")]
+            if any(x is None for x in mt + h6):
+                return "–", "no data"
+            g_mt = lambda z, u, t: (z - u) / (t - MT_FLOOR)  # noqa: E731
+            g_h6 = lambda z, u, t: (z - u) / (t - chance)  # noqa: E731
+            rep_mt = stats.joint_replicates(mt, seed=stats.SEED + 1)
+            rep_h6 = stats.joint_replicates(h6, seed=stats.SEED + 2)
+            lo, hi = stats.interval(np.array([g_mt(*a) - g_h6(*b) for a, b in zip(rep_mt, rep_h6)]))
+            point_mt, point_h6 = g_mt(*[x.value() for x in mt]), g_h6(*[x.value() for x in h6])
+            verdict = _band(lo, hi, 0.0, above=True)
+            if verdict == "agrees" and not point_mt > 0:
+                verdict = "not separable"  # "wider" needs XKD-z ahead on MT-Bench at all
+            return (f"{self.label(arm('xkd_z'))} vs {self.label(arm('ut'))}: MT-Bench {_fmt(point_mt, '+.3f')} vs "
+                    f"H6 {_fmt(point_h6, '+.3f')}; difference {_fmt(point_mt - point_h6, '+.3f')} {_ci(lo, hi, '+.3f')}",
+                    verdict)
+
+        extra = [self.template_test(variant)] if fmt == "llama3" else []
+        return self.finding(f"UT-vs-XKD-z gap wider on MT-Bench ({FORMAT_LABEL.get(fmt, fmt)}) than on H6", variant,
+                            paper_text, "difference of the normalised gaps > 0 (95% interval)", measure, extra)
+
+    def code_survives(self, variant: str) -> Finding:
+        r = self.run
+
+        def measure(arm: Arm) -> tuple[str, str]:
+            point, lo, hi = _joint([r.code_acc(variant, arm("xkd_z")), r.code_acc(variant, "teacher")],
+                                   lambda s, t: s / t if t else math.nan)
+            return (f"{self.label(arm('xkd_z'))} keeps {_fmt(point, '.2f')} {_ci(lo, hi)} of the teacher's "
+                    "code-probe accuracy", _band(lo, hi, SURVIVE, above=True))
+
+        return self.finding("Code (absent from the transfer corpus) survives XKD-z", variant,
+                            "Llamion-Chat writes competent Python (qualitative, Appendix C)",
+                            f"share kept >= {SURVIVE} (95% interval)", measure)
+
+    def longctx_survives(self, variant: str) -> Finding | None:
+        r = self.run
+        t_runs = r.longctx.get((variant, "teacher"))
+        if not t_runs or not r.longctx.get((variant, "xkd_z")):
+            return None
+        tml = t_runs[0][0].get("train_max_length") or 0
+        points = [(src, n) for (src, n) in t_runs[0][1] if n > tml]
+        if not points:
+            return None
+        top = max(n for _, n in points)
+
+        def measure(arm: Arm) -> tuple[str, str]:
+            s_runs = r.longctx.get((variant, arm("xkd_z")))
+            if not s_runs:
+                return "–", "no data"
+            worst = None
+            for src, n in points:
+                if n != top:
+                    continue
+                s_sample = stats.seed_mean([found[(src, n)] for _, found in s_runs])
+                point, lo, hi = _joint([s_sample, t_runs[0][1][(src, n)]], lambda s, t: s / t)
+                if worst is None or point > worst[1]:
+                    worst = (src, point, lo, hi)
+            src, point, lo, hi = worst
+            return (f"{self.label(arm('xkd_z'))}: {src} @{top} tokens ({top // tml}x the transfer length), student / "
+                    f"teacher perplexity {_fmt(point, '.3f')} {_ci(lo, hi, '.3f')} (the worse source)",
+                    _band(lo, hi, LONGCTX_MARGIN, above=False))
+
+        return self.finding("Long context (beyond the transfer length) survives XKD-z", variant,
+                            "perplexity within a small margin of the teacher's at ~10x the XKD length",
+                            f"ratio < {LONGCTX_MARGIN} (95% interval)", measure)
+
+    def pilot(self, variant: str) -> Finding:
+        recs = self.run.pilot[variant]
+        first, last = recs[0], recs[-1]
+
+        def measure(_: Arm) -> tuple[str, str]:
+            cos = [float(c) for c in last.get("cos", [])]
+            mean = number(last, "cos_mean", path=f"pilot {variant}")
+            spread = f"; norm sites {min(cos):.2f}-{max(cos):.2f}" if cos else ""
+            verdict = "agrees" if mean >= PILOT_COS and mean > first["cos_mean"] else "disagrees"
+            return (f"mean cos(g, gamma) {first['cos_mean']:.2f} -> {mean:.2f} after {last['step']} steps{spread} "
+                    "(one run)", verdict)
+
+        return self.finding("Pilot: learnt RMSNorm weights converge toward gamma", variant,
+                            "the trained weights converge toward gamma (Appendix A)",
+                            f"final mean cosine >= {PILOT_COS} and rising", measure)
+
+
+FORMAT_LABEL = {"orion": "Orion", "llama3": "Llama-3"}
+METHOD_LABEL = {"ut": "UT", "xkd_h": "XKD-h", "xkd_z": "XKD-z"}
+
+
+def collect_findings(items: list[Item], *, train_init: str) -> list[Finding]:
+    """Every claim the run has the data for, in the paper's order (a claim whose models the run lacks is left
+    out)."""
+    run = RunResults(items)
+    c = Checker(run, train_init=train_init)
+    rows: list[Finding] = []
+    h6_variants = run.variants(run.h6)
+    mt_variants = list(dict.fromkeys(k[0] for k in run.mt))
+    fmts = [f for f in ("orion", "llama3") if any(k[2] == f and k[1] != "teacher" for k in run.mt)]
+    for v in h6_variants:
+        rows.append(c.opm_collapse(v))
+    for v in mt_variants:
+        rows += [c.opm_floor(v, fmt) for fmt in fmts]
+    for v in h6_variants:
+        rows.append(c.xkd_recovers(v))
+    for v in mt_variants:
+        rows += [c.xkd_recovers_mt(v, fmt) for fmt in fmts]
+    for v in h6_variants:
+        rows += [c.ordering(v, "xkd_h", "ut", metric="h6"), c.ordering(v, "xkd_z", "xkd_h", metric="h6"),
+                 c.ordering(v, "xkd_z", "ut", metric="h6")]
+    for v in mt_variants:
+        rows += [c.ordering(v, "xkd_z", "ut", metric="mt", fmt=fmt) for fmt in fmts]
+    for v in [v for v in mt_variants if v in h6_variants]:
+        rows += [c.generative_gap(v, fmt) for fmt in fmts]
+    for v in run.variants(run.code):
+        rows.append(c.code_survives(v))
+    for v in run.variants(run.longctx):
+        found = c.longctx_survives(v)
+        if found is not None:
+            rows.append(found)
+    for v in run.pilot:
+        rows.append(c.pilot(v))
+    return [r for r in rows if r.verdict != "no data"]  # claims whose models this run did not evaluate
+
+
+def findings_markdown(rows: list[Finding], *, header: str = "") -> str:
+    """The claims table, then the explanations and the table of their tests."""
+    import pandas as pd
+
+    frame = pd.DataFrame([{"Claim (paper)": r.claim, "Variant": r.variant, "Paper": r.paper,
+                           "This run (95% interval)": r.toy, "Verdict": r.verdict, "Criterion": r.criterion}
+                          for r in rows])
+    out = [header.rstrip() + "\n\n"] if header else []
+    out.append(frame.to_markdown(index=False) + "\n")
+    tests = [(r, t) for r in rows for t in r.tests]
+    if tests:
+        keys = list(dict.fromkeys(t.explanation for _, t in tests))
+        out.append("\n## Explanations tested\n\nFor every claim this run does not reproduce (or cannot separate), the "
+                   "same measurement on the alternatives of the run, judged by the claim's own criterion: the "
+                   "explanation is *supported* when the claim holds there, *not supported* when it fails there too, "
+                   "*inconclusive* when the interval straddles the criterion.\n\n")
+        out += [f"- **{k}**: {EXPLANATIONS[k]}.\n" for k in keys]
+        table = pd.DataFrame([{"Claim (paper)": r.claim, "Variant": r.variant, "Verdict": r.verdict,
+                               "Explanation": t.explanation, "Test": t.arm, "This run (95% interval)": t.figure,
+                               "Verdict there": t.verdict, "Explanation is": t.outcome} for r, t in tests])
+        out.append("\n" + table.to_markdown(index=False) + "\n")
+    return "".join(out)
+
+
+HEADER = """# Findings: the paper's claims against this run
+
+Generated by the rule `report_findings` (kept.report.findings) from the results of the run; do not edit by hand.
+Intervals are 95% paired-bootstrap percentile intervals over the evaluation's units ({iters} resamples: items of
+all H6 tasks, MT-Bench questions, code-probe items, long-context documents); orderings use a paired sign-flip
+permutation test over the same units. A row pools all training seeds of each student. Thresholds: collapse =
+keeps < {collapse} of the teacher's margin over chance (H6) or the floor (MT-Bench); recovers = regains >= {recover}
+of what OPM lost; survives = keeps >= {survive} of the teacher's code accuracy, or perplexity within
+{margin:.0%} of the teacher's. "not separable": the interval straddles the criterion.
+"""
+
+
+def write_findings(*, items: list[Item], md: str | Path, train_init: str) -> list[Finding]:
+    """Compute every finding, then write the Markdown page atomically."""
+    rows = collect_findings(items, train_init=train_init)
+    if not rows:
+        raise KeptError("findings: the run has none of the results the claims need")
+    text = findings_markdown(rows, header=HEADER.format(iters=stats.BOOTSTRAP_ITERS, collapse=COLLAPSE,
+                                                        recover=RECOVER, survive=SURVIVE, margin=LONGCTX_MARGIN - 1))
+    with atomic_file(md, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return rows
+
+
+__all__ = ["Finding", "collect_findings", "findings_markdown", "write_findings"]

@@ -1,0 +1,87 @@
+"""docs/findings.md from result files: each claim gets the run's figure, an interval, a verdict, and for a claim
+the run does not reproduce the experiment that tests an explanation (kept.report.findings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kept.errors import KeptError
+from kept.report.findings import collect_findings, write_findings
+from kept.report.inputs import Item
+from test_report import h6_items, judgments, longctx, mtbench
+
+
+def _grid(tmp_path: Path) -> list[Item]:
+    h6 = {("base", "teacher"): [0.9] * 6, ("base", "init-paper"): [0.3] * 6, ("base", "ut"): [0.65] * 6,
+          ("base", "xkd_h"): [0.55] * 6, ("base", "xkd_z"): [0.6] * 6, ("base", "xkd_z+broad"): [0.85] * 6,
+          ("base", "ut+broad"): [0.7] * 6, ("base", "xkd_z@exact"): [0.9] * 6}
+    items = [Item(it.variant, it.model, it.path, "h6", it.detail) for it in h6_items(tmp_path / "h6", h6)]
+    mt = {"teacher": 6, "init-paper": 1, "ut": 1, "xkd_z": 1, "xkd_h": 1, "xkd_z+broad": 5, "ut+broad": 3}
+    for model, level in mt.items():
+        fmts = ["orion"] if model == "teacher" else ["orion", "llama3"]
+        for fmt in fmts:
+            scores = [max(1, min(10, level + (q % 3) - 1)) for q in range(16)]
+            path = mtbench(tmp_path / "mt" / f"{model}-{fmt}.json", variant="base", model=model, fmt=fmt,
+                           t1=sum(scores) / 16, t2=sum(scores) / 16)
+            detail = judgments(tmp_path / "mt" / f"{model}-{fmt}.jsonl", model=model, t1=scores, t2=scores)
+            items.append(Item("base", model, path, f"mtbench-{fmt}", detail))
+    for model, acc in (("teacher", 0.5), ("xkd_z", 0.5)):
+        rows = [{"id": f"c{i}", "nll": 2.0, "tokens": 4, "correct": i < acc * 40} for i in range(40)]
+        details = tmp_path / f"{model}.items.jsonl"
+        details.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        summary = tmp_path / f"{model}-code.json"
+        summary.write_text(json.dumps({"model": model, "variant": "base", "ppl": 1.6, "accuracy": acc, "n": 40}))
+        items.append(Item("base", model, str(summary), "code", str(details)))
+    for model, scale in (("teacher", 3.0), ("xkd_z", 3.1)):
+        items.append(Item("longchat", model, longctx(tmp_path / f"lc-{model}.json", variant="longchat", model=model,
+                                                      scale=scale, docs=6), "longctx"))
+    pilot = tmp_path / "cosine.jsonl"
+    pilot.write_text("".join(json.dumps({"step": s, "cos_mean": c, "cos": [c - 0.02, c + 0.02]}) + "\n"
+                             for s, c in ((0, 0.1), (60, 0.8), (120, 0.96))))
+    items.append(Item("base", "pilot", str(pilot), "pilot"))
+    return items
+
+
+def test_findings_verdicts_and_experiments(tmp_path):
+    rows = {(r.claim, r.variant): r for r in collect_findings(_grid(tmp_path), train_init="paper")}
+    collapse = rows[("OPM (no training) collapses H6 towards chance", "base")]
+    assert collapse.verdict == "agrees" and "keeps 0.08" in collapse.toy  # (30 - 25) / (90 - 25)
+    assert not collapse.experiment  # a claim the run reproduces needs no explanation
+    recover = rows[("XKD-z (from OPM) recovers the teacher's H6", "base")]
+    assert recover.verdict == "disagrees" and "regains 0.50" in recover.toy
+    # the same measurement on each alternative of the run: the broad corpus (0.92) and the exact mapping (1.00)
+    tests = {t.arm: t for t in recover.tests}
+    assert tests["broad corpus"].figure.startswith("OPM + XKD-z (broad corpus) regains 0.92")
+    assert tests["broad corpus"].explanation == "corpus" and tests["broad corpus"].outcome == "inconclusive"
+    exact = tests["from the exact mapping"]
+    assert exact.figure == "Exact + XKD-z regains 1.00 [1.00, 1.00] of what OPM lost"
+    assert (exact.explanation, exact.verdict, exact.outcome) == ("init", "agrees", "supported")
+    order = rows[("XKD-h > UT (H6)", "base")]
+    assert order.verdict == "disagrees" and "-10.00 H6 points" in order.toy
+    # no XKD-h on the broad corpus: XKD-z stands for XKD against UT there (85 vs 70)
+    assert "OPM + XKD-z (broad corpus) - OPM + UT (broad corpus) = +15.00 H6 points" in order.experiment
+    assert rows[("XKD-z >= XKD-h (H6)", "base")].verdict == "agrees"  # +5 points on 36 items, all one way
+    mt = rows[("XKD-z (from OPM) recovers the teacher's MT-Bench (Orion format)", "base")]
+    assert mt.verdict == "disagrees" and "OPM + XKD-z (broad corpus) regains 0.7" in mt.experiment
+    gap = rows[("UT-vs-XKD-z gap wider on MT-Bench (Orion) than on H6", "base")]
+    assert gap.verdict == "not separable"  # MT-Bench gap 0: "wider" needs XKD-z ahead on MT-Bench at all
+    assert rows[("Code (absent from the transfer corpus) survives XKD-z", "base")].verdict == "agrees"
+    assert rows[("Long context (beyond the transfer length) survives XKD-z", "longchat")].verdict == "agrees"
+    assert rows[("Pilot: learnt RMSNorm weights converge toward gamma", "base")].verdict == "agrees"
+
+    md = tmp_path / "findings.md"
+    write_findings(items=_grid(tmp_path / "again"), md=md, train_init="paper")
+    text = md.read_text()
+    assert text.startswith("# Findings") and "| Claim (paper)" in text and "## Explanations tested" in text
+    assert "| Explanation is" in text and "- **corpus**: the transfer corpus" in text
+    assert text.count("\n| ") >= len(rows)
+
+
+def test_findings_bad_input(tmp_path):
+    items = _grid(tmp_path)
+    items[0] = Item("base", "teacher", items[0].path, "bogus")
+    with pytest.raises(KeptError, match="unknown findings input kind 'bogus'"):
+        collect_findings(items, train_init="paper")
