@@ -333,12 +333,17 @@ def fidelity_report(
                       for t in ht)
             return math.sqrt(num / max(den, 1e-300))
 
+        who_t, who_s = f"teacher {teacher}", "converted student"
+        _check_stream(who_t, ht, "model.embed_tokens.weight")
+        _check_stream(who_s, hs, "model.embed_tokens.weight")
         layer_err = [slot_error()]
         for i in range(t_model.num_layers):
             layer = t_model.load_layer(i)
             ht = [layer(h, attention_mask=None, position_embeddings=p) for h, p in zip(ht, pos_t)]
+            _check_stream(who_t, ht, f"model.layers.{i}.*")
             layer = s_model.load_layer(i)
             hs = [layer(h, attention_mask=None, position_embeddings=p) for h, p in zip(hs, pos_s)]
+            _check_stream(who_s, hs, f"model.layers.{i}.*")
             layer_err.append(slot_error())
             if progress:
                 progress(f"fidelity: layer {i + 1}/{t_model.num_layers} rel err {layer_err[-1]:.3e}")
@@ -366,10 +371,24 @@ def fidelity_report(
         report: dict[str, Any] = {"n_tokens": int(ids.numel()), **stats.result(), "layer_rel_err": layer_err}
         if offset is not None:
             report["offset_corrected"] = fixed.result()
+        bad = [k for k, v in report.items() if isinstance(v, float) and not math.isfinite(v)]
+        bad += [f"layer_rel_err[{i}]" for i, v in enumerate(layer_err) if not math.isfinite(v)]
+        bad += [f"offset_corrected.{k}" for k, v in report.get("offset_corrected", {}).items() if not math.isfinite(v)]
+        if bad:
+            raise CheckpointError(f"fidelity report of {teacher}: metric {bad[0]} is not finite: the logits of "
+                                  "lm_head.weight after model.norm.weight overflow in float32")
         return report
     finally:
         t_model.close()
         s_model.close()
+
+
+def _check_stream(who: str, hidden: list[torch.Tensor], tensors: str) -> None:
+    """The residual stream must stay finite: a NaN or Inf names the model and the tensors that produced it."""
+    for h in hidden:
+        if not bool(torch.isfinite(h).all()):
+            raise CheckpointError(f"{who}: the residual stream is not finite after {tensors} (float32 forward pass "
+                                  "of the fidelity report): those weights overflow")
 
 
 def fidelity_markdown(report: dict[str, Any]) -> str:

@@ -7,14 +7,15 @@ Hub snapshots hold the weights, config and tokenizer files only (:data:`ALLOW_PA
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from kept.atomic import atomic_dir
-from kept.errors import ConfigError
+from kept.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,12 @@ def fetch_source(*, repo: str, revision: str, output: str | Path) -> dict[str, A
         raise ConfigError(f"hub repository {repo!r} is not of the form owner/name")
     if not revision:
         raise ConfigError(f"{repo}: a revision is required")
-    sha = HfApi().model_info(repo, revision=revision).sha
+    with _hub_errors(repo, revision, output):
+        sha = HfApi().model_info(repo, revision=revision).sha
     if not SHA.match(revision):
         log.warning("%s: revision %r is not a commit SHA; resolved to %s (pin it for reproducibility)",
                     repo, revision, sha)
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output) as tmp, _hub_errors(repo, revision, output):
         snapshot_download(
             repo_id=repo,
             revision=sha,
@@ -69,6 +71,28 @@ def fetch_source(*, repo: str, revision: str, output: str | Path) -> dict[str, A
                   "allow_patterns": ALLOW_PATTERNS}
         (tmp / "SOURCE.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+@contextlib.contextmanager
+def _hub_errors(repo: str, revision: str, output: str | Path) -> Iterator[None]:
+    """The hub's own errors as one line naming the repository, revision and what to do."""
+    from huggingface_hub import errors as hub
+
+    where = f"{repo}@{revision}"
+    try:
+        yield
+    except hub.OfflineModeIsEnabled:
+        raise ConfigError(f"{where}: HF_HUB_OFFLINE is set and there is no downloaded snapshot at {output}; "
+                          "unset HF_HUB_OFFLINE to download it, or give a local checkpoint directory") from None
+    except hub.GatedRepoError:
+        raise ConfigError(f"{where}: the repository is gated; accept its terms on the hub and log in "
+                          "(huggingface-cli login), or give a local checkpoint directory") from None
+    except hub.RepositoryNotFoundError:
+        raise ConfigError(f"{where}: no such repository on the hub (or it is private: log in first)") from None
+    except hub.RevisionNotFoundError:
+        raise ConfigError(f"{where}: the repository has no revision {revision!r}") from None
+    except hub.HfHubHTTPError as exc:
+        raise CheckpointError(f"{where}: hub request failed ({' '.join(str(exc).split())[:300]})") from None
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str] | None:

@@ -31,7 +31,9 @@ from kept.eval.judge import (
 
 class FakeOpenAI:
     """A chat-completions endpoint on 127.0.0.1. ``script`` is a list of actions consumed one per request
-    (then ``default``): ("ok", text), ("status", code), ("sleep", seconds, text), ("garbage",), ("echo_auth",)."""
+    (then ``default``): ("ok", text), ("status", code), ("sleep", seconds, text), ("garbage",), ("echo_auth",),
+    ("echo_status", code): the Authorization header echoed in the status line, a response header and the body,
+    ("echo_stall", seconds): a 200 whose body starts with the Authorization header and then stalls."""
 
     def __init__(self, script=None, default=("ok", "Good. Rating: [[8]]")):
         self.script, self.default, self.requests = list(script or []), default, []
@@ -51,6 +53,24 @@ class FakeOpenAI:
                     self.send_response(action[1])
                     self.end_headers()
                     self.wfile.write(b'{"error": {"message": "nope"}}')
+                    return
+                auth = self.headers.get("Authorization", "")
+                if action[0] == "echo_status":
+                    body = json.dumps({"error": {"message": f"bad credentials: {auth}", "key": auth}}).encode()
+                    self.send_response(action[1], f"Denied for {auth}")
+                    self.send_header("WWW-Authenticate", auth)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                if action[0] == "echo_stall":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    self.wfile.write(f'{{"echo": "{auth}", '.encode())
+                    self.wfile.flush()
+                    time.sleep(action[1])
                     return
                 if action[0] == "sleep":
                     time.sleep(action[1])
