@@ -86,16 +86,22 @@ def parse_size(text: str | int) -> int:
 
 
 class _Source:
-    """The conversion's access to the source tensors: mapped windows, each checked finite the first time it is
-    read, small (1-D) tensors kept on the side, and a record of which tensors were checked, so that the ones no
-    step reads (dropped tensors) can be checked at the end."""
+    """The conversion's access to the source tensors: mapped windows, small (1-D) tensors kept on the side,
+    row blocks for the arithmetic, and a record of which tensors were checked finite, so that the ones no step
+    reads (dropped tensors) are checked at the end.
 
-    def __init__(self, reader: TensorReader) -> None:
+    A tensor copied as it is, or dropped, is checked over its mapped bytes (:func:`all_finite`). A tensor the
+    arithmetic reads is checked for free by the reduction the arithmetic computes anyway (:meth:`verify`): a sum
+    or dot product over every element is NaN or infinite whenever one element is (NaN and Inf propagate through
+    sums and products with finite numbers)."""
+
+    def __init__(self, reader: TensorReader, *, arith: torch.dtype = torch.float64) -> None:
         self.reader = reader
         self.where = reader.directory
+        self.arith = arith  # dtype of the mapping arithmetic (see arith_dtype)
         self.checked: set[str] = set()
         self._small: dict[str, torch.Tensor] = {}
-        self._work = torch.empty(BLOCK_BYTES // 8, dtype=torch.float64)
+        self._work: dict[torch.dtype, torch.Tensor] = {}
 
     def _fail(self, name: str) -> CheckpointError:
         return CheckpointError(f"{self.where / self.reader.info(name).file}: tensor {name!r} contains NaN or Inf")
@@ -140,25 +146,35 @@ class _Source:
             for _ in self.windows(name):
                 pass
 
-    def blocks(self, name: str) -> Iterator[torch.Tensor]:
-        """Row blocks of ``name`` copied into the float64 work buffer (each valid until the next). Each block's
-        source bytes are checked just before the copy, while they are in cache."""
+    def blocks(self, name: str, dtype: torch.dtype | None = None) -> Iterator[torch.Tensor]:
+        """Row blocks of ``name`` copied into the work buffer of ``dtype`` (default :attr:`arith`), each valid until
+        the next; unchecked: the caller passes a reduction over all of them to :meth:`verify`."""
+        dtype = dtype or self.arith
         ti = self.reader.info(name)
         cols = math.prod(ti.shape[1:]) if len(ti.shape) > 1 else 1
-        rows = max(1, BLOCK_BYTES // (8 * cols))
-        if rows * cols > self._work.numel():  # a single row larger than the block
-            self._work = torch.empty(rows * cols, dtype=torch.float64)
-        check = name not in self.checked
+        rows = max(1, BLOCK_BYTES // (dtype.itemsize * cols))
+        if dtype not in self._work or rows * cols > self._work[dtype].numel():
+            self._work[dtype] = torch.empty(max(rows * cols, BLOCK_BYTES // dtype.itemsize), dtype=dtype)
+        buf = self._work[dtype]
         for win in self.windows(name, rows_per_block=rows, check=False):
             flat = win.reshape(win.shape[0], -1) if win.dim() > 1 else win.reshape(-1, 1)
             for r in range(0, flat.shape[0], rows):
                 src = flat[r : r + rows]
-                if check and not all_finite(src):
-                    raise self._fail(name)
-                work = self._work[: src.numel()].view(src.shape)
+                work = buf[: src.numel()].view(src.shape)
                 work.copy_(src)
                 yield work
-        self.checked.add(name)
+
+    def verify(self, name: str, reduced: torch.Tensor, *, done: bool = True) -> None:
+        """``reduced``: sums or dot products (with finite factors) covering elements of ``name``; if one is not
+        finite, the tensor holds a NaN or Inf (or its values overflow the arithmetic). ``done``: every element of
+        ``name`` has now been covered."""
+        if not bool(torch.isfinite(reduced).all()):
+            self.checked.discard(name)
+            self.check(name)  # names a NaN or Inf precisely
+            raise CheckpointError(f"{self.where / self.reader.info(name).file}: tensor {name!r} overflows in "
+                                  f"{str(reduced.dtype).removeprefix('torch.')} arithmetic")
+        if done:
+            self.checked.add(name)
 
 
 def _produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -172,12 +188,13 @@ def _produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, 
         yield gains[step.target]
         return
     if op == "fold":  # b = W @ beta, W [out, in]
-        beta = src.small(step.sources[1]).double()
-        bias = torch.empty(step.shape[0], dtype=torch.float64)
+        beta = src.small(step.sources[1]).to(src.arith)
+        bias = torch.empty(step.shape[0], dtype=src.arith)
         r = 0
         for blk in src.blocks(step.sources[0]):
             torch.mv(blk, beta, out=bias[r : r + blk.shape[0]])
             r += blk.shape[0]
+        src.verify(step.sources[0], bias)
         yield bias
         return
     name = step.sources[0]
@@ -189,19 +206,33 @@ def _produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, 
                 yield win[r : r + rows] if win.dim() else win
     elif op == "center_rows":  # rows written into the stream: E - E.mean(dim=1)
         for blk in src.blocks(name):
-            blk -= blk.mean(dim=1, keepdim=True)
+            mean = blk.mean(dim=1, keepdim=True)
+            src.verify(name, mean, done=False)
+            blk -= mean
             yield blk
+        src.verify(name, torch.zeros(()))
     elif op == "center_out":  # [out, in] projection into the stream: W - W.mean(dim=0)
         shape = src.reader.info(name).shape
-        col = torch.zeros(shape[1:], dtype=torch.float64)
+        col = torch.zeros(shape[1:], dtype=src.arith)
+        ones = torch.ones(BLOCK_BYTES // (src.arith.itemsize * max(1, shape[1])) + 1, dtype=src.arith)
         for blk in src.blocks(name):
-            col.addmv_(blk.T, torch.ones(blk.shape[0], dtype=torch.float64))  # column sums, a BLAS pass
+            col.addmv_(blk.T, ones[: blk.shape[0]])  # column sums, a BLAS pass
         col /= shape[0]
+        src.verify(name, col)
         for blk in src.blocks(name):
             blk -= col
             yield blk
     else:  # pragma: no cover - plan_conversion only emits the ops above
         raise AssertionError(f"unknown op {op!r}")
+
+
+def arith_dtype(out_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the mapping arithmetic (centring, folding) for an output dtype: float64 for float32/float64
+    outputs, float32 for bfloat16/float16 outputs (16/13 more mantissa bits than the output). Each output element
+    is then a neighbour of the exact value and equals the float64 path's correctly rounded one except within a
+    hair of a rounding boundary (tests/test_convert.py; 8e-6 of the elements of the 2.2 GB bench checkpoint).
+    The final-norm logit offset is always float64."""
+    return torch.float64 if out_dtype.itemsize >= 4 else torch.float32
 
 
 def _kernel_copy(step: Step, src: _Source, out_dtype: torch.dtype) -> bool:
@@ -460,11 +491,10 @@ def final_norm_offset(src: _Source) -> torch.Tensor:
     beta = src.small("model.norm.bias").double()
     offset = torch.empty(src.reader.info("lm_head.weight").shape[0], dtype=torch.float64)
     r = 0
-    for blk in src.blocks("lm_head.weight"):
+    for blk in src.blocks("lm_head.weight", torch.float64):
         torch.mv(blk, beta, out=offset[r : r + blk.shape[0]])
         r += blk.shape[0]
-    if not bool(torch.isfinite(offset).all()):  # finite inputs can still overflow
-        raise CheckpointError(f"{src.where}: lm_head.weight @ model.norm.bias overflows (not finite)")
+    src.verify("lm_head.weight", offset)  # also the finiteness check of lm_head.weight
     return offset
 
 
@@ -601,13 +631,14 @@ def convert_checkpoint(
                 if not bool(torch.isfinite(g).all()):
                     raise CheckpointError(f"{calibration}: fitted gain {site!r} is not finite")
 
-        src = _Source(reader)
+        src = _Source(reader, arith=arith_dtype(out_dtype))
         offset = final_norm_offset(src)
         chat = _is_chat(source) if chat is None else chat
         with atomic_dir(output, inputs=inputs, overwrite=overwrite, hint=OVERWRITE_HINT) as tmp:
             write_weights(reader=src, plan=plan, out_dir=tmp, out_dtype=out_dtype,
                           max_shard_size=max_bytes, gains=gains)
-            del src  # release the work buffer before the fidelity pass
+            same_head = reader.info("lm_head.weight").dtype == out_dtype  # the head is copied as stored
+            del src  # release the work buffers before the fidelity pass
             (tmp / "config.json").write_text(json.dumps(plan.llama_config, indent=2) + "\n")
             (tmp / "generation_config.json").write_text(json.dumps(_generation_config(source, cfg), indent=2) + "\n")
             write_tokenizer(model_file=tok_model, output=tmp, model_max_length=cfg["max_position_embeddings"],
@@ -639,6 +670,7 @@ def convert_checkpoint(
                 report.update(fidelity_report(
                     teacher=source, student=tmp, centred=norm in CENTRED_NORMS, ids=ids,
                     logit_offset=offset if norm == "exact" else None, device=device, progress=log.info,
+                    same_head=same_head,
                 ))
             (tmp / "fidelity.json").write_text(_json(report))
             (tmp / "fidelity.md").write_text(fidelity_markdown(report))
