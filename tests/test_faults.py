@@ -294,6 +294,21 @@ def _inf_copied(ctx: Ctx) -> None:
     _bad_tensor(ctx, "model.layers.0.self_attn.q_proj.weight", float("inf"), "paper")
 
 
+@case("NaN in q_proj (kernel-copied, checked by its fold), --norm exact", "exit 1, names the tensor")
+def _nan_folded(ctx: Ctx) -> None:
+    _bad_tensor(ctx, "model.layers.0.self_attn.q_proj.weight", float("nan"), "exact")
+
+
+@case("Inf in down_proj (centred columns), --norm centered", "exit 1, names the tensor")
+def _inf_centred(ctx: Ctx) -> None:
+    _bad_tensor(ctx, "model.layers.0.mlp.down_proj.weight", float("inf"), "centered")
+
+
+@case("NaN in lm_head (checked by the final-norm offset), --norm paper", "exit 1, names the tensor")
+def _nan_head(ctx: Ctx) -> None:
+    _bad_tensor(ctx, "lm_head.weight", float("nan"), "paper")
+
+
 @case("NaN in the embedding (centred rows), --norm centered", "exit 1, names the tensor")
 def _nan_embedding(ctx: Ctx) -> None:
     _bad_tensor(ctx, "model.embed_tokens.weight", float("nan"), "centered")
