@@ -1,10 +1,14 @@
 """Convert an Orion checkpoint into a stock ``LlamaForCausalLM`` checkpoint (NPM + OPM), streaming.
 
-One source tensor is read at a time (:class:`kept.checkpoint.TensorReader`), transformed in float64 row blocks
-and written straight into its safetensors shard, whose header is planned from the mapping before any weight is
-read. Resident memory therefore stays near the largest single tensor, whatever the checkpoint's size. The whole
-output -- weights, config, tokenizer, fidelity report -- is written into a temporary directory that is renamed
-into place only when everything succeeded.
+One source tensor is read at a time (:class:`kept.checkpoint.TensorReader`, through mapped windows of the page
+cache) and written straight into its safetensors shard, whose header is planned from the mapping before any weight
+is read: a tensor the mapping leaves byte-identical is copied file to file by the kernel, the others are computed
+in cache-sized row blocks (float64, or float32 for bfloat16/float16 outputs: :func:`arith_dtype`). Copies and
+writes run on two I/O threads beside the arithmetic. Every source tensor is checked (floating dtype, shape, finite
+values, the dropped ones included). Resident memory stays near a window plus a few buffers, whatever the
+checkpoint's size. The whole output -- weights, config, tokenizer, fidelity report -- is written into a temporary
+directory that replaces ``output`` only when everything succeeded, and only if ``output`` is ours
+(:mod:`kept.atomic`).
 """
 
 from __future__ import annotations

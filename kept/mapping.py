@@ -6,7 +6,8 @@ The ``exact`` mapping adds the biases of :data:`FOLDED_BIASES`. :func:`plan_conv
 one checkpoint and one norm mapping, and accounts for every tensor: a source tensor that matches no entry, an
 Orion tensor that is missing, or a Llama tensor that nothing writes is a :class:`MappingError` naming it.
 
-Rules (what each target tensor is computed from; arithmetic in float64 in :mod:`kept.convert`):
+Rules (what each target tensor is computed from; arithmetic in :mod:`kept.convert`, float64 for float32 outputs
+and float32 for bfloat16/float16 outputs, see ``kept.convert.arith_dtype``):
 
 * ``copy``          NPM: identity.
 * ``stream_in``     rows written into the residual stream (embedding rows). Identity, or with ``centered`` and
