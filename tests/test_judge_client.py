@@ -235,3 +235,23 @@ def test_missing_reference_answer_fails_before_any_call(tmp_path):
             judge_answers(JudgeConfig(answers=str(answers), questions=str(questions), output=str(tmp_path / "j"),
                                       prompts=str(write_prompts(tmp_path / "p.jsonl"))), b)
     assert srv.requests == []
+
+
+def test_redactor_removes_the_key_in_every_form_and_url_credentials():
+    from kept.eval.judge import Redactor
+
+    r = Redactor()
+    key = "sk-a/b+c=d\"e"
+    r.add(key)
+    import urllib.parse
+
+    text = (f"raw {key} | url {urllib.parse.quote(key, safe='')} | form {urllib.parse.quote_plus(key)} | "
+            f"json {json.dumps(key)} | https://user:hunter2@judge.example/v1?api-key=zzz123&model=m | "
+            "Authorization: Bearer unregistered-token-0123456789")
+    out = r(text)
+    for leaked in (key, urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key), json.dumps(key)[1:-1],
+                   "hunter2", "zzz123", "unregistered-token-0123456789"):
+        assert leaked not in out, (leaked, out)
+    assert "model=m" in out and "judge.example" in out  # only the secrets go
+    record = logging.LogRecord("kept.eval.judge", logging.WARNING, __file__, 1, "call failed (%s)", (key,), None)
+    assert r.filter(record) and key not in record.getMessage()
