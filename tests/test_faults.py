@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -258,6 +259,25 @@ def _stale_tmp(ctx: Ctx) -> None:
     ctx.run(convert(ctx, src, out), status=0, own=(out, stale),
             note="stale temporary removed, foreign .tmp-* kept")
     assert not stale.exists() and (foreign / "x").is_file()
+
+
+@case("kill -9 mid-conversion, then rerun (real processes)", "killed run leaves only its .tmp-*; rerun exit 0, removes it")
+def _killed(ctx: Ctx) -> None:
+    src, out = ctx.src(), ctx.root / "llama"
+    argv = [KEPT, *convert(ctx, src, out)]
+    argv[argv.index("--fidelity-tokens") + 1] = "16"  # the fidelity pass keeps the temporary alive a while
+    before = tree(ctx.root)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(ctx.root.glob(".tmp-llama-*/config.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)  # weights written, fidelity pass under way
+    proc.kill()
+    assert proc.wait() == -9
+    left = list(ctx.root.glob(".tmp-llama-*"))
+    assert len(left) == 1 and not out.exists()
+    ctx.run(convert(ctx, src, out), status=0, own=(out, left[0]), before=before,
+            note="killed run's temporary removed by the rerun")
+    assert not list(ctx.root.glob(".tmp-*"))
 
 
 # ---- bad tensors --------------------------------------------------------------------------------------------
