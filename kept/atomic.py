@@ -6,7 +6,8 @@ cache, evaluation outputs, the corpus, the world ...):
 * **Atomic**: the output is written into a temporary sibling ``.tmp-<name>-<host>-<pid>-<random>`` and renamed into
   place only when complete, so a crash or kill mid-write never leaves an output that looks complete.
 * **Ownership**: a directory output carries the marker file :data:`MARKER`. An existing ``final`` is replaced only
-  if it carries the marker (we wrote it) or is empty; anything else -- a foreign directory, a file -- is refused
+  if it carries the marker (we wrote it) or holds no files (empty, or only empty directories, as Snakemake creates
+  them for a job's declared outputs); anything else -- a foreign directory, a file -- is refused
   with one line saying why, unless the caller passes ``overwrite=True`` (the user asked, e.g.
   ``kept convert --overwrite``). An output that equals, contains or lies inside one of its own inputs is always
   refused: replacing it would delete the input.
@@ -108,6 +109,19 @@ def is_ours(path: str | os.PathLike) -> bool:
     return path.is_dir() and not path.is_symlink() and (path / MARKER).is_file()
 
 
+def holds_files(path: str | os.PathLike) -> bool:
+    """Whether a directory holds anything but (nested) empty directories -- something that could be lost.
+    (Snakemake creates the parent directories of a job's declared outputs before the job runs.)"""
+    for _dirpath, dirnames, filenames in os.walk(path, onerror=_raise):
+        if filenames or any(os.path.islink(os.path.join(_dirpath, d)) for d in dirnames):
+            return True
+    return False
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
 def _resolved(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(Path(path).expanduser())).resolve()
 
@@ -119,8 +133,8 @@ def check_output(
     """Refuse (:class:`OutputError`, one line) an output that may not be written at ``final``.
 
     Always refused: ``final`` equal to an input, containing one, or inside one. Refused unless ``overwrite``:
-    an existing ``final`` that is not ours (:func:`is_ours`) and not an empty directory. ``hint`` ends the
-    message (what the user can do)."""
+    an existing ``final`` that is not ours (:func:`is_ours`) and holds files (:func:`holds_files`). ``hint`` ends
+    the message (what the user can do)."""
     final = Path(final)
     target = _resolved(final)
     for src in inputs:
@@ -136,12 +150,13 @@ def check_output(
     if not (final.exists() or final.is_symlink()):
         return
     if final.is_dir() and not final.is_symlink():
+        if is_ours(final) or overwrite:
+            return
         try:
-            empty = not any(final.iterdir())
+            if not holds_files(final):
+                return
         except OSError as exc:
             raise os_fault(exc, path=final) or exc from None
-        if empty or is_ours(final) or overwrite:
-            return
         raise OutputError(f"{final}: exists and was not written by kept (no {MARKER} marker); refusing to "
                           f"replace it: {hint}")
     if not overwrite:
@@ -151,13 +166,13 @@ def check_output(
 
 
 def remove_output(path: str | os.PathLike) -> None:
-    """Delete a directory output this package wrote (:func:`is_ours`) or an empty directory; anything else is
+    """Delete a directory output this package wrote (:func:`is_ours`) or one holding no files; anything else is
     refused with an :class:`OutputError`. A missing ``path`` is fine."""
     path = Path(path)
     if not (path.exists() or path.is_symlink()):
         return
     with os_faults(path):
-        if is_ours(path) or (path.is_dir() and not path.is_symlink() and not any(path.iterdir())):
+        if is_ours(path) or (path.is_dir() and not path.is_symlink() and not holds_files(path)):
             shutil.rmtree(path)
             return
     raise OutputError(f"{path}: not written by kept (no {MARKER} marker); refusing to delete it: move it away")
