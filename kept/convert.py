@@ -25,7 +25,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -410,21 +410,23 @@ def write_weights(
     out_dtype: torch.dtype,
     max_shard_size: int,
     gains: dict[str, torch.Tensor] | None = None,
+    after: Callable[[_Source], Any] | None = None,
 ) -> dict[str, Any]:
     """Stream every target tensor of ``plan`` into safetensors shards + index under ``out_dir``.
 
     Each shard's header is written first and its full size reserved (a full disk fails here, before any
-    weight is read). Tensors the mapping leaves byte-identical are copied file to file by the kernel while
-    their bytes are checked; the others are computed block by block and written. Every source tensor is
-    checked finite, including those no step reads (dropped biases, RoPE buffers)."""
+    weight is read). Tensors the mapping leaves byte-identical are copied file to file by the kernel; the others
+    are computed block by block and written. Once every copy and write is queued, and while they run, ``after``
+    gets the source (the final-norm offset reads the LM head then) and every source tensor not checked finite yet
+    is checked: the copied ones, and those no step reads (dropped biases, RoPE buffers)."""
     src = reader if isinstance(reader, _Source) else _Source(reader)
     shards = plan_shards(plan.steps, itemsize=out_dtype.itemsize, max_bytes=max_shard_size)
     weight_map: dict[str, str] = {}
-    folded = {s.sources[0] for s in plan.steps if s.op == "fold"}  # their fold step reads (and checks) them
     out = _Output(out_dtype)
     fds: list[int] = []
     done = False
     try:
+        placed: list[tuple[Step, int, int]] = []  # (step, file descriptor, offset in the file)
         for shard in shards:
             path = out_dir / shard.name
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
@@ -434,24 +436,30 @@ def write_weights(
             _pwrite_all(fd, memoryview(header), 0)
             pos = len(header)
             for step in shard.steps:
-                want = math.prod(step.shape) * out_dtype.itemsize
-                if _kernel_copy(step, src, out_dtype):
-                    name = step.sources[0]
-                    info = src.reader.info(name)
-                    out.copy(src.reader.fileno(name), info.data_offset, fd, pos, want)
-                    if name not in folded:
-                        src.check(name)  # reads the same pages as the copy, meanwhile
-                    got = want
-                else:
-                    got = 0
-                    for blk in _produce(step, src, out_dtype, gains or {}):
-                        got += out.write(fd, pos + got, blk)
-                if got != want:  # pragma: no cover - guards the header/data agreement
-                    raise AssertionError(f"{step.target}: wrote {got} bytes, header says {want}")
+                placed.append((step, fd, pos))
                 weight_map[step.target] = shard.name
-                pos += want
-            log.info("wrote %s (%d tensors)", shard.name, len(shard.steps))
-        for name in src.reader.names():  # dropped tensors, and any no step read
+                pos += math.prod(step.shape) * out_dtype.itemsize
+        # Every kernel copy first (they need no arithmetic, so the copy thread is busy from the start), then the
+        # computed tensors, whose writes go to the other I/O thread.
+        computed = []
+        for step, fd, pos in placed:
+            if _kernel_copy(step, src, out_dtype):
+                info = src.reader.info(step.sources[0])
+                out.copy(src.reader.fileno(step.sources[0]), info.data_offset, fd, pos, info.nbytes)  # checked below
+            else:
+                computed.append((step, fd, pos))
+        for step, fd, pos in computed:
+            want = math.prod(step.shape) * out_dtype.itemsize
+            got = 0
+            for blk in _produce(step, src, out_dtype, gains or {}):
+                got += out.write(fd, pos + got, blk)
+            if got != want:  # pragma: no cover - guards the header/data agreement
+                raise AssertionError(f"{step.target}: wrote {got} bytes, header says {want}")
+        log.info("%d tensors in %d shards queued (%d copied as stored)", len(placed), len(shards),
+                 len(placed) - len(computed))
+        if after is not None:
+            after(src)
+        for name in src.reader.names():  # copied and dropped tensors: any not checked by the arithmetic
             src.check(name)
         out.close()
         done = True
@@ -645,11 +653,12 @@ def convert_checkpoint(
                     raise CheckpointError(f"{calibration}: fitted gain {site!r} is not finite")
 
         src = _Source(reader, arith=arith_dtype(out_dtype))
-        offset = final_norm_offset(src)
         chat = _is_chat(source) if chat is None else chat
         with atomic_dir(output, inputs=inputs, overwrite=overwrite, hint=OVERWRITE_HINT) as tmp:
-            write_weights(reader=src, plan=plan, out_dir=tmp, out_dtype=out_dtype,
-                          max_shard_size=max_bytes, gains=gains)
+            offsets: list[torch.Tensor] = []
+            write_weights(reader=src, plan=plan, out_dir=tmp, out_dtype=out_dtype, max_shard_size=max_bytes,
+                          gains=gains, after=lambda s: offsets.append(final_norm_offset(s)))
+            offset = offsets[0]
             same_head = reader.info("lm_head.weight").dtype == out_dtype  # the head is copied as stored
             del src  # release the work buffers before the fidelity pass
             (tmp / "config.json").write_text(json.dumps(plan.llama_config, indent=2) + "\n")
