@@ -9,8 +9,9 @@ the typed storage classes, ``OrderedDict``, dtypes) and answers anything else --
 any class -- with a :class:`CheckpointError` before it can run. The rebuild functions are our own stand-ins
 that record where each tensor's bytes live; a tensor's bytes are read from its zip member (stored
 uncompressed by ``torch.save``) only when :meth:`TensorReader.get` asks for it, straight into a fresh
-buffer. No file is memory-mapped, so the resident memory of a streaming consumer stays near the size of the
-tensor it holds, not the size of a shard.
+buffer, or mapped a window of rows at a time (:meth:`TensorReader.mapped_rows`), so the resident memory of a
+streaming consumer stays near the size of what it holds, not the size of a shard. :func:`all_finite` checks a
+tensor for NaN/Inf as integers, without temporaries.
 """
 
 from __future__ import annotations
