@@ -14,7 +14,10 @@ directory that replaces ``output`` only when everything succeeded, and only if `
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import errno
+import functools
 import json
 import logging
 import math
@@ -55,9 +58,6 @@ def bound_heap(threshold: int = 1 << 20) -> bool:
     pass. A fixed threshold returns every freed block to the system at once, so resident memory tracks what is
     live. Process-wide and harmless elsewhere; a no-op (False) off glibc.
     """
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
@@ -475,16 +475,32 @@ def write_weights(
 
 
 def _reserve(fd: int, nbytes: int, path: Path) -> None:
-    """Reserve the file's blocks up front where the file system can (a full disk fails now, not mid-way)."""
-    if not hasattr(os, "posix_fallocate"):
+    """Reserve the file's blocks up front where the file system can (a full disk fails now, not mid-way).
+
+    Linux's ``fallocate`` system call, never glibc's ``posix_fallocate`` emulation, which writes every block once
+    more on file systems without it (some network file systems)."""
+    fallocate = _fallocate()
+    if fallocate is None:
         return
+    if fallocate(fd, 0, ctypes.c_int64(0), ctypes.c_int64(nbytes)) == 0:
+        return
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+        return
+    raise OSError(err, os.strerror(err), str(path))
+
+
+@functools.lru_cache(maxsize=1)
+def _fallocate() -> Any:
+    """libc's ``fallocate`` (Linux), or None."""
     try:
-        os.posix_fallocate(fd, 0, nbytes)
-    except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            return
-        exc.filename = str(path)
-        raise
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.fallocate64 if hasattr(libc, "fallocate64") else libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 # ---- checks on the source ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ file of the tree is hashed before and after). The table of cases -- case, expect
 the end of the module (``pytest -s tests/test_faults.py``) and written to ``$KEPT_FAULTS_TABLE`` when set.
 
 OS faults are injected at the system-call boundary (``os.pwrite``, ``os.copy_file_range``,
-``os.posix_fallocate``, ``os.mkdir``, ``io.open`` raising the errno a full disk, a read-only file system or a
+libc's ``fallocate``, ``os.mkdir``, ``io.open`` raising the errno a full disk, a read-only file system or a
 missing permission gives), so they are deterministic and do not need root or a special file system.
 """
 
@@ -419,13 +419,18 @@ def _enospc(ctx: Ctx) -> None:
     ctx.run(convert(ctx, src, out), status=1, needles=(str(out), "full"))
 
 
-@case("disk full at the space reservation (posix_fallocate)", "exit 1, names the shard file, says full")
+@case("disk full at the space reservation (fallocate)", "exit 1, names the shard file, says full")
 def _enospc_reserve(ctx: Ctx) -> None:
+    import ctypes
+
+    import kept.convert
+
     src, out = ctx.src(), ctx.root / "out"
 
-    def full(fd, offset, length):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    ctx.monkeypatch.setattr(os, "posix_fallocate", full)
+    def full(fd, mode, offset, length):  # libc's fallocate failing as on a full disk
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+    ctx.monkeypatch.setattr(kept.convert, "_fallocate", lambda: full)
     ctx.run(convert(ctx, src, out), status=1, needles=(str(out / "model-00001-of-00001.safetensors"), "full"))
 
 
