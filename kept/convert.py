@@ -108,6 +108,14 @@ class _Source:
         self._small: dict[str, torch.Tensor] = {}
         self._work: dict[torch.dtype, torch.Tensor] = {}
 
+    def twin(self) -> "_Source":
+        """A view for another thread: its own work buffers and checks, the tensors read so far shared. It may
+        only read through :meth:`blocks` and :meth:`windows` of dense tensors and :meth:`small` of tensors read
+        here already (the reader's buffered file is not thread-safe; mapped windows are)."""
+        other = _Source(self.reader, arith=self.arith)
+        other._small = self._small
+        return other
+
     def _fail(self, name: str) -> CheckpointError:
         return CheckpointError(f"{self.where / self.reader.info(name).file}: tensor {name!r} contains NaN or Inf")
 
@@ -355,6 +363,10 @@ class _Output:
     def copy(self, src_fd: int, src_off: int, fd: int, offset: int, nbytes: int) -> None:
         self._submit(self._copier, _copy_range, src_fd, src_off, fd, offset, nbytes)
 
+    def aside(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run ``fn(*args)`` on the copy thread after the copies queued so far."""
+        return self._submit(self._copier, fn, *args)
+
     def write(self, fd: int, offset: int, block: torch.Tensor) -> int:
         """Cast ``block`` into the staging ring for bytes ``offset:`` of ``fd``; return its size in bytes."""
         n = block.numel() * self.dtype.itemsize
@@ -410,15 +422,15 @@ def write_weights(
     out_dtype: torch.dtype,
     max_shard_size: int,
     gains: dict[str, torch.Tensor] | None = None,
-    after: Callable[[_Source], Any] | None = None,
+    aside: Callable[[_Source], Any] | None = None,
 ) -> dict[str, Any]:
     """Stream every target tensor of ``plan`` into safetensors shards + index under ``out_dir``.
 
     Each shard's header is written first and its full size reserved (a full disk fails here, before any
     weight is read). Tensors the mapping leaves byte-identical are copied file to file by the kernel; the others
-    are computed block by block and written. Once every copy and write is queued, and while they run, ``after``
-    gets the source (the final-norm offset reads the LM head then) and every source tensor not checked finite yet
-    is checked: the copied ones, and those no step reads (dropped biases, RoPE buffers)."""
+    are computed block by block and written. ``aside`` (the final-norm offset) runs on the copy thread once the
+    copies are done, with a :meth:`_Source.twin` of the source. Then every source tensor not checked finite yet is
+    checked: the copied ones, and those no step reads (dropped biases, RoPE buffers)."""
     src = reader if isinstance(reader, _Source) else _Source(reader)
     shards = plan_shards(plan.steps, itemsize=out_dtype.itemsize, max_bytes=max_shard_size)
     weight_map: dict[str, str] = {}
@@ -448,6 +460,8 @@ def write_weights(
                 out.copy(src.reader.fileno(step.sources[0]), info.data_offset, fd, pos, info.nbytes)  # checked below
             else:
                 computed.append((step, fd, pos))
+        twin = src.twin() if aside is not None else None
+        beside = out.aside(aside, twin) if aside is not None else None
         for step, fd, pos in computed:
             want = math.prod(step.shape) * out_dtype.itemsize
             got = 0
@@ -457,8 +471,9 @@ def write_weights(
                 raise AssertionError(f"{step.target}: wrote {got} bytes, header says {want}")
         log.info("%d tensors in %d shards queued (%d copied as stored)", len(placed), len(shards),
                  len(placed) - len(computed))
-        if after is not None:
-            after(src)
+        if beside is not None:
+            beside.result()
+            src.checked |= twin.checked
         for name in src.reader.names():  # copied and dropped tensors: any not checked by the arithmetic
             src.check(name)
         out.close()
@@ -672,8 +687,9 @@ def convert_checkpoint(
         chat = _is_chat(source) if chat is None else chat
         with atomic_dir(output, inputs=inputs, overwrite=overwrite, hint=OVERWRITE_HINT) as tmp:
             offsets: list[torch.Tensor] = []
+            src.small("model.norm.bias")  # read here: the offset runs on another thread (see _Source.twin)
             write_weights(reader=src, plan=plan, out_dir=tmp, out_dtype=out_dtype, max_shard_size=max_bytes,
-                          gains=gains, after=lambda s: offsets.append(final_norm_offset(s)))
+                          gains=gains, aside=lambda s: offsets.append(final_norm_offset(s)))
             offset = offsets[0]
             same_head = reader.info("lm_head.weight").dtype == out_dtype  # the head is copied as stored
             del src  # release the work buffers before the fidelity pass
