@@ -24,6 +24,7 @@ import math
 import os
 import re
 import struct
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,10 +109,17 @@ class _Source:
         self._small: dict[str, torch.Tensor] = {}
         self._work: dict[torch.dtype, torch.Tensor] = {}
 
+    def shareable(self, names: list[str]) -> bool:
+        """Read the 1-D tensors among ``names`` now; True if a :meth:`twin` can then read all of ``names`` on
+        another thread (they are dense: mapped windows are thread-safe, the reader's buffered file is not)."""
+        for name in names:
+            if len(self.reader.info(name).shape) < 2:
+                self.small(name)
+        return all(self.reader.info(n).dense for n in names)
+
     def twin(self) -> "_Source":
-        """A view for another thread: its own work buffers and checks, the tensors read so far shared. It may
-        only read through :meth:`blocks` and :meth:`windows` of dense tensors and :meth:`small` of tensors read
-        here already (the reader's buffered file is not thread-safe; mapped windows are)."""
+        """A view for another thread (after :meth:`shareable`): its own work buffers and checks, the 1-D tensors
+        read here shared."""
         other = _Source(self.reader, arith=self.arith)
         other._small = self._small
         return other
@@ -338,26 +346,25 @@ def _copy_range(src_fd: int, src_off: int, dst_fd: int, dst_off: int, nbytes: in
 
 class _Output:
     """Kernel copies and positional writes into the output shards, each kind in order on its own I/O thread, so
-    that they overlap each other and the arithmetic of the next tensors. Cast blocks are gathered in a ring of
-    staging buffers; a buffer is reused only once its write is done. The first I/O failure is raised by the next
-    call or by :meth:`close`."""
+    that they overlap each other and the arithmetic. Producers cast blocks into their own :class:`_Stager`. The
+    first I/O failure is raised by the next call or by :meth:`close`. Safe to use from several threads."""
 
-    def __init__(self, dtype: torch.dtype, *, buffers: int = 4) -> None:
+    def __init__(self, dtype: torch.dtype) -> None:
         self.dtype = dtype
         self._copier = ThreadPoolExecutor(1, thread_name_prefix="kept-convert-copy")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="kept-convert-write")
-        self._pending: deque[Future[None]] = deque()
-        self._ring = [[torch.empty(STAGING_BYTES, dtype=torch.uint8), None] for _ in range(buffers)]
-        self._cur = 0
-        self._used = 0
-        self._fd = -1
-        self._offset = 0  # file offset of the current buffer's first byte
+        self._pending: deque[Future[Any]] = deque()
+        self._lock = threading.Lock()
 
-    def _submit(self, pool: ThreadPoolExecutor, fn: Any, *args: Any) -> Future[None]:
-        while self._pending and self._pending[0].done():
-            self._pending.popleft().result()  # raise the first failure early
-        fut = pool.submit(fn, *args)
-        self._pending.append(fut)
+    def _submit(self, pool: ThreadPoolExecutor, fn: Any, *args: Any) -> Future[Any]:
+        with self._lock:
+            done = []
+            while self._pending and self._pending[0].done():
+                done.append(self._pending.popleft())
+            fut = pool.submit(fn, *args)
+            self._pending.append(fut)
+        for d in done:
+            d.result()  # raise the first failure early
         return fut
 
     def copy(self, src_fd: int, src_off: int, fd: int, offset: int, nbytes: int) -> None:
@@ -366,6 +373,45 @@ class _Output:
     def aside(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run ``fn(*args)`` on the copy thread after the copies queued so far."""
         return self._submit(self._copier, fn, *args)
+
+    def pwrite(self, fd: int, data: memoryview, offset: int) -> Future[Any]:
+        return self._submit(self._writer, _pwrite_all, fd, data, offset)
+
+    def close(self) -> None:
+        """Wait for every queued copy and write; raise the first failure."""
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        break
+                    fut = self._pending.popleft()
+                fut.result()
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop what is queued and wait for what runs (the caller is failing already)."""
+        with self._lock:
+            for fut in self._pending:
+                fut.cancel()
+            self._pending.clear()
+        self._copier.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
+
+
+class _Stager:
+    """One producer's ring of staging buffers: blocks are cast to the output dtype into the current buffer, which
+    is written out (on the output's write thread) when full or when the next block goes elsewhere; a buffer is
+    refilled only once its write is done."""
+
+    def __init__(self, out: _Output, *, buffers: int = 4) -> None:
+        self.out = out
+        self.dtype = out.dtype
+        self._ring: list[list[Any]] = [[torch.empty(STAGING_BYTES, dtype=torch.uint8), None] for _ in range(buffers)]
+        self._cur = 0
+        self._used = 0
+        self._fd = -1
+        self._offset = 0  # file offset of the current buffer's first byte
 
     def write(self, fd: int, offset: int, block: torch.Tensor) -> int:
         """Cast ``block`` into the staging ring for bytes ``offset:`` of ``fd``; return its size in bytes."""
@@ -386,8 +432,7 @@ class _Output:
         if not self._used:
             return
         slot = self._ring[self._cur]
-        slot[1] = self._submit(self._writer, _pwrite_all, self._fd, memoryview(slot[0][: self._used].numpy()),
-                               self._offset)
+        slot[1] = self.out.pwrite(self._fd, memoryview(slot[0][: self._used].numpy()), self._offset)
         self._cur = (self._cur + 1) % len(self._ring)
         nxt = self._ring[self._cur]
         if nxt[1] is not None:
@@ -396,22 +441,27 @@ class _Output:
         self._offset += self._used
         self._used = 0
 
-    def close(self) -> None:
-        """Wait for every queued copy and write; raise the first failure."""
-        try:
-            self.flush()
-            while self._pending:
-                self._pending.popleft().result()
-        finally:
-            self.abort()
 
-    def abort(self) -> None:
-        """Drop what is queued and wait for what runs (the caller is failing already)."""
-        for fut in self._pending:
-            fut.cancel()
-        self._pending.clear()
-        self._copier.shutdown(wait=True)
-        self._writer.shutdown(wait=True)
+class _Tasks:
+    """The computed tensors (and the final-norm offset), shared by two workers: the main thread takes them from
+    the front, the copy thread, once its copies are done, from the back; they meet in between."""
+
+    def __init__(self, tasks: list[Callable[[_Source, _Stager], None]]) -> None:
+        self._tasks = deque(tasks)
+        self._lock = threading.Lock()
+
+    def run(self, src: _Source, stager: _Stager, *, front: bool) -> None:
+        while True:
+            with self._lock:
+                if not self._tasks:
+                    break
+                task = self._tasks.popleft() if front else self._tasks.pop()
+            task(src, stager)
+        stager.flush()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._tasks.clear()
 
 
 def write_weights(
@@ -423,19 +473,22 @@ def write_weights(
     max_shard_size: int,
     gains: dict[str, torch.Tensor] | None = None,
     aside: Callable[[_Source], Any] | None = None,
+    aside_reads: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Stream every target tensor of ``plan`` into safetensors shards + index under ``out_dir``.
 
     Each shard's header is written first and its full size reserved (a full disk fails here, before any
     weight is read). Tensors the mapping leaves byte-identical are copied file to file by the kernel; the others
-    are computed block by block and written. ``aside`` (the final-norm offset) runs on the copy thread once the
-    copies are done, with a :meth:`_Source.twin` of the source. Then every source tensor not checked finite yet is
-    checked: the copied ones, and those no step reads (dropped biases, RoPE buffers)."""
+    are computed block by block and written, by the main thread and, once its copies are done, the copy thread
+    (:class:`_Tasks`, with a :meth:`_Source.twin` of the source); ``aside`` (the final-norm offset) is one more such
+    task (reading ``aside_reads``). Then every source tensor not checked finite yet is checked: the copied ones, and
+    those no step reads (dropped biases, RoPE buffers)."""
     src = reader if isinstance(reader, _Source) else _Source(reader)
     shards = plan_shards(plan.steps, itemsize=out_dtype.itemsize, max_bytes=max_shard_size)
     weight_map: dict[str, str] = {}
     out = _Output(out_dtype)
     fds: list[int] = []
+    tasks = None
     done = False
     try:
         placed: list[tuple[Step, int, int]] = []  # (step, file descriptor, offset in the file)
@@ -460,19 +513,27 @@ def write_weights(
                 out.copy(src.reader.fileno(step.sources[0]), info.data_offset, fd, pos, info.nbytes)  # checked below
             else:
                 computed.append((step, fd, pos))
-        twin = src.twin() if aside is not None else None
-        beside = out.aside(aside, twin) if aside is not None else None
-        for step, fd, pos in computed:
-            want = math.prod(step.shape) * out_dtype.itemsize
-            got = 0
-            for blk in _produce(step, src, out_dtype, gains or {}):
-                got += out.write(fd, pos + got, blk)
-            if got != want:  # pragma: no cover - guards the header/data agreement
-                raise AssertionError(f"{step.target}: wrote {got} bytes, header says {want}")
-        log.info("%d tensors in %d shards queued (%d copied as stored)", len(placed), len(shards),
-                 len(placed) - len(computed))
-        if beside is not None:
-            beside.result()
+        log.info("%d tensors in %d shards: %d copied as stored, %d computed", len(placed), len(shards),
+                 len(placed) - len(computed), len(computed))
+
+        def compute(step: Step, fd: int, pos: int) -> Callable[[_Source, _Stager], None]:
+            def task(source: _Source, stager: _Stager) -> None:
+                want, got = math.prod(step.shape) * out_dtype.itemsize, 0
+                for blk in _produce(step, source, out_dtype, gains or {}):
+                    got += stager.write(fd, pos + got, blk)
+                if got != want:  # pragma: no cover - guards the header/data agreement
+                    raise AssertionError(f"{step.target}: wrote {got} bytes, header says {want}")
+            return task
+
+        jobs = [compute(*c) for c in computed] + ([lambda source, _stager: aside(source)] if aside else [])
+        tasks = _Tasks(jobs)
+        twin = None
+        if src.shareable([name for step, _, _ in computed for name in step.sources] + list(aside_reads)):
+            twin = src.twin()
+            helper = out.aside(functools.partial(tasks.run, twin, _Stager(out), front=False))  # after the copies
+        tasks.run(src, _Stager(out), front=True)
+        if twin is not None:
+            helper.result()
             src.checked |= twin.checked
         for name in src.reader.names():  # copied and dropped tensors: any not checked by the arithmetic
             src.check(name)
@@ -480,6 +541,8 @@ def write_weights(
         done = True
     finally:
         if not done:
+            if tasks is not None:
+                tasks.cancel()  # the helper stops after its current tensor
             out.abort()
         for fd in fds:
             os.close(fd)
@@ -687,9 +750,9 @@ def convert_checkpoint(
         chat = _is_chat(source) if chat is None else chat
         with atomic_dir(output, inputs=inputs, overwrite=overwrite, hint=OVERWRITE_HINT) as tmp:
             offsets: list[torch.Tensor] = []
-            src.small("model.norm.bias")  # read here: the offset runs on another thread (see _Source.twin)
             write_weights(reader=src, plan=plan, out_dir=tmp, out_dtype=out_dtype, max_shard_size=max_bytes,
-                          gains=gains, aside=lambda s: offsets.append(final_norm_offset(s)))
+                          gains=gains, aside=lambda s: offsets.append(final_norm_offset(s)),
+                          aside_reads=("lm_head.weight", "model.norm.bias"))
             offset = offsets[0]
             same_head = reader.info("lm_head.weight").dtype == out_dtype  # the head is copied as stored
             del src  # release the work buffers before the fidelity pass
