@@ -9,8 +9,9 @@ the typed storage classes, ``OrderedDict``, dtypes) and answers anything else --
 any class -- with a :class:`CheckpointError` before it can run. The rebuild functions are our own stand-ins
 that record where each tensor's bytes live; a tensor's bytes are read from its zip member (stored
 uncompressed by ``torch.save``) only when :meth:`TensorReader.get` asks for it, straight into a fresh
-buffer. No file is memory-mapped, so the resident memory of a streaming consumer stays near the size of the
-tensor it holds, not the size of a shard.
+buffer, or mapped a window of rows at a time (:meth:`TensorReader.mapped_rows`), so the resident memory of a
+streaming consumer stays near the size of what it holds, not the size of a shard. :func:`all_finite` checks a
+tensor for NaN/Inf as integers, without temporaries.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from __future__ import annotations
 import collections
 import json
 import math
+import mmap
+import os
 import pickle
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+import numpy as np
 import torch
 
 from kept.errors import CheckpointError
@@ -69,6 +74,34 @@ ST_DTYPES: dict[str, torch.dtype] = {
 }
 ST_CODES: dict[torch.dtype, str] = {v: k for k, v in ST_DTYPES.items()}
 
+# Floating dtypes -> (signed int view, unsigned int view, +inf bits, -inf bits). A value is NaN or infinite iff its
+# exponent bits are all ones: as a signed integer a positive one is >= +inf's bits, and as an unsigned integer a
+# negative one is >= -inf's bits (every finite value lies below both). Two integer max-reductions, which numpy
+# vectorises, check a block of any size without a temporary.
+_NONFINITE: dict[torch.dtype, tuple[type, type, int, int]] = {
+    torch.float16: (np.int16, np.uint16, 0x7C00, 0xFC00),
+    torch.bfloat16: (np.int16, np.uint16, 0x7F80, 0xFF80),
+    torch.float32: (np.int32, np.uint32, 0x7F80_0000, 0xFF80_0000),
+    torch.float64: (np.int64, np.uint64, 0x7FF0_0000_0000_0000, 0xFFF0_0000_0000_0000),
+}
+FLOAT_DTYPES = tuple(_NONFINITE)
+_CHECK_BYTES = 1 << 18  # per reduction: both passes over a chunk stay in cache
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every element of the CPU floating tensor ``t`` is finite (one read of its bytes)."""
+    signed, unsigned, pos, neg = _NONFINITE[t.dtype]
+    flat = t.reshape(-1)
+    if not flat.is_contiguous():  # pragma: no cover - reshape of a strided view copies
+        flat = flat.contiguous()
+    raw = flat.view(torch.uint8).numpy()
+    s, u = raw.view(signed), raw.view(unsigned)
+    step = _CHECK_BYTES // t.dtype.itemsize
+    for i in range(0, s.size, step):
+        if int(s[i : i + step].max()) >= pos or int(u[i : i + step].max()) >= neg:
+            return False
+    return True
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -90,6 +123,16 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
+
+    @property
+    def dense(self) -> bool:
+        """Whether its bytes are one row-major run in the file, starting at :attr:`data_offset`."""
+        return self.numel <= 1 or self.stride == _contiguous_stride(self.shape)
+
+    @property
+    def data_offset(self) -> int:
+        """Absolute file offset of its first element."""
+        return self.offset + self.storage_offset * self.dtype.itemsize
 
 
 # ---- restricted unpickling of torch.save's data.pkl ---------------------------------------------------
@@ -345,6 +388,7 @@ class TensorReader:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise CheckpointError(f"{self.directory}: checkpoint directory does not exist")
+        self.index: Path | None = None  # the shard index, when the checkpoint has one
         self.weight_map = self._discover()
         self._infos: dict[str, TensorInfo] = {}
         scanned: dict[str, dict[str, TensorInfo]] = {}
@@ -356,8 +400,16 @@ class TensorReader:
                     f"{self.directory}: the index lists tensor {name!r} in {shard}, but that shard lacks it"
                 )
             self._infos[name] = scanned[shard][name]
+        for shard, held in scanned.items():
+            unlisted = sorted(n for n in held if self.weight_map.get(n) != shard)
+            if unlisted:
+                raise CheckpointError(
+                    f"{self.index}: shard {shard} holds tensor {unlisted[0]!r}, which the index does not list "
+                    f"there ({len(unlisted)} such); the index does not describe these shards"
+                )
         self._fh: BinaryIO | None = None
         self._fh_name: str | None = None
+        self._fds: dict[str, int] = {}
 
     def _discover(self) -> dict[str, str]:
         d = self.directory
@@ -377,6 +429,7 @@ class TensorReader:
                         raise CheckpointError(f"{index}: tensor {name!r} names shard {shard!r} outside the directory")
                     if not (d / shard).is_file():
                         raise CheckpointError(f"{index}: tensor {name!r} points to missing shard {d / shard}")
+                self.index = index
                 return dict(weight_map)
         for single in (ST_SINGLE, BIN_SINGLE):
             if (d / single).is_file():
@@ -403,7 +456,7 @@ class TensorReader:
 
     def _file(self, shard: str) -> BinaryIO:
         if self._fh_name != shard:
-            self.close()
+            self._close_fh()
             try:
                 self._fh = open(self.directory / shard, "rb")
             except OSError as exc:
@@ -455,16 +508,59 @@ class TensorReader:
         raw = self._read(self._file(ti.file), offset, nbytes, where, out)
         return raw.view(ti.dtype).reshape(max(0, stop - start), *ti.shape[1:])
 
+    def fileno(self, name: str) -> int:
+        """An OS file descriptor of the shard holding ``name`` (open until :meth:`close`), for positional reads
+        and kernel copies of its bytes (:attr:`TensorInfo.data_offset`)."""
+        shard = self.info(name).file
+        if shard not in self._fds:
+            path = self.directory / shard
+            try:
+                self._fds[shard] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError as exc:
+                raise CheckpointError(f"{path}: cannot open shard ({exc.strerror})") from exc
+        return self._fds[shard]
+
+    def mapped_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of a dense tensor as a view of the file's pages (mmap, no copy; the pages stay
+        mapped until the returned tensor is freed). Read-only by contract: writing into it is not allowed."""
+        ti = self.info(name)
+        if not ti.dense:
+            raise ValueError(f"{name}: not a dense tensor")
+        shape = ti.shape or (1,)
+        row = math.prod(shape[1:]) * ti.dtype.itemsize
+        start, stop = max(0, start), min(stop, shape[0])
+        begin = ti.data_offset + start * row
+        nbytes = max(0, stop - start) * row
+        if nbytes == 0:
+            return torch.empty((0, *shape[1:]), dtype=ti.dtype)
+        base = begin - begin % mmap.ALLOCATIONGRANULARITY
+        flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)  # read-only: populate does not copy pages
+        try:
+            mm = mmap.mmap(self.fileno(name), begin - base + nbytes, flags=flags, prot=mmap.PROT_READ, offset=base)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{self.directory / ti.file}: tensor {name!r}: cannot map its bytes ({exc})") from exc
+        arr = np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=begin - base)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "not writable": we never write through it
+            raw = torch.from_numpy(arr)
+        return raw.view(ti.dtype).view(stop - start, *shape[1:])
+
     def iter_by_shard(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(name, tensor)`` one at a time, one shard open at a time."""
         for name in self.names():
             yield name, self.get(name)
 
-    def close(self) -> None:
+    def _close_fh(self) -> None:
         if self._fh is not None:
             self._fh.close()
         self._fh = None
         self._fh_name = None
+
+    def close(self) -> None:
+        self._close_fh()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def __enter__(self) -> "TensorReader":
         return self

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "longctx": ("kept.eval.cli:longctx_cli", "perplexity against input length"),
     "code-probe": ("kept.eval.cli:code_cli", "code perplexity and answer accuracy"),
     "report": ("kept.report.cli:report_cli", "build the paper's tables and figures"),
+    "check-config": ("kept.configcheck:cli", "parse, merge and validate workflow config files, naming the file"),
 }
 
 
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(func(rest) or 0)
     except KeptError as exc:
         print(f"kept {name}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the environment, not a bug: one line naming the path (kept.atomic says what to do)
+        from kept.atomic import os_fault
+
+        fault = os_fault(exc, path=exc.filename or "?", output=False)
+        print(f"kept {name}: error: {fault or f'{exc.filename or name}: {exc.strerror or exc}'}", file=sys.stderr)
         return 1
 
 

@@ -15,3 +15,8 @@ class MappingError(KeptError):
 
 class ConfigError(KeptError):
     """A workflow or command setting is invalid."""
+
+
+class OutputError(KeptError):
+    """An output cannot be written: it exists and is not ours, it would replace an input, another live run holds
+    its directory, or the file system refused (full, read-only, permission denied)."""

@@ -136,12 +136,10 @@ class StreamingModel:
         self.reader = TensorReader(self.directory)
         with torch.device("meta"):
             layer = layer_cls(self.config, layer_idx=0)
-        # One layer's parameters (float32, on the device), allocated once and refilled for every layer, and one
-        # read buffer for the largest tensor read here: memory stays flat over the layers.
+        # One layer's parameters (float32, on the device), allocated once and refilled for every layer from the
+        # file's mapped pages: memory stays flat over the layers.
         self._layer = layer.to_empty(device=self.device).float().eval()
         self._params = dict(self._layer.state_dict(keep_vars=True))
-        names = [f"model.layers.0.{k}" for k in self._params]
-        self._buf = torch.empty(max(self.reader.info(n).nbytes for n in names), dtype=torch.uint8)
         self.rotary = rope_cls(self.config).to(self.device)
 
     def weight(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -162,21 +160,25 @@ class StreamingModel:
         """Decoder layer ``i`` with its weights (float32, on the device)."""
         for key, param in self._params.items():
             name = f"model.layers.{i}.{key}"
-            src = self.reader.get(name, out=self._buf)
+            src = self._mapped(name)
             if tuple(src.shape) != tuple(param.shape):
                 raise CheckpointError(f"{self.directory}: tensor {name!r} has shape {tuple(src.shape)}, "
                                       f"expected {tuple(param.shape)}")
             param.copy_(src)
         return self._layer
 
+    def _mapped(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows of a tensor as the file's mapped pages (no copy), or read (a strided pickled view)."""
+        info = self.reader.info(name)
+        stop = (info.shape[0] if info.shape else 1) if stop is None else stop
+        if not info.dense:
+            return self.reader.get_rows(name, start, stop) if info.shape else self.reader.get(name)
+        rows = self.reader.mapped_rows(name, start, stop)
+        return rows if info.shape else rows.view(())
+
     def head_rows(self, start: int, stop: int) -> torch.Tensor:
         """LM-head rows ``start:stop`` (float32, on the device)."""
-        d = self.config.hidden_size
-        info = self.reader.info("lm_head.weight")
-        need = (min(stop, info.shape[0]) - start) * d * info.dtype.itemsize
-        if need > self._buf.numel():
-            self._buf = torch.empty(need, dtype=torch.uint8)
-        rows = self.reader.get_rows("lm_head.weight", start, stop, out=self._buf)
+        rows = self._mapped("lm_head.weight", start, stop)
         if getattr(self, "_head", None) is None or self._head.shape[0] < rows.shape[0]:
             self._head = torch.empty(rows.shape, dtype=torch.float32, device=self.device)
         out = self._head[: rows.shape[0]]
@@ -255,52 +257,54 @@ def fit_rms_gains(
 
 
 class _OnlineLogitStats:
-    """KL(teacher || student), top-1 agreement and max |dlogit| per token, accumulated over vocabulary blocks
-    (online log-sum-exp), so no full ``(tokens, V)`` logit matrix is ever held."""
+    """KL(teacher || student), top-1 agreement and max |dlogit| per token for one teacher and ``k`` student
+    variants (e.g. with and without an offset), accumulated over vocabulary blocks (online log-sum-exp), so no
+    full ``(tokens, V)`` logit matrix is ever held; the teacher's side is computed once for all variants."""
 
-    def __init__(self, n: int, device: str | torch.device = "cpu") -> None:
+    def __init__(self, n: int, k: int = 1, device: str | torch.device = "cpu") -> None:
         f64: dict[str, Any] = dict(dtype=torch.float64, device=device)
         self.m_t = torch.full((n,), -math.inf, **f64)  # running max of teacher logits
+        self.arg_t = torch.zeros(n, dtype=torch.long, device=device)  # its vocabulary id
         self.s_t = torch.zeros(n, **f64)  # sum exp(z_t - m_t)
-        self.a = torch.zeros(n, **f64)  # sum exp(z_t - m_t) * (z_t - z_s)
-        self.m_s = torch.full((n,), -math.inf, **f64)
-        self.s_s = torch.zeros(n, **f64)
-        self.best_t = torch.full((n,), -math.inf, **f64)
-        self.arg_t = torch.zeros(n, dtype=torch.long, device=device)
-        self.best_s = torch.full((n,), -math.inf, **f64)
-        self.arg_s = torch.zeros(n, dtype=torch.long, device=device)
-        self.dmax = 0.0
+        self.a = [torch.zeros(n, **f64) for _ in range(k)]  # sum exp(z_t - m_t) * (z_t - z_s)
+        self.m_s = [torch.full((n,), -math.inf, **f64) for _ in range(k)]
+        self.arg_s = [torch.zeros(n, dtype=torch.long, device=device) for _ in range(k)]
+        self.s_s = [torch.zeros(n, **f64) for _ in range(k)]
+        self.dmax = [0.0] * k
 
-    def update(self, rows: slice, v0: int, zt: torch.Tensor, zs: torch.Tensor) -> None:
-        """Logit tiles (n, vb) for tokens ``rows`` and vocabulary ids ``v0:v0+vb``, float64."""
-        m_t = torch.maximum(self.m_t[rows], zt.max(-1).values)
+    def update(self, rows: slice, v0: int, zt: torch.Tensor, zs: list[torch.Tensor]) -> None:
+        """Logit tiles (n, vb), float64, for tokens ``rows`` and vocabulary ids ``v0:v0+vb``: the teacher's and
+        each student variant's."""
+        val, idx = zt.max(-1)
+        m_t = torch.maximum(self.m_t[rows], val)
+        self.arg_t[rows] = torch.where(val > self.m_t[rows], idx + v0, self.arg_t[rows])
         scale = torch.exp(self.m_t[rows] - m_t)
         e = torch.exp(zt - m_t[:, None])  # (n, vb)
         self.s_t[rows] = self.s_t[rows] * scale + e.sum(-1)
-        self.a[rows] = self.a[rows] * scale + (e * (zt - zs)).sum(-1)
         self.m_t[rows] = m_t
-        m_s = torch.maximum(self.m_s[rows], zs.max(-1).values)
-        self.s_s[rows] = self.s_s[rows] * torch.exp(self.m_s[rows] - m_s) + torch.exp(zs - m_s[:, None]).sum(-1)
-        self.m_s[rows] = m_s
-        for z, best, arg in ((zt, self.best_t, self.arg_t), (zs, self.best_s, self.arg_s)):
+        for i, z in enumerate(zs):
+            d = zt - z
+            self.a[i][rows] = self.a[i][rows] * scale + (e * d).sum(-1)
+            self.dmax[i] = max(self.dmax[i], float(d.abs_().max()))
             val, idx = z.max(-1)
-            better = val > best[rows]
-            best[rows] = torch.where(better, val, best[rows])
-            arg[rows] = torch.where(better, idx + v0, arg[rows])
-        self.dmax = max(self.dmax, float((zt - zs).abs().max()))
+            m_s = torch.maximum(self.m_s[i][rows], val)
+            self.arg_s[i][rows] = torch.where(val > self.m_s[i][rows], idx + v0, self.arg_s[i][rows])
+            d = torch.sub(z, m_s[:, None], out=d).exp_()
+            self.s_s[i][rows] = self.s_s[i][rows] * torch.exp(self.m_s[i][rows] - m_s) + d.sum(-1)
+            self.m_s[i][rows] = m_s
 
-    def result(self, *, sequences: int = 1) -> dict[str, Any]:
-        """The metrics over all tokens, plus KL and top-1 agreement per sequence (tokens in sequence-major
-        order, ``sequences`` equal rows) for standard errors over sequences."""
+    def result(self, i: int = 0, *, sequences: int = 1) -> dict[str, Any]:
+        """Variant ``i``'s metrics over all tokens, plus KL and top-1 agreement per sequence (tokens in
+        sequence-major order, ``sequences`` equal rows) for standard errors over sequences."""
         lse_t = self.m_t + torch.log(self.s_t)
-        lse_s = self.m_s + torch.log(self.s_s)
-        kl = (self.a / self.s_t - lse_t + lse_s).clamp_min(0.0)  # sum p_t (z_t - z_s) - lse_t + lse_s
-        agree = (self.arg_t == self.arg_s).double()
+        lse_s = self.m_s[i] + torch.log(self.s_s[i])
+        kl = (self.a[i] / self.s_t - lse_t + lse_s).clamp_min(0.0)  # sum p_t (z_t - z_s) - lse_t + lse_s
+        agree = (self.arg_t == self.arg_s[i]).double()
         return {
             "kl_mean": float(kl.mean()),
             "kl_max": float(kl.max()),
             "top1_agreement": float(agree.mean()),
-            "max_abs_dlogit": self.dmax,
+            "max_abs_dlogit": self.dmax[i],
             "kl_per_sequence": kl.view(sequences, -1).mean(1).tolist(),
             "top1_per_sequence": agree.view(sequences, -1).mean(1).tolist(),
         }
@@ -316,11 +320,13 @@ def fidelity_report(
     logit_offset: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[str], None] | None = None,
+    same_head: bool = False,
 ) -> dict[str, Any]:
     """Compare teacher and student on token ids ``[B, T]`` (see the module docstring for the metrics).
 
     ``logit_offset`` (``lm_head @ beta_f``, shape ``[V]``) is added to the student's logits for the extra
-    ``offset_corrected`` metrics (used for ``exact``).
+    ``offset_corrected`` metrics (used for ``exact``). ``same_head``: the student's ``lm_head.weight`` holds the
+    teacher's bytes (the conversion copied it), so it is read once.
     """
     t_model = StreamingModel(teacher, device=device)
     s_model = StreamingModel(student, device=device)
@@ -338,12 +344,17 @@ def fidelity_report(
                       for t in ht)
             return math.sqrt(num / max(den, 1e-300))
 
+        who_t, who_s = f"teacher {teacher}", "converted student"
+        _check_stream(who_t, ht, "model.embed_tokens.weight")
+        _check_stream(who_s, hs, "model.embed_tokens.weight")
         layer_err = [slot_error()]
         for i in range(t_model.num_layers):
             layer = t_model.load_layer(i)
             ht = [layer(h, attention_mask=None, position_embeddings=p) for h, p in zip(ht, pos_t)]
+            _check_stream(who_t, ht, f"model.layers.{i}.*")
             layer = s_model.load_layer(i)
             hs = [layer(h, attention_mask=None, position_embeddings=p) for h, p in zip(hs, pos_s)]
+            _check_stream(who_s, hs, f"model.layers.{i}.*")
             layer_err.append(slot_error())
             if progress:
                 progress(f"fidelity: layer {i + 1}/{t_model.num_layers} rel err {layer_err[-1]:.3e}")
@@ -352,31 +363,45 @@ def fidelity_report(
         ns = torch.cat([s_model.final_norm(h).reshape(-1, h.shape[-1]) for h in hs])
         del ht, hs
         n_tok, d = nt.shape
-        stats, fixed = _OnlineLogitStats(n_tok, device), _OnlineLogitStats(n_tok, device)
+        offset = logit_offset.to(device=device, dtype=torch.float64) if logit_offset is not None else None
+        stats = _OnlineLogitStats(n_tok, 1 if offset is None else 2, device)
         vocab = t_model.reader.info("lm_head.weight").shape[0]
         vb = max(1, HEAD_BLOCK_BYTES // (4 * d))
-        offset = logit_offset.to(device=device, dtype=torch.float64) if logit_offset is not None else None
         for v0 in range(0, vocab, vb):
             w_t = t_model.head_rows(v0, v0 + vb)  # (vb, d)
-            w_s = s_model.head_rows(v0, v0 + vb)
+            w_s = w_t if same_head else s_model.head_rows(v0, v0 + vb)
             chunk = max(1, LOGIT_BLOCK_BYTES // (8 * w_t.shape[0]))
             for c0 in range(0, n_tok, chunk):
                 rows = slice(c0, min(n_tok, c0 + chunk))
                 zt = (nt[rows] @ w_t.T).double()  # (n, vb)
                 zs = (ns[rows] @ w_s.T).double()
-                stats.update(rows, v0, zt, zs)
-                if offset is not None:
-                    fixed.update(rows, v0, zt, zs + offset[v0 : v0 + w_t.shape[0]])
+                variants = [zs] if offset is None else [zs, zs + offset[v0 : v0 + w_t.shape[0]]]
+                stats.update(rows, v0, zt, variants)
             del w_t, w_s
-        report: dict[str, Any] = {"n_tokens": int(ids.numel()), **stats.result(sequences=ids.shape[0]),
+        report: dict[str, Any] = {"n_tokens": int(ids.numel()), **stats.result(0, sequences=ids.shape[0]),
                                   "layer_rel_err": layer_err}
         if offset is not None:
-            report["offset_corrected"] = {k: v for k, v in fixed.result(sequences=ids.shape[0]).items()
-                                          if not k.endswith("_per_sequence")}
+            report["offset_corrected"] = {k: v for k, v in stats.result(1).items() if not k.endswith("_per_sequence")}
+        per_sequence = report["kl_per_sequence"] + report["top1_per_sequence"]
+        bad = [k for k, v in report.items() if isinstance(v, float) and not math.isfinite(v)]
+        bad += [f"layer_rel_err[{i}]" for i, v in enumerate(layer_err) if not math.isfinite(v)]
+        bad += ["kl_per_sequence"] if not all(math.isfinite(v) for v in per_sequence) else []
+        bad += [f"offset_corrected.{k}" for k, v in report.get("offset_corrected", {}).items() if not math.isfinite(v)]
+        if bad:
+            raise CheckpointError(f"fidelity report of {teacher}: metric {bad[0]} is not finite: the logits of "
+                                  "lm_head.weight after model.norm.weight overflow in float32")
         return report
     finally:
         t_model.close()
         s_model.close()
+
+
+def _check_stream(who: str, hidden: list[torch.Tensor], tensors: str) -> None:
+    """The residual stream must stay finite: a NaN or Inf names the model and the tensors that produced it."""
+    for h in hidden:
+        if not bool(torch.isfinite(h).all()):
+            raise CheckpointError(f"{who}: the residual stream is not finite after {tensors} (float32 forward pass "
+                                  "of the fidelity report): those weights overflow")
 
 
 def fidelity_markdown(report: dict[str, Any]) -> str:

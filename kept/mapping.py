@@ -6,7 +6,8 @@ The ``exact`` mapping adds the biases of :data:`FOLDED_BIASES`. :func:`plan_conv
 one checkpoint and one norm mapping, and accounts for every tensor: a source tensor that matches no entry, an
 Orion tensor that is missing, or a Llama tensor that nothing writes is a :class:`MappingError` naming it.
 
-Rules (what each target tensor is computed from; arithmetic in float64 in :mod:`kept.convert`):
+Rules (what each target tensor is computed from; arithmetic in :mod:`kept.convert`, float64 for float32 outputs
+and float32 for bfloat16/float16 outputs, see ``kept.convert.arith_dtype``):
 
 * ``copy``          NPM: identity.
 * ``stream_in``     rows written into the residual stream (embedding rows). Identity, or with ``centered`` and
@@ -257,6 +258,11 @@ def plan_conversion(
         if hit is None or (hit[1] is not None and hit[1] >= n_layers):
             raise MappingError(f"source tensor {name!r} is neither mapped nor dropped by the Orion->Llama table")
         used[name] = hit
+    head_dim = orion_cfg["hidden_size"] // orion_cfg["num_attention_heads"]
+    for name, (template, _) in used.items():
+        if template.endswith("inv_freq") and tuple(source_shapes[name]) != (head_dim // 2,):
+            raise CheckpointError(f"tensor {name!r} has shape {tuple(source_shapes[name])}, expected "
+                                  f"({head_dim // 2},) (a RoPE buffer of head_dim {head_dim})")
     for name, shape in want.items():
         if name not in source_shapes:
             raise CheckpointError(f"checkpoint lacks tensor {name!r} that an Orion model of this config needs")

@@ -7,14 +7,15 @@ Hub snapshots hold the weights, config, tokenizer files and model card only (:da
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from kept.atomic import atomic_dir
-from kept.errors import ConfigError
+from kept.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,10 @@ def fetch_source(*, repo: str, revision: str, output: str | Path) -> dict[str, A
     A branch or tag is resolved to its commit and recorded, with a warning: pin a 40-hex SHA for
     reproducible results. Returns the SOURCE.json record.
     """
-    with atomic_dir(output) as tmp:
-        sha = hub_snapshot(repo=repo, revision=revision, local_dir=tmp, allow_patterns=ALLOW_PATTERNS)
+    with hub_errors(repo, revision, output):
+        sha = resolve_revision(repo, revision)
+    with atomic_dir(output) as tmp, hub_errors(repo, revision, output):
+        hub_snapshot(repo=repo, commit=sha, local_dir=tmp, allow_patterns=ALLOW_PATTERNS)
         record = {"repo": repo, "revision": revision, "commit": sha, "pinned": bool(SHA.match(revision)),
                   "allow_patterns": ALLOW_PATTERNS}
         (tmp / "SOURCE.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -54,32 +57,37 @@ Resolver = Callable[[str, str, str], str]  # (repo, revision, repo_type) -> comm
 Downloader = Callable[..., Any]  # huggingface_hub.snapshot_download's keyword interface
 
 
-def hub_snapshot(*, repo: str, revision: str, local_dir: str | Path, allow_patterns: list[str],
-                 repo_type: str = "model", resolve: Resolver | None = None,
-                 download: Downloader | None = None) -> str:
-    """Download the files of hub repo ``repo`` matching ``allow_patterns`` at ``revision`` into ``local_dir``
-    (plain files, no hub cache), never any ``.py``; return the commit it resolved ``revision`` to (a branch or
-    tag is logged as not pinned). ``resolve`` and ``download`` default to huggingface_hub (``HfApi`` info and
-    ``snapshot_download``); tests pass local stand-ins, so the rest of the fetch runs offline."""
+def resolve_revision(repo: str, revision: str, *, repo_type: str = "model", resolve: Resolver | None = None) -> str:
+    """The commit hub repo ``repo`` has at ``revision`` (a branch or tag is logged as not pinned). Runs before
+    anything is written, so a wrong id, an offline host or a missing revision leaves no trace."""
     if not HUB_ID.match(repo):
         raise ConfigError(f"hub repository {repo!r} is not of the form owner/name")
     if not revision:
         raise ConfigError(f"{repo}: a revision is required")
-    if resolve is None or download is None:
-        from huggingface_hub import HfApi, snapshot_download
+    if resolve is None:
+        from huggingface_hub import HfApi
 
-        def hub_resolve(repo: str, revision: str, repo_type: str) -> str:
+        def resolve(repo: str, revision: str, repo_type: str) -> str:
             api = HfApi()
             info = api.dataset_info if repo_type == "dataset" else api.model_info
             return info(repo, revision=revision).sha
 
-        resolve, download = resolve or hub_resolve, download or snapshot_download
     sha = resolve(repo, revision, repo_type)
     if not SHA.match(revision):
         log.warning("%s: revision %r is not a commit SHA; resolved to %s (pin it for reproducibility)",
                     repo, revision, sha)
+    return sha
+
+
+def hub_snapshot(*, repo: str, commit: str, local_dir: str | Path, allow_patterns: list[str],
+                 repo_type: str = "model", download: Downloader | None = None) -> None:
+    """Download the files of hub repo ``repo`` matching ``allow_patterns`` at ``commit`` (from
+    :func:`resolve_revision`) into ``local_dir`` (plain files, no hub cache), never any ``.py``. ``download``
+    defaults to huggingface_hub's ``snapshot_download``; tests pass a local stand-in, so the fetch runs offline."""
+    if download is None:
+        from huggingface_hub import snapshot_download as download
     local = Path(local_dir)
-    download(repo_id=repo, repo_type=repo_type, revision=sha, local_dir=str(local), allow_patterns=allow_patterns,
+    download(repo_id=repo, repo_type=repo_type, revision=commit, local_dir=str(local), allow_patterns=allow_patterns,
              ignore_patterns=IGNORE_PATTERNS)
     for py in local.rglob("*.py"):  # belt and braces: nothing executable travels with the files
         py.unlink()
@@ -88,7 +96,28 @@ def hub_snapshot(*, repo: str, revision: str, local_dir: str | Path, allow_patte
         import shutil
 
         shutil.rmtree(cache)
-    return sha
+
+
+@contextlib.contextmanager
+def hub_errors(repo: str, revision: str, output: str | Path) -> Iterator[None]:
+    """The hub's own errors as one line naming the repository, revision and what to do."""
+    from huggingface_hub import errors as hub
+
+    where = f"{repo}@{revision}"
+    try:
+        yield
+    except hub.OfflineModeIsEnabled:
+        raise ConfigError(f"{where}: HF_HUB_OFFLINE is set and there is no downloaded snapshot at {output}; "
+                          "unset HF_HUB_OFFLINE to download it, or give a local checkpoint directory") from None
+    except hub.GatedRepoError:
+        raise ConfigError(f"{where}: the repository is gated; accept its terms on the hub and log in "
+                          "(huggingface-cli login), or give a local checkpoint directory") from None
+    except hub.RepositoryNotFoundError:
+        raise ConfigError(f"{where}: no such repository on the hub (or it is private: log in first)") from None
+    except hub.RevisionNotFoundError:
+        raise ConfigError(f"{where}: the repository has no revision {revision!r}") from None
+    except hub.HfHubHTTPError as exc:
+        raise CheckpointError(f"{where}: hub request failed ({' '.join(str(exc).split())[:300]})") from None
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str] | None:

@@ -153,3 +153,26 @@ wildcard_constraints:
     method="|".join(re.escape(n) for n in trained_names()),
     model="|".join(re.escape(n) for n in ["teacher"] + [f"init-{n}" for n in NORMS] + trained_names()),
     step=r"\d+",
+
+
+# One live run per results directory: a second checkout (or a second snakemake) writing the same results stops
+# here with a message naming the run that holds it. Dry runs and the job processes Snakemake spawns run no hooks.
+def _results_lock():
+    import sys
+
+    sys.path.insert(0, workflow.basedir)  # kept from this checkout, also where Snakemake's env lacks it
+    import kept.atomic
+
+    return kept.atomic
+
+
+onstart:
+    _results_lock().lock_directory(RESULTS, what="snakemake run")
+
+
+onsuccess:
+    _results_lock().unlock_directory(RESULTS)
+
+
+onerror:
+    _results_lock().unlock_directory(RESULTS)

@@ -38,3 +38,38 @@ def test_outputs_follow_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_ownership_rule(tmp_path):
+    """An existing output is replaced when ours (marker) or holding no files (Snakemake pre-creates the parent
+    directories of a job's outputs); a foreign one with files is refused, unless overwrite; inputs never."""
+    from kept.atomic import MARKER, check_output, remove_output
+    from kept.errors import OutputError
+
+    skeleton = tmp_path / "eval_data"
+    (skeleton / "mtbench").mkdir(parents=True)
+    (skeleton / "longctx" / "deep").mkdir(parents=True)
+    with atomic_dir(skeleton) as tmp:
+        (tmp / "manifest.json").write_text("{}")
+    assert (skeleton / MARKER).is_file() and not (skeleton / "mtbench").exists()
+
+    foreign = tmp_path / "foreign"
+    (foreign / "sub").mkdir(parents=True)
+    (foreign / "sub" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not written by kept"):
+        with atomic_dir(foreign):
+            pass
+    with pytest.raises(OutputError, match="not written by kept"):
+        remove_output(foreign)
+    assert (foreign / "sub" / "notes.txt").read_text() == "mine"
+    with atomic_dir(foreign, overwrite=True) as tmp:
+        (tmp / "x").write_text("new")
+    assert sorted(p.name for p in foreign.iterdir()) == [MARKER, "x"]
+
+    src = tmp_path / "models" / "src"
+    src.mkdir(parents=True)
+    for bad in (src, src.parent, src / "out"):
+        with pytest.raises(OutputError, match="input"):
+            check_output(bad, inputs=[src], overwrite=True)  # overwrite never reaches an input
+    remove_output(skeleton)
+    assert not skeleton.exists()

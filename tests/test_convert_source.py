@@ -9,6 +9,7 @@ import types
 
 import pytest
 
+from kept.atomic import MARKER
 from kept import source as src_mod
 from kept.errors import ConfigError
 
@@ -50,7 +51,8 @@ def fake_hub(monkeypatch):
 def test_fetch_keeps_weights_config_tokenizer_only(tmp_path, fake_hub):
     out = tmp_path / "sources" / "base"
     record = src_mod.fetch_source(repo="OrionStarAI/Orion-14B-Base", revision="main", output=out)
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != MARKER)
+    assert (out / MARKER).is_file()  # the ownership marker of kept.atomic
     assert names == sorted(["SOURCE.json", "config.json", "generation_config.json", "pytorch_model-00001-of-00002.bin",
                             "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json", "tokenizer.model",
                             "tokenizer_config.json", "README.md", "LICENSE.txt"])

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kept.atomic import MARKER
 from kept.corpus import fetch_miracl, miracl_local_files, prepare_corpus
 from kept.errors import KeptError
 from kept.smk import hf_environment
@@ -64,8 +65,8 @@ def test_fetched_miracl_files_pack_like_the_same_local_files(miracl, tmp_path): 
     record = fetch_miracl(output=out, languages=list(LANGS), revision="main", resolve=resolve, download=download)
     assert calls["resolve"] == ("miracl/miracl-corpus", "main", "dataset") and calls["download"]["revision"] == SHA
     assert record["commit"] == SHA and record["pinned"] is False
-    assert sorted(p.name for p in out.iterdir()) == sorted(["SOURCE.json", *(f"miracl-corpus-v1.0-{lang}"
-                                                                            for lang in LANGS)])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "SOURCE.json",
+                                                            *(f"miracl-corpus-v1.0-{lang}" for lang in LANGS)])
     assert json.loads((out / "SOURCE.json").read_text())["files"]["ko"] == ["miracl-corpus-v1.0-ko/docs-0.jsonl.gz"]
     # the corpus job reads the fetched files (no hub): the same rows as from the same records given directly
     files = miracl_local_files(out, list(LANGS))

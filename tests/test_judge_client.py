@@ -31,7 +31,9 @@ from kept.eval.judge import (
 
 class FakeOpenAI:
     """A chat-completions endpoint on 127.0.0.1. ``script`` is a list of actions consumed one per request
-    (then ``default``): ("ok", text), ("status", code), ("sleep", seconds, text), ("garbage",), ("echo_auth",)."""
+    (then ``default``): ("ok", text), ("status", code), ("sleep", seconds, text), ("garbage",), ("echo_auth",),
+    ("echo_status", code): the Authorization header echoed in the status line, a response header and the body,
+    ("echo_stall", seconds): a 200 whose body starts with the Authorization header and then stalls."""
 
     def __init__(self, script=None, default=("ok", "Good. Rating: [[8]]")):
         self.script, self.default, self.requests = list(script or []), default, []
@@ -51,6 +53,24 @@ class FakeOpenAI:
                     self.send_response(action[1])
                     self.end_headers()
                     self.wfile.write(b'{"error": {"message": "nope"}}')
+                    return
+                auth = self.headers.get("Authorization", "")
+                if action[0] == "echo_status":
+                    body = json.dumps({"error": {"message": f"bad credentials: {auth}", "key": auth}}).encode()
+                    self.send_response(action[1], f"Denied for {auth}")
+                    self.send_header("WWW-Authenticate", auth)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                if action[0] == "echo_stall":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    self.wfile.write(f'{{"echo": "{auth}", '.encode())
+                    self.wfile.flush()
+                    time.sleep(action[1])
                     return
                 if action[0] == "sleep":
                     time.sleep(action[1])
@@ -215,3 +235,23 @@ def test_missing_reference_answer_fails_before_any_call(tmp_path):
             judge_answers(JudgeConfig(answers=str(answers), questions=str(questions), output=str(tmp_path / "j"),
                                       prompts=str(write_prompts(tmp_path / "p.jsonl"))), b)
     assert srv.requests == []
+
+
+def test_redactor_removes_the_key_in_every_form_and_url_credentials():
+    from kept.eval.judge import Redactor
+
+    r = Redactor()
+    key = "sk-a/b+c=d\"e"
+    r.add(key)
+    import urllib.parse
+
+    text = (f"raw {key} | url {urllib.parse.quote(key, safe='')} | form {urllib.parse.quote_plus(key)} | "
+            f"json {json.dumps(key)} | https://user:hunter2@judge.example/v1?api-key=zzz123&model=m | "
+            "Authorization: Bearer unregistered-token-0123456789")
+    out = r(text)
+    for leaked in (key, urllib.parse.quote(key, safe=""), urllib.parse.quote_plus(key), json.dumps(key)[1:-1],
+                   "hunter2", "zzz123", "unregistered-token-0123456789"):
+        assert leaked not in out, (leaked, out)
+    assert "model=m" in out and "judge.example" in out  # only the secrets go
+    record = logging.LogRecord("kept.eval.judge", logging.WARNING, __file__, 1, "call failed (%s)", (key,), None)
+    assert r.filter(record) and key not in record.getMessage()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kept.atomic import atomic_dir, write_json
+from kept.atomic import atomic_dir, check_output, write_json
 from kept.errors import ConfigError, KeptError
 
 log = logging.getLogger(__name__)
@@ -304,6 +304,7 @@ def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
 
     if not cfg.tasks:
         raise ConfigError(f"suite {cfg.suite!r}: no tasks configured")
+    check_output(cfg.raw_dir, inputs=[cfg.model])  # before the evaluation, not after it (kept.atomic's rule)
     tm = _task_manager(cfg.task_dir, cfg.include_defaults)
     loaded = load_eval_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     return evaluate_loaded(wrap_model(loaded, cfg), tm, cfg)

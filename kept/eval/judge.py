@@ -8,7 +8,9 @@ retries, is recorded with score -1 and an ``error`` field (FastChat's "no rating
 
 The toy world's rubric judge plugs in at the same interface (:class:`ToyBackend`): it returns a reply text with
 ``[[x]]`` that goes through the same parser. The API key is passed in by the caller (read from an
-environment variable whose *name* is configured), never logged and redacted from anything written.
+environment variable whose *name* is configured) and registered with :data:`REDACT`, the one redaction point:
+every judge message, exception text, log line and written record passes through it (the key itself, its URL- and
+JSON-escaped forms, ``Bearer`` tokens, credentials in URLs), whatever the endpoint echoes back on any status.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import logging
 import random
 import re
 import socket
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +45,58 @@ class JudgeError(KeptError):
     """The judge endpoint refused the request in a way retrying cannot fix (bad key, unknown model, ...)."""
 
 
+_URL_SECRET = re.compile(r"(?i)([?&;](?:api[-_]?key|key|token|access[-_]?token|secret|sig|signature|password)=)"
+                         r"[^&;#\s\"']+")
+_URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/@\s:]*:)[^@/\s]+@")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
+class Redactor(logging.Filter):
+    """Removes the judge's secrets from text. Used as a function on every message, exception text and record the
+    judge writes, and as a logging filter on the judge's logger and on the root handlers of a judge job, so no log
+    line escapes it. Secrets are registered with :meth:`add`; credentials in URLs and ``Bearer``/``Basic``
+    tokens are removed whether registered or not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, secret: str | None) -> None:
+        if not secret:
+            return
+        forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
+                 json.dumps(secret)[1:-1]}
+        with self._lock:
+            self._secrets |= {f for f in forms if f}
+
+    def __call__(self, text: Any) -> str:
+        text = str(text)
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        text = _URL_USERINFO.sub(r"\1***@", text)
+        text = _URL_SECRET.sub(r"\1***", text)
+        return _BEARER.sub(r"\1 ***", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+    def install(self) -> None:
+        """Filter the judge's logger and every handler of the root logger (idempotent)."""
+        for target in [log, *logging.getLogger().handlers]:
+            if self not in target.filters:
+                target.addFilter(self)
+
+
+REDACT = Redactor()
+log.addFilter(REDACT)
+
+
 def parse_score(reply: str) -> int | float | None:
     """The rating in a judge reply: ``[[x]]``, else ``[x]`` (int or float, as FastChat's literal_eval reads it);
     None when there is none or it is outside 1..10."""
@@ -59,6 +115,7 @@ def read_api_key(env_name: str, environ: Mapping[str, str]) -> str:
     key = environ.get(env_name, "")
     if not key.strip():
         raise ConfigError(f"judge: environment variable {env_name} is unset or empty; export the judge API key there")
+    REDACT.add(key.strip())
     return key.strip()
 
 
@@ -73,8 +130,8 @@ class OpenAIChatBackend:
     """Minimal client for ``POST {base_url}/chat/completions`` with retries and exponential backoff.
 
     Retries on HTTP 5xx, 429, timeouts and connection errors; any other HTTP error raises :class:`JudgeError`
-    at once. Error messages name the URL and status, never the key (and the key is redacted from any
-    text that passes through).
+    at once, with the start of the endpoint's error body. Every message, reply and log line passes through
+    :data:`REDACT`, with which the key is registered.
     """
 
     def __init__(
@@ -98,15 +155,16 @@ class OpenAIChatBackend:
         self.name = model
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._key = api_key
+        REDACT.add(api_key)
         self.max_tokens, self.temperature, self.timeout_s = max_tokens, temperature, timeout_s
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
         self._sleep = sleep
 
     def __repr__(self) -> str:  # never show the key
-        return f"OpenAIChatBackend(model={self.name!r}, url={self.url!r})"
+        return REDACT(f"OpenAIChatBackend(model={self.name!r}, url={self.url!r})")
 
     def redact(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        return REDACT(text)
 
     def _post(self, body: bytes) -> dict[str, Any]:
         req = urllib.request.Request(
@@ -133,10 +191,11 @@ class OpenAIChatBackend:
                     raise TypeError(f"message content is {type(content).__name__}")
                 return self.redact(content)
             except urllib.error.HTTPError as exc:
+                detail = _error_body(exc)
                 if exc.code != 429 and exc.code < 500:
-                    raise JudgeError(f"judge endpoint {self.url}: HTTP {exc.code} {exc.reason} "
-                                     f"(model {self.name!r}); not retrying") from None
-                last = f"HTTP {exc.code} {exc.reason}"
+                    raise JudgeError(REDACT(f"judge endpoint {self.url}: HTTP {exc.code} {exc.reason} "
+                                            f"(model {self.name!r}){detail}; not retrying")) from None
+                last = f"HTTP {exc.code} {exc.reason}{detail}"
             except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
                 last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
             except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
@@ -146,7 +205,20 @@ class OpenAIChatBackend:
                 delay = min(self.max_backoff_s, self.backoff_s * 2 ** attempt) * (1 + 0.1 * random.random())
                 log.warning("judge call failed (%s); retry %d/%d in %.1f s", last, attempt + 1, self.max_retries, delay)
                 self._sleep(delay)
-        raise TimeoutError(f"judge endpoint {self.url}: no answer after {self.max_retries + 1} tries ({last})")
+        raise TimeoutError(REDACT(f"judge endpoint {self.url}: no answer after {self.max_retries + 1} tries ({last})"))
+
+
+def _error_body(exc: urllib.error.HTTPError, limit: int = 300) -> str:
+    """The start of an HTTP error's body (what the endpoint says went wrong), on one line; redacted by the
+    caller's message."""
+    try:
+        body = exc.read(limit + 1).decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - a body we cannot read adds nothing
+        return ""
+    finally:
+        exc.close()
+    body = " ".join(body.split())
+    return f": {body[:limit]}{'...' if len(body) > limit else ''}" if body else ""
 
 
 class ToyBackend:
@@ -280,7 +352,7 @@ def judge_one(backend: Any, match: Match, prompt: dict[str, Any], model_id: str)
         record.update(judgment="$ERROR$", score=-1, error=backend.redact(str(exc)), tstamp=time.time())
         return record
     score = parse_score(reply)
-    record.update(judgment=reply, score=score if score is not None else -1, tstamp=time.time())
+    record.update(judgment=backend.redact(reply), score=score if score is not None else -1, tstamp=time.time())
     if score is None:
         record["error"] = "no [[rating]] score between 1 and 10 in the judge reply"
     return record
@@ -300,7 +372,18 @@ class JudgeConfig:
 
 
 def judge_answers(cfg: JudgeConfig, backend: Any) -> list[dict[str, Any]]:
-    """Judge every answer of ``cfg.answers`` with ``backend`` and write the judgment file atomically."""
+    """Judge every answer of ``cfg.answers`` with ``backend`` and write the judgment file atomically. Any error
+    leaves as a :class:`~kept.errors.KeptError` whose text went through :data:`REDACT`."""
+    REDACT.install()
+    try:
+        return _judge_answers(cfg, backend)
+    except KeptError as exc:
+        raise type(exc)(REDACT(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - any text an exception carries may hold what the endpoint echoed
+        raise JudgeError(REDACT(f"judge: {type(exc).__name__}: {exc}")) from None
+
+
+def _judge_answers(cfg: JudgeConfig, backend: Any) -> list[dict[str, Any]]:
     from kept.eval.common import read_jsonl
     from kept.eval.mtbench import load_questions, write_jsonl
 

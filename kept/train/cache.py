@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kept.atomic import atomic_dir
+from kept.atomic import atomic_dir, check_output
 from kept.errors import CheckpointError, ConfigError
 from kept.progress import Progress
 from kept.train.data import PackedCorpus
@@ -63,6 +63,7 @@ def cache_teacher(cfg: CacheConfig) -> dict[str, Any]:
         raise ConfigError(f"cache config: key 'logprob_dtype' = {cfg.logprob_dtype!r}: expected {list(LOGPROB_DTYPES)}")
     if not cfg.temperature > 0:
         raise ConfigError(f"cache config: key 'temperature' = {cfg.temperature}: must be > 0")
+    check_output(cfg.output, inputs=[cfg.corpus, cfg.teacher])  # before the teacher runs (kept.atomic's rule)
     corpus = PackedCorpus(cfg.corpus)
     teacher = load_model(cfg.teacher, dtype=cfg.teacher_dtype, device=cfg.device).eval()
     vocab = teacher.config.vocab_size

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kept.atomic import atomic_dir
+from kept.atomic import MARKER, atomic_dir
 from kept.card import write_model_card
 from kept.errors import CheckpointError
 
@@ -64,7 +64,7 @@ def export_model(model: nn.Module, out_dir: str | Path, *, student_dir: str | Pa
         if extra:
             (out / "training.json").write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n")
         return out
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, inputs=[student_dir]) as tmp:
         cfg = model.config
         if dtype is not None:
             cfg.dtype = dtype
@@ -106,7 +106,7 @@ def link_tree(src: Path, dst: Path) -> None:
     """Recreate ``src`` at ``dst`` with hard links (a copy where the file system has none), atomically."""
     with atomic_dir(dst) as tmp:
         for path in src.iterdir():
-            if path.is_file():
+            if path.is_file() and path.name != MARKER:  # atomic_dir writes its own
                 try:
                     os.link(path, tmp / path.name)
                 except OSError:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from kept.atomic import write_json
+from kept.atomic import check_output, remove_output, write_json
 from kept.errors import CheckpointError, ConfigError
 from kept.train.config import TrainConfig
 from kept.train.data import BatchSchedule, PackedCorpus
@@ -217,6 +217,8 @@ def fit(
     from kept.progress import Progress
 
     work = Path(cfg.work_dir)
+    if export:
+        check_output(cfg.output, inputs=[cfg.student])  # before training, not after it (kept.atomic's rule)
     accelerator = _new_accelerator(cfg)
     main = accelerator.is_main_process
     set_seed(cfg.seed)
@@ -286,7 +288,8 @@ def fit(
         work.mkdir(parents=True, exist_ok=True)
         if found is None:
             resume.clear()  # state of another configuration, or none
-            shutil.rmtree(snapshots, ignore_errors=True)
+            for old_snapshot in snapshots.glob("step-*"):
+                remove_output(old_snapshot)  # ours only: a foreign directory there is an error, not deleted
             log_path.write_text("")
         else:
             shutil.copyfile(found[0] / "train_log.jsonl", log_path)

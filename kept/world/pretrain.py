@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from kept.atomic import remove_output
 from kept.chat import encode_with_specials
 from kept.corpus import document_text, file_sha256, pack
 from kept.errors import ConfigError, KeptError
@@ -176,6 +176,6 @@ def pretrain_teacher(cfg: PretrainConfig) -> dict[str, Any]:
     ))
     summary["tokens_per_group"] = manifest["tokens_per_group"]
     (work / "pretrain_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    shutil.rmtree(work / "data", ignore_errors=True)  # reproducible from the world; not an output
-    shutil.rmtree(init, ignore_errors=True)
+    remove_output(work / "data")  # reproducible from the world; not an output
+    remove_output(init)
     return summary
