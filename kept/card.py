@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -247,12 +248,16 @@ def _fidelity(report: dict[str, Any] | None, *, trained: bool) -> list[str]:
         return lines + ["Not measured (the conversion ran with `fidelity_tokens=0`).", ""]
     when = "the initial conversion this model was trained from (before training)" if trained else \
         "this conversion"
+    per_seq = {"kl_mean": report.get("kl_per_sequence") or [], "top1_agreement": report.get("top1_per_sequence") or []}
+    n_seq = len(per_seq["kl_mean"])
     lines += [f"The Orion source vs {when}: next-token distributions on "
               f"{report.get('n_tokens')} tokens of {report.get('calibration', 'calibration text')}, "
-              f"output dtype {report.get('dtype')}:", "",
+              f"output dtype {report.get('dtype')}"
+              + (f"; ± one standard error over its {n_seq} sequences" if n_seq > 1 else "") + ":", "",
               "| metric | value |", "|---|---|"]
     for key in ("kl_mean", "kl_max", "top1_agreement", "max_abs_dlogit"):
-        lines.append(f"| {key} | {_num(report.get(key))} |")
+        se = _standard_error(per_seq.get(key, []))
+        lines.append(f"| {key} | {_num(report.get(key))}" + (f" ± {se:.2g}" if se is not None else "") + " |")
     for key, value in (report.get("offset_corrected") or {}).items():
         lines.append(f"| {key}, final-norm offset added back | {_num(value)} |")
     errs = report.get("layer_rel_err") or []
@@ -260,6 +265,16 @@ def _fidelity(report: dict[str, Any] | None, *, trained: bool) -> list[str]:
         lines += ["", f"Relative residual-stream error after the last layer: {_num(errs[-1])} "
                       f"(max over layers {_num(max(errs))})."]
     return lines + [""]
+
+
+def _standard_error(values: list[float]) -> float | None:
+    """Standard error of the mean of per-sequence values (sequences of equal length, so their mean is the
+    token mean); None for fewer than two."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def _evaluations(evals: dict[str, dict[str, Any]]) -> list[str]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import statistics
 
 import pytest
 import yaml
@@ -67,7 +69,11 @@ def test_conversion_writes_a_card_with_hub_metadata(converted):
     assert {"llama", "norm-exact", "chat"} <= set(meta["tags"])
     assert MARK in text
     # the figures are those of fidelity.json, with what they were measured on
-    assert f"| kl_mean | {report['kl_mean']:.4g} |" in text
+    kl = report["kl_per_sequence"]
+    assert len(kl) > 1 and abs(sum(kl) / len(kl) - report["kl_mean"]) < 1e-9  # equal sequences: the token mean
+    se = statistics.stdev(kl) / math.sqrt(len(kl))
+    assert f"| kl_mean | {report['kl_mean']:.4g} ± {se:.2g} |" in text
+    assert f"± one standard error over its {len(kl)} sequences" in text
     assert f"{report['offset_corrected']['top1_agreement']:.4g}" in text
     assert "32 tokens of" in text and "(last sequences)" in text
     # runtime requirements: exact needs the bias options; the chat template needs Jinja in llama.cpp
@@ -147,7 +153,7 @@ def test_trained_export_card_has_recipe_and_init_fidelity(converted, tmp_path):
     assert "# Orion-14B-Chat-llama-exact-xkd-z" in text
     assert "global batch 6 sequences of 16 tokens" in text and "3.84k training tokens" in text
     assert "initial conversion this model was trained from" in text
-    assert f"| kl_mean | {converted['report']['kl_mean']:.4g} |" in text
+    assert f"| kl_mean | {converted['report']['kl_mean']:.4g} ± " in text
     assert not (out / "fidelity.json").exists()  # the init's report is quoted, not copied
 
 
