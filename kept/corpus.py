@@ -120,20 +120,15 @@ def fetch_miracl(*, output: str | Path, languages: list[str], repo: str = MIRACL
     """Download the MIRACL corpus files of ``languages`` at ``revision`` into ``output`` (the repo's layout,
     ``miracl-corpus-v1.0-<lang>/docs-*.jsonl.gz``), atomically, with ``SOURCE.json`` (repo, revision, resolved
     commit, files per language). The fetch stage runs it on the submitting host; ``prepare_corpus`` then reads the
-    local files on a compute node. ``resolve`` / ``download``: see :func:`kept.source.resolve_revision` and
-    :func:`kept.source.hub_snapshot`."""
-    from kept.source import SHA, hub_errors, hub_snapshot, resolve_revision
+    local files on a compute node. ``resolve`` / ``download``: see :func:`kept.source.fetch_snapshot`."""
+    from kept.source import fetch_snapshot
 
-    with hub_errors(repo, revision, output):
-        sha = resolve_revision(repo, revision, repo_type="dataset", resolve=resolve)
-    with atomic_dir(output) as tmp, hub_errors(repo, revision, output):
-        hub_snapshot(repo=repo, commit=sha, local_dir=tmp, repo_type="dataset",
-                     allow_patterns=miracl_patterns(languages), download=download)
+    def describe(tmp: Path) -> dict[str, Any]:
         files = miracl_local_files(tmp, languages)
-        record = {"repo": repo, "revision": revision, "commit": sha, "pinned": bool(SHA.match(revision)),
-                  "files": {lang: [str(Path(f).relative_to(tmp)) for f in fs] for lang, fs in files.items()}}
-        (tmp / "SOURCE.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+        return {"files": {lang: [str(Path(f).relative_to(tmp)) for f in fs] for lang, fs in files.items()}}
+
+    return fetch_snapshot(repo=repo, revision=revision, output=output, allow_patterns=miracl_patterns(languages),
+                          describe=describe, repo_type="dataset", resolve=resolve, download=download)
 
 
 def miracl_documents(lang: str, *, seed: int, repo: str = MIRACL_REPO, revision: str | None = None,

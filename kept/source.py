@@ -43,12 +43,24 @@ def fetch_source(*, repo: str, revision: str, output: str | Path) -> dict[str, A
     A branch or tag is resolved to its commit and recorded, with a warning: pin a 40-hex SHA for
     reproducible results. Returns the SOURCE.json record.
     """
+    return fetch_snapshot(repo=repo, revision=revision, output=output, allow_patterns=ALLOW_PATTERNS,
+                          describe=lambda _tmp: {"allow_patterns": ALLOW_PATTERNS})
+
+
+def fetch_snapshot(*, repo: str, revision: str, output: str | Path, allow_patterns: list[str],
+                   describe: Callable[[Path], dict[str, Any]], repo_type: str = "model",
+                   resolve: Resolver | None = None, download: Downloader | None = None) -> dict[str, Any]:
+    """Resolve ``revision`` (before anything is written), download the matching files into ``output``
+    atomically, and record ``SOURCE.json``: repo, revision, resolved commit, whether it was pinned, plus
+    ``describe(tmp)`` of the downloaded tree. The hub's errors become one line (:func:`hub_errors`). Returns the
+    record."""
     with hub_errors(repo, revision, output):
-        sha = resolve_revision(repo, revision)
+        sha = resolve_revision(repo, revision, repo_type=repo_type, resolve=resolve)
     with atomic_dir(output) as tmp, hub_errors(repo, revision, output):
-        hub_snapshot(repo=repo, commit=sha, local_dir=tmp, allow_patterns=ALLOW_PATTERNS)
+        hub_snapshot(repo=repo, commit=sha, local_dir=tmp, repo_type=repo_type, allow_patterns=allow_patterns,
+                     download=download)
         record = {"repo": repo, "revision": revision, "commit": sha, "pinned": bool(SHA.match(revision)),
-                  "allow_patterns": ALLOW_PATTERNS}
+                  **describe(tmp)}
         (tmp / "SOURCE.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
