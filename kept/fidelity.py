@@ -382,10 +382,8 @@ def fidelity_report(
                                   "layer_rel_err": layer_err}
         if offset is not None:
             report["offset_corrected"] = {k: v for k, v in stats.result(1).items() if not k.endswith("_per_sequence")}
-        per_sequence = report["kl_per_sequence"] + report["top1_per_sequence"]
         bad = [k for k, v in report.items() if isinstance(v, float) and not math.isfinite(v)]
         bad += [f"layer_rel_err[{i}]" for i, v in enumerate(layer_err) if not math.isfinite(v)]
-        bad += ["kl_per_sequence"] if not all(math.isfinite(v) for v in per_sequence) else []
         bad += [f"offset_corrected.{k}" for k, v in report.get("offset_corrected", {}).items() if not math.isfinite(v)]
         if bad:
             raise CheckpointError(f"fidelity report of {teacher}: metric {bad[0]} is not finite: the logits of "
