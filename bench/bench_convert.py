@@ -56,9 +56,11 @@ print(json.dumps({"seconds": seconds, "cpu": cpu() - c0, "before": before, "peak
 
 
 def _shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    from kept.mapping import orion_shapes
+    from kept.convert.families import FAMILIES
+    from kept.convert.plan import source_shapes
 
-    return orion_shapes(cfg)
+    family = FAMILIES[cfg.get("model_type", "orion")]
+    return source_shapes(family, family.read_arch(cfg, Path("config.json")))
 
 
 def make_checkpoint(out: Path, *, cfg: dict, num_shards: int, seed: int = 0) -> dict:

@@ -7,7 +7,7 @@ import sys
 
 # command -> "module:function"; each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("kept.convert:cli", "convert an Orion checkpoint to stock Llama"),
+    "convert": ("kept.convert:cli", "convert a LayerNorm decoder (orion, olmo, stablelm, gpt_neox, phi) to stock Llama"),
     "card": ("kept.card:cli", "(re)write a converted or trained model's card, with evaluation summaries"),
     "world": ("kept.world.cli:world_cli", "generate the offline toy world"),
     "train-tokenizer": ("kept.world.cli:tokenizer_cli", "train the toy SentencePiece tokenizer"),

@@ -1,14 +1,14 @@
-"""How close a converted student is to its Orion teacher before any training, and the Appendix-A fit.
+"""How close a converted student is to its source teacher before any training, and the Appendix-A fit.
 
 Both models run layer by layer from disk (:class:`StreamingModel`): one decoder layer's weights are in memory at
-a time, built from transformers' own layer classes (``StableLmDecoderLayer`` for the teacher, ``LlamaDecoderLayer``
+a time, built from transformers' own layer classes (the source family's, e.g. ``GPTNeoXLayer``; ``LlamaDecoderLayer``
 for the student), so measuring a 14B conversion needs memory for one layer, the hidden states and an LM head,
 not for two models.
 
 Metrics on a calibration batch (:func:`fidelity_report`): per-token KL(teacher || student) (mean, max), top-1
 agreement, max |logit difference|, the relative residual-stream error at each of the L+1 slots (embedding output
 and every layer's output; centred students are compared with the centred teacher stream, since centring is
-exact there), and the norm of the final-norm logit offset ``lm_head @ beta_f`` that stock Llama cannot hold.
+exact there), and the norm of the logit offset ``lm_head @ beta_f`` (+ an LM-head bias) that stock Llama cannot hold.
 For ``exact`` the logit metrics are also given with that offset added back.
 """
 
@@ -84,11 +84,17 @@ def calibration_tokens(
     return torch.from_numpy(np.stack([r[:length] for r in rows]))
 
 
-def builtin_tokens(tokenizer_model: str | Path) -> torch.Tensor:
-    """``[1, T]`` ids of :data:`BUILTIN_SAMPLE` under the source's SentencePiece model."""
+def builtin_tokens(tokenizer: str | Path, *, bos: int | None = None) -> torch.Tensor:
+    """``[1, T]`` ids of :data:`BUILTIN_SAMPLE` under the source's tokenizer (SentencePiece ``tokenizer.model``, with
+    its BOS; or a tokenizers ``tokenizer.json``, after ``bos`` if given)."""
+    if Path(tokenizer).suffix == ".json":
+        from tokenizers import Tokenizer
+
+        ids = Tokenizer.from_file(str(tokenizer)).encode(BUILTIN_SAMPLE, add_special_tokens=False).ids
+        return torch.tensor([([bos] if bos is not None else []) + ids], dtype=torch.long)
     import sentencepiece as spm
 
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
     ids = ([sp.bos_id()] if sp.bos_id() >= 0 else []) + sp.encode(BUILTIN_SAMPLE)
     return torch.tensor([ids], dtype=torch.long)
 
@@ -103,37 +109,55 @@ def split_batches(ids: torch.Tensor, *, tokens_per_batch: int = 8192) -> list[to
 
 
 class StreamingModel:
-    """Runs an Orion checkpoint (StableLm layers) or a stock Llama checkpoint one decoder layer at a time."""
+    """Runs a checkpoint one decoder layer at a time with transformers' own layer class: a source of any supported
+    family (its runtime, :class:`kept.convert.families.Runtime`) or a stock Llama checkpoint."""
 
     def __init__(self, directory: str | Path, *, device: str | torch.device = "cpu") -> None:
-        from transformers import LlamaConfig
-        from transformers.models.llama.modeling_llama import (
-            LlamaDecoderLayer,
-            LlamaRMSNorm,
-            LlamaRotaryEmbedding,
-        )
-        from transformers.models.stablelm.modeling_stablelm import StableLmDecoderLayer, StableLmRotaryEmbedding
+        import importlib
 
-        from kept.mapping import LEGACY_KEYS
-        from kept.orion import read_orion_config, stablelm_config
+        from kept.convert.families import read_source
+        from kept.convert.families.base import read_config
+        from kept.convert.plan import LEGACY_KEYS
 
         self.directory = Path(directory)
         self.device = torch.device(device)
-        raw = json.loads((self.directory / "config.json").read_text())
-        self.kind = "orion" if raw.get("model_type") == "orion" else "llama"
-        if self.kind == "orion":
-            self.config = stablelm_config(read_orion_config(self.directory))
-            layer_cls, rope_cls = StableLmDecoderLayer, StableLmRotaryEmbedding
-            self.eps = self.config.layer_norm_eps
-        else:
-            keep = {k: v for k, v in raw.items() if k not in LEGACY_KEYS}
-            self.config = LlamaConfig(**keep)
-            layer_cls, rope_cls = LlamaDecoderLayer, LlamaRotaryEmbedding
+        raw = read_config(self.directory)
+        self.reader = TensorReader(self.directory)
+        names = set(self.reader.names())
+        if raw.get("model_type") == "llama":
+            from transformers import LlamaConfig
+
+            self.kind = "llama"
+            self.config = LlamaConfig(**{k: v for k, v in raw.items() if k not in LEGACY_KEYS})
+            module, layer_name, rope_name = "llama", "LlamaDecoderLayer", "LlamaRotaryEmbedding"
+            self.prefix, self.embed_name = "model.layers.{i}.", "model.embed_tokens.weight"
             self.eps = self.config.rms_norm_eps
-            self._rms = LlamaRMSNorm
+            self.norm_kind, self.norm_w, self.norm_b = "rms", "model.norm.weight", None
+            tied = bool(self.config.tie_word_embeddings)
+            self.head_name, self.head_bias = (self.embed_name if tied else "lm_head.weight"), None
+            self.sites: dict[str, tuple[str, ...]] = {}
+        else:
+            family, arch, raw = read_source(self.directory)
+            self.kind = family.name
+            self.config = family.teacher_config(raw, self.directory / "config.json")
+            rt = family.runtime
+            module, layer_name, rope_name, self.prefix = rt.module, rt.layer_class, rt.rotary_class, rt.layer_prefix
+            self.sites = rt.norm_sites
+
+            def stored(logical: str) -> str:
+                return next((t for t in family.tensors[logical] if t in names), family.tensors[logical][0])
+
+            self.embed_name = stored("embed")
+            self.eps = arch.norm_eps
+            self.norm_kind = "layer"
+            self.norm_w = stored("final.w") if arch.norm_weight else None
+            self.norm_b = stored("final.b") if arch.norm_bias else None
+            self.head_name = self.embed_name if arch.tied else stored("head.w")
+            self.head_bias = stored("head.b") if arch.head_bias else None
+        mod = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
+        layer_cls, rope_cls = getattr(mod, layer_name), getattr(mod, rope_name)
         self.config._attn_implementation = "sdpa"  # causal via is_causal when no mask is given
         self.num_layers = self.config.num_hidden_layers
-        self.reader = TensorReader(self.directory)
         with torch.device("meta"):
             layer = layer_cls(self.config, layer_idx=0)
         # One layer's parameters (float32, on the device), allocated once and refilled for every layer from the
@@ -148,7 +172,7 @@ class StreamingModel:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Embedding output (B, T, d), float32; reads only the rows of the ids present."""
         uniq, inverse = torch.unique(ids.cpu(), return_inverse=True)
-        rows = torch.cat([self.reader.get_rows("model.embed_tokens.weight", u, u + 1) for u in uniq.tolist()])
+        rows = torch.cat([self.reader.get_rows(self.embed_name, u, u + 1) for u in uniq.tolist()])
         return F.embedding(inverse, rows).to(device=self.device, dtype=torch.float32)
 
     def positions(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +183,7 @@ class StreamingModel:
     def load_layer(self, i: int) -> torch.nn.Module:
         """Decoder layer ``i`` with its weights (float32, on the device)."""
         for key, param in self._params.items():
-            name = f"model.layers.{i}.{key}"
+            name = self.prefix.format(i=i) + key
             src = self._mapped(name)
             if tuple(src.shape) != tuple(param.shape):
                 raise CheckpointError(f"{self.directory}: tensor {name!r} has shape {tuple(src.shape)}, "
@@ -178,21 +202,28 @@ class StreamingModel:
 
     def head_rows(self, start: int, stop: int) -> torch.Tensor:
         """LM-head rows ``start:stop`` (float32, on the device)."""
-        rows = self._mapped("lm_head.weight", start, stop)
+        rows = self._mapped(self.head_name, start, stop)
         if getattr(self, "_head", None) is None or self._head.shape[0] < rows.shape[0]:
             self._head = torch.empty(rows.shape, dtype=torch.float32, device=self.device)
         out = self._head[: rows.shape[0]]
         out.copy_(rows)
         return out
 
+    def head_bias_rows(self, start: int, stop: int) -> torch.Tensor | None:
+        """LM-head bias ``start:stop`` (float64), or None."""
+        if self.head_bias is None:
+            return None
+        return self.reader.get(self.head_bias)[start:stop].to(device=self.device, dtype=torch.float64)
+
+    def vocab_size(self) -> int:
+        return self.reader.info(self.head_name).shape[0]
+
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
-        w = self.weight("model.norm.weight")
-        if self.kind == "orion":
-            return F.layer_norm(h, (h.shape[-1],), w, self.weight("model.norm.bias"), self.eps)
-        norm = self._rms(h.shape[-1], eps=self.eps).to(self.device)
-        with torch.no_grad():
-            norm.weight.copy_(w)
-        return norm(h)
+        w = self.weight(self.norm_w) if self.norm_w else None
+        if self.norm_kind == "layer":
+            b = self.weight(self.norm_b) if self.norm_b else None
+            return F.layer_norm(h, (h.shape[-1],), w, b, self.eps)
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps) * w  # LlamaRMSNorm in float32
 
     def close(self) -> None:
         self.reader.close()
@@ -213,16 +244,18 @@ def fit_rms_gains(
     Returns float64 gains keyed by the Llama norm weight names.
     """
     model = StreamingModel(teacher, device=device)
-    sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    sums: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def accumulate(site: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    def accumulate(sites: tuple[str, ...], x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> None:
         x64 = x.reshape(-1, x.shape[-1]).double()  # (N, d)
         y64 = y.reshape(-1, y.shape[-1]).double()
         u = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + model.eps)  # x / r
         num, den = (u * y64).sum(0), u.pow(2).sum(0)
-        if site in sums:
-            num, den = num + sums[site][0], den + sums[site][1]
-        sums[site] = (num, den)
+        for site in sites:
+            if site in sums:
+                sums[site] = (num + sums[site][0], den + sums[site][1], gamma)
+            else:
+                sums[site] = (num, den, gamma)
 
     try:
         hidden = [model.embed(b) for b in batches]
@@ -232,21 +265,22 @@ def fit_rms_gains(
         for i in range(model.num_layers):
             layer = model.load_layer(i)
             hooks = [
-                getattr(layer, site).register_forward_hook(
-                    lambda mod, inp, out, site=f"model.layers.{i}.{site}.weight": accumulate(site, inp[0], out)
+                getattr(layer, module).register_forward_hook(
+                    lambda mod, inp, out, sites=tuple(f"model.layers.{i}.{t}.weight" for t in targets): accumulate(
+                        sites, inp[0], out, mod.weight.detach().double().clone())
                 )
-                for site in ("input_layernorm", "post_attention_layernorm")
+                for module, targets in model.sites.items()
             ]
             try:
-                hidden = [layer(h, attention_mask=None, position_embeddings=p) for h, p in zip(hidden, pos)]
+                hidden = [_layer_out(layer(h, attention_mask=None, position_embeddings=p)) for h, p in zip(hidden, pos)]
             finally:
                 for hook in hooks:
                     hook.remove()
+        final_gamma = model.weight(model.norm_w, torch.float64)
         for h in hidden:
-            accumulate("model.norm.weight", h, model.final_norm(h))
+            accumulate(("model.norm.weight",), h, model.final_norm(h), final_gamma)
         gains = {}
-        for site, (num, den) in sums.items():
-            gamma = model.weight(site, torch.float64)
+        for site, (num, den, gamma) in sums.items():
             gains[site] = torch.where(den > 0, num / den.clamp_min(1e-300), gamma).cpu()
         return gains
     finally:
@@ -345,15 +379,15 @@ def fidelity_report(
             return math.sqrt(num / max(den, 1e-300))
 
         who_t, who_s = f"teacher {teacher}", "converted student"
-        _check_stream(who_t, ht, "model.embed_tokens.weight")
-        _check_stream(who_s, hs, "model.embed_tokens.weight")
+        _check_stream(who_t, ht, t_model.embed_name)
+        _check_stream(who_s, hs, s_model.embed_name)
         layer_err = [slot_error()]
         for i in range(t_model.num_layers):
             layer = t_model.load_layer(i)
-            ht = [layer(h, attention_mask=None, position_embeddings=p) for h, p in zip(ht, pos_t)]
-            _check_stream(who_t, ht, f"model.layers.{i}.*")
+            ht = [_layer_out(layer(h, attention_mask=None, position_embeddings=p)) for h, p in zip(ht, pos_t)]
+            _check_stream(who_t, ht, t_model.prefix.format(i=i) + "*")
             layer = s_model.load_layer(i)
-            hs = [layer(h, attention_mask=None, position_embeddings=p) for h, p in zip(hs, pos_s)]
+            hs = [_layer_out(layer(h, attention_mask=None, position_embeddings=p)) for h, p in zip(hs, pos_s)]
             _check_stream(who_s, hs, f"model.layers.{i}.*")
             layer_err.append(slot_error())
             if progress:
@@ -365,15 +399,18 @@ def fidelity_report(
         n_tok, d = nt.shape
         offset = logit_offset.to(device=device, dtype=torch.float64) if logit_offset is not None else None
         stats = _OnlineLogitStats(n_tok, 1 if offset is None else 2, device)
-        vocab = t_model.reader.info("lm_head.weight").shape[0]
+        vocab = t_model.vocab_size()
         vb = max(1, HEAD_BLOCK_BYTES // (4 * d))
         for v0 in range(0, vocab, vb):
             w_t = t_model.head_rows(v0, v0 + vb)  # (vb, d)
             w_s = w_t if same_head else s_model.head_rows(v0, v0 + vb)
+            b_t = t_model.head_bias_rows(v0, v0 + w_t.shape[0])  # (vb,) or None
             chunk = max(1, LOGIT_BLOCK_BYTES // (8 * w_t.shape[0]))
             for c0 in range(0, n_tok, chunk):
                 rows = slice(c0, min(n_tok, c0 + chunk))
                 zt = (nt[rows] @ w_t.T).double()  # (n, vb)
+                if b_t is not None:
+                    zt += b_t
                 zs = (ns[rows] @ w_s.T).double()
                 variants = [zs] if offset is None else [zs, zs + offset[v0 : v0 + w_t.shape[0]]]
                 stats.update(rows, v0, zt, variants)
@@ -387,11 +424,16 @@ def fidelity_report(
         bad += [f"offset_corrected.{k}" for k, v in report.get("offset_corrected", {}).items() if not math.isfinite(v)]
         if bad:
             raise CheckpointError(f"fidelity report of {teacher}: metric {bad[0]} is not finite: the logits of "
-                                  "lm_head.weight after model.norm.weight overflow in float32")
+                                  "the LM head after the final norm overflow in float32")
         return report
     finally:
         t_model.close()
         s_model.close()
+
+
+def _layer_out(out: Any) -> torch.Tensor:
+    """A decoder layer's output stream (some layer classes return a tuple)."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _check_stream(who: str, hidden: list[torch.Tensor], tensors: str) -> None:

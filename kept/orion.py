@@ -36,13 +36,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def read_orion_config(directory: str | Path) -> dict[str, Any]:
     """Read and validate ``config.json`` of an Orion checkpoint directory."""
+    from kept.convert.families.base import read_config
+
+    cfg = read_config(directory)
     path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing config.json")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
+    return validate_orion_config(cfg, path)
+
+
+def validate_orion_config(cfg: dict[str, Any], path: str | Path = "config.json") -> dict[str, Any]:
+    """Check an Orion config.json's contents (``path`` names it in errors)."""
     if cfg.get("model_type") != "orion":
         raise CheckpointError(f"{path}: model_type is {cfg.get('model_type')!r}, expected 'orion'")
     for key in REQUIRED_KEYS:

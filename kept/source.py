@@ -27,6 +27,11 @@ ALLOW_PATTERNS = [
     "model*.safetensors",
     "model.safetensors.index.json",
     "tokenizer.model",
+    "tokenizer.json",  # tokenizers-library (BPE) families: OLMo, StableLM, GPT-NeoX, Phi
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "README.md",  # the source's model card: license and languages carried into the converted card (kept.card)

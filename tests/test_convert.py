@@ -5,6 +5,7 @@ Tolerances: log-probs within 1e-4 in float32 where a mapping is exact."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaForCausalL
 
 from kept.checkpoint import TensorReader
 from kept.convert import convert_checkpoint, parse_size
-from kept.mapping import LEGACY_KEYS, NORMS, expected_shapes, llama_shapes, orion_shapes, plan_conversion
+from kept.convert.families import FAMILIES
+from kept.convert.plan import LEGACY_KEYS, NORMS, expected_shapes, llama_shapes, plan_conversion, source_shapes
 from kept.orion import load_teacher, stablelm_config
 
 TOL = 1e-4
@@ -271,13 +273,15 @@ def test_full_orion14b_key_map_on_meta():
     longchat = {**base, "max_position_embeddings": 200000, "rope_theta": 50000000.0}
     from transformers import LlamaConfig
 
+    orion = FAMILIES["orion"]
     for cfg in (base, longchat):
-        source = orion_shapes(cfg)
-        assert list(source.items()) == list(expected_shapes(stablelm_config(cfg)).items())  # = transformers' own
+        arch = orion.read_arch(cfg, Path("config.json"))
+        source = source_shapes(orion, arch)
+        assert source == expected_shapes(stablelm_config(cfg))  # = transformers' own names and shapes
         assert len(source) == 40 * 11 + 4  # 7 projections + 2 LayerNorms x (w, b) per layer; embed, norm w/b, head
         source["model.layers.0.self_attn.rotary_emb.inv_freq"] = (64,)  # some checkpoints carry it
         for norm in NORMS:
-            plan = plan_conversion(orion_cfg=cfg, source_shapes=source, norm=norm, dtype="bfloat16")
+            plan = plan_conversion(family=orion, arch=arch, source_shapes=source, norm=norm, dtype="bfloat16")
             c = plan.llama_config
             assert (c["vocab_size"], c["hidden_size"], c["intermediate_size"]) == (84608, 5120, 15360)
             assert (c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"]) == (40, 40, 40)

@@ -423,14 +423,14 @@ def _enospc(ctx: Ctx) -> None:
 def _enospc_reserve(ctx: Ctx) -> None:
     import ctypes
 
-    import kept.convert
+    import kept.convert.writer
 
     src, out = ctx.src(), ctx.root / "out"
 
     def full(fd, mode, offset, length):  # libc's fallocate failing as on a full disk
         ctypes.set_errno(errno.ENOSPC)
         return -1
-    ctx.monkeypatch.setattr(kept.convert, "_fallocate", lambda: full)
+    ctx.monkeypatch.setattr(kept.convert.writer, "_fallocate", lambda: full)
     ctx.run(convert(ctx, src, out), status=1, needles=(str(out / "model-00001-of-00001.safetensors"), "full"))
 
 

@@ -39,7 +39,7 @@ def status(key):
 
 from kept.convert import convert_checkpoint
 # imports are not the conversion's memory: load the model code the fidelity pass uses before measuring
-import kept.fidelity, kept.mapping, kept.tokenizer  # noqa: F401
+import kept.fidelity, kept.convert.plan, kept.tokenizer  # noqa: F401
 from transformers import PreTrainedTokenizerFast  # noqa: F401
 from transformers.models.llama import modeling_llama  # noqa: F401
 from transformers.models.stablelm import modeling_stablelm  # noqa: F401

@@ -1,19 +1,16 @@
-"""Convert an Orion checkpoint into a stock ``LlamaForCausalLM`` checkpoint (NPM + OPM), streaming.
+"""The streaming writer: source tensors read through mapped windows, every byte checked, the target written
+straight into safetensors shards whose headers are planned before any weight is read.
 
 One source tensor is read at a time (:class:`kept.checkpoint.TensorReader`, through mapped windows of the page
-cache) and written straight into its safetensors shard, whose header is planned from the mapping before any weight
-is read: a tensor the mapping leaves byte-identical is copied file to file by the kernel, the others are computed
-in cache-sized row blocks (float64, or float32 for bfloat16/float16 outputs: :func:`arith_dtype`). Copies and
-writes run on two I/O threads beside the arithmetic. Every source tensor is checked (floating dtype, shape, finite
-values, the dropped ones included). Resident memory stays near a window plus a few buffers, whatever the
-checkpoint's size. The whole output -- weights, config, tokenizer, fidelity report -- is written into a temporary
-directory that replaces ``output`` only when everything succeeded, and only if ``output`` is ours
-(:mod:`kept.atomic`).
+cache): a tensor the mapping leaves byte-identical is copied file to file by the kernel, the others are computed
+in cache-sized row blocks (:mod:`kept.convert.ops`). Copies and writes run on two I/O threads beside the
+arithmetic. Every source tensor is checked (floating dtype, shape, finite values, the dropped ones included).
+Resident memory stays near a window plus a few buffers, whatever the checkpoint's size.
 """
+
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import ctypes.util
 import errno
@@ -33,11 +30,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from kept.atomic import atomic_dir, check_output
-from kept.checkpoint import FLOAT_DTYPES, ST_CODES, TensorReader, all_finite
+from kept.checkpoint import ST_CODES, TensorReader, all_finite
 from kept.errors import CheckpointError, ConfigError
-from kept.mapping import CENTRED_NORMS, NORMS, Plan, Step, plan_conversion
-from kept.orion import DTYPES, read_orion_config
+from kept.convert.plan import Plan, Step
 from kept.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -48,8 +43,6 @@ STAGING_BYTES = 2**20  # output bytes gathered per write call (four such buffers
 # in cache between the cast and the write: 8 MiB buffers cost the 2.2 GB bench conversion ~0.8 s more CPU)
 COPY_BYTES = 8 * 2**20  # buffer of the copy fallback where the kernel cannot copy between the files
 INDEX = "model.safetensors.index.json"
-OVERWRITE_HINT = "choose another output directory, or pass --overwrite (overwrite=True) to replace it"
-GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
 
 
 def bound_heap(threshold: int = 1 << 20) -> bool:
@@ -168,16 +161,22 @@ class _Source:
             for _ in self.windows(name):
                 pass
 
-    def blocks(self, name: str, dtype: torch.dtype | None = None) -> Iterator[torch.Tensor]:
-        """Row blocks of ``name`` copied into the work buffer of ``dtype`` (default :attr:`arith`), each valid until
-        the next; unchecked: the caller passes a reduction over all of them to :meth:`verify`."""
+    def blocks(self, name: str, dtype: torch.dtype | None = None, *,
+               rows: tuple[int, ...] | None = None) -> Iterator[torch.Tensor]:
+        """Row blocks of ``name`` (or of its rows ``rows``, in that order) copied into the work buffer of ``dtype``
+        (default :attr:`arith`), each valid until the next; unchecked: the caller passes a reduction over all of
+        them to :meth:`verify` (row selections are checked whole at the end, see :func:`write_weights`)."""
         dtype = dtype or self.arith
         ti = self.reader.info(name)
         cols = math.prod(ti.shape[1:]) if len(ti.shape) > 1 else 1
-        rows = max(1, BLOCK_BYTES // (dtype.itemsize * cols))
-        if dtype not in self._work or rows * cols > self._work[dtype].numel():
-            self._work[dtype] = torch.empty(max(rows * cols, BLOCK_BYTES // dtype.itemsize), dtype=dtype)
+        per = max(1, BLOCK_BYTES // (dtype.itemsize * cols))
+        if dtype not in self._work or per * cols > self._work[dtype].numel():
+            self._work[dtype] = torch.empty(max(per * cols, BLOCK_BYTES // dtype.itemsize), dtype=dtype)
         buf = self._work[dtype]
+        if rows is not None:
+            yield from self._gathered(name, rows, per, buf)
+            return
+        rows = per
         for win in self.windows(name, rows_per_block=rows, check=False):
             flat = win.reshape(win.shape[0], -1) if win.dim() > 1 else win.reshape(-1, 1)
             for r in range(0, flat.shape[0], rows):
@@ -185,6 +184,20 @@ class _Source:
                 work = buf[: src.numel()].view(src.shape)
                 work.copy_(src)
                 yield work
+
+    def _gathered(self, name: str, rows: tuple[int, ...], per: int, buf: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Blocks of the selected rows: each block's rows come from one mapped span of the source."""
+        ti = self.reader.info(name)
+        index = torch.tensor(rows, dtype=torch.long)
+        cols = math.prod(ti.shape[1:])
+        for start in range(0, len(rows), per):
+            idx = index[start : start + per]
+            lo, hi = int(idx.min()), int(idx.max()) + 1
+            span = self.reader.mapped_rows(name, lo, hi) if ti.dense else self.reader.get_rows(name, lo, hi)
+            work = buf[: idx.numel() * cols].view(idx.numel(), *ti.shape[1:])
+            work.copy_(span[idx - lo])
+            yield work
+            del span
 
     def verify(self, name: str, reduced: torch.Tensor, *, done: bool = True) -> None:
         """``reduced``: sums or dot products (with finite factors) covering elements of ``name``; if one is not
@@ -197,80 +210,6 @@ class _Source:
                                   f"{str(reduced.dtype).removeprefix('torch.')} arithmetic")
         if done:
             self.checked.add(name)
-
-
-def _produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, torch.Tensor]) -> Iterator[torch.Tensor]:
-    """Blocks of the target tensor in row-major order (any dtype: the writer casts them to ``out_dtype``); each
-    block is valid until the next one is asked for."""
-    op = step.op
-    if op == "zeros":
-        yield torch.zeros(step.shape, dtype=out_dtype)
-        return
-    if op == "fit_gain":
-        yield gains[step.target]
-        return
-    if op == "fold":  # b = W @ beta, W [out, in]
-        w_name, b_name = step.sources
-        stored = src.reader.info(w_name).dtype
-        beta = src.small(b_name)
-        if src.arith == torch.float32 and stored == beta.dtype == out_dtype == torch.bfloat16:
-            # bf16 x bf16 matrix-vector products accumulate in float32 (the float32 path's result, without
-            # converting W): straight from the mapped windows
-            bias = torch.cat([torch.mv(win, beta) for win in src.windows(w_name, check=False)])
-        else:
-            beta = beta.to(src.arith)
-            bias = torch.empty(step.shape[0], dtype=src.arith)
-            r = 0
-            for blk in src.blocks(w_name):
-                torch.mv(blk, beta, out=bias[r : r + blk.shape[0]])
-                r += blk.shape[0]
-        src.verify(w_name, bias)
-        yield bias
-        return
-    name = step.sources[0]
-    if op in ("copy", "gain"):  # cast (one rounding) by the writer, if the dtype changes
-        for win in src.windows(name):
-            row = win[0].numel() if win.dim() > 1 else 1
-            rows = max(1, STAGING_BYTES // (2 * out_dtype.itemsize * max(1, row)))
-            for r in range(0, max(1, win.shape[0] if win.dim() else 1), rows):
-                yield win[r : r + rows] if win.dim() else win
-    elif op == "center_rows":  # rows written into the stream: E - E.mean(dim=1)
-        for blk in src.blocks(name):
-            mean = blk.mean(dim=1, keepdim=True)
-            src.verify(name, mean, done=False)
-            blk -= mean
-            yield blk
-        src.checked.add(name)  # every row's mean was verified
-    elif op == "center_out":  # [out, in] projection into the stream: W - W.mean(dim=0)
-        shape = src.reader.info(name).shape
-        col = torch.zeros(shape[1:], dtype=src.arith)
-        ones = torch.ones(BLOCK_BYTES // (src.arith.itemsize * max(1, shape[1])) + 1, dtype=src.arith)
-        for blk in src.blocks(name):
-            col.addmv_(blk.T, ones[: blk.shape[0]])  # column sums, a BLAS pass
-        col /= shape[0]
-        src.verify(name, col)
-        for blk in src.blocks(name):
-            blk -= col
-            yield blk
-    else:  # pragma: no cover - plan_conversion only emits the ops above
-        raise AssertionError(f"unknown op {op!r}")
-
-
-def arith_dtype(out_dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the mapping arithmetic (centring, folding) for an output dtype: float64 for float32/float64
-    outputs, float32 for bfloat16/float16 outputs (16/13 more mantissa bits than the output). Each output element
-    is then a neighbour of the exact value and equals the float64 path's correctly rounded one except within a
-    hair of a rounding boundary (tests/test_convert.py; 8e-6 of the elements of the 2.2 GB bench checkpoint).
-    The final-norm logit offset is always float64."""
-    return torch.float64 if out_dtype.itemsize >= 4 else torch.float32
-
-
-def _kernel_copy(step: Step, src: _Source, out_dtype: torch.dtype) -> bool:
-    """Whether the target is the source's bytes as stored (NPM copy, same dtype, one dense run in a file)."""
-    if step.op not in ("copy", "gain"):
-        return False
-    ti = src.reader.info(step.sources[0])
-    return ti.dtype == out_dtype and ti.dense and ti.nbytes > 0
 
 
 # ---- safetensors shards, written incrementally -----------------------------------------------------------
@@ -484,6 +423,8 @@ def write_weights(
     (:class:`_Tasks`, with a :meth:`_Source.twin` of the source); ``aside`` (the final-norm offset) is one more such
     task (reading ``aside_reads``). Then every source tensor not checked finite yet is checked: the copied ones, and
     those no step reads (dropped biases, RoPE buffers)."""
+    from kept.convert.ops import kernel_copy, produce
+
     src = reader if isinstance(reader, _Source) else _Source(reader)
     shards = plan_shards(plan.steps, itemsize=out_dtype.itemsize, max_bytes=max_shard_size)
     weight_map: dict[str, str] = {}
@@ -510,7 +451,7 @@ def write_weights(
         # computed tensors, whose writes go to the other I/O thread.
         computed = []
         for step, fd, pos in placed:
-            if _kernel_copy(step, src, out_dtype):
+            if kernel_copy(step, src, out_dtype):
                 info = src.reader.info(step.sources[0])
                 out.copy(src.reader.fileno(step.sources[0]), info.data_offset, fd, pos, info.nbytes)  # checked below
                 progress.update(info.nbytes)  # queued: the kernel copies run while the arithmetic does
@@ -522,7 +463,7 @@ def write_weights(
         def compute(step: Step, fd: int, pos: int) -> Callable[[_Source, _Stager], None]:
             def task(source: _Source, stager: _Stager) -> None:
                 want, got = math.prod(step.shape) * out_dtype.itemsize, 0
-                for blk in _produce(step, source, out_dtype, gains or {}):
+                for blk in produce(step, source, out_dtype, gains or {}):
                     got += stager.write(fd, pos + got, blk)
                 if got != want:  # pragma: no cover - guards the header/data agreement
                     raise AssertionError(f"{step.target}: wrote {got} bytes, header says {want}")
@@ -586,275 +527,3 @@ def _fallocate() -> Any:
     return fn
 
 
-# ---- checks on the source ----------------------------------------------------------------------------------
-
-
-def check_tokenizer(source: Path, cfg: dict[str, Any]) -> Path:
-    """The source's SentencePiece model must exist and agree with config.json (size, bos/eos ids)."""
-    from kept.tokenizer import load_sp_proto
-
-    path = source / "tokenizer.model"
-    proto = load_sp_proto(path)  # CheckpointError if missing or unreadable
-    n = len(proto.pieces)
-    if n > cfg["vocab_size"]:
-        raise CheckpointError(f"{path}: tokenizer has {n} pieces but config.json vocab_size is {cfg['vocab_size']}")
-    ts = proto.trainer_spec
-    for key, sp_id in (("bos_token_id", ts.bos_id), ("eos_token_id", ts.eos_id)):
-        want = cfg.get(key)
-        if want is not None and want != sp_id:
-            raise CheckpointError(f"{path}: tokenizer's {key.split('_')[0]} id is {sp_id}, config.json {key} is {want}")
-    return path
-
-
-def final_norm_offset(src: _Source) -> torch.Tensor:
-    """``lm_head @ beta_f`` in float64: the per-vocab logit offset the final LayerNorm's bias adds."""
-    beta = src.small("model.norm.bias").double()
-    offset = torch.empty(src.reader.info("lm_head.weight").shape[0], dtype=torch.float64)
-    r = 0
-    for blk in src.blocks("lm_head.weight", torch.float64):
-        torch.mv(blk, beta, out=offset[r : r + blk.shape[0]])
-        r += blk.shape[0]
-    src.verify("lm_head.weight", offset)  # also the finiteness check of lm_head.weight
-    return offset
-
-
-def _json(obj: dict[str, Any]) -> str:
-    """Indented JSON; a non-finite number is an error naming its key (NaN is not JSON)."""
-    for key, value in obj.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise CheckpointError(f"conversion: {key} is {value}, not a finite number")
-    try:
-        return json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    except ValueError as exc:
-        raise CheckpointError(f"conversion: a reported value is not finite ({exc})") from None
-
-
-def _generation_config(source: Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    src = {}
-    path = source / "generation_config.json"
-    if path.is_file():
-        try:
-            src = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
-    gen = {k: src[k] for k in GENERATION_KEYS if k in src}
-    gen.update(bos_token_id=cfg.get("bos_token_id", 1), eos_token_id=cfg.get("eos_token_id", 2),
-               pad_token_id=cfg.get("pad_token_id", 0))
-    return gen
-
-
-def _is_chat(source: Path) -> bool:
-    path = source / "tokenizer_config.json"
-    if not path.is_file():
-        return False
-    try:
-        tok_cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: invalid JSON ({exc})") from exc
-    return bool(tok_cfg.get("chat_format") or tok_cfg.get("chat_template"))
-
-
-# ---- the conversion ----------------------------------------------------------------------------------------
-
-
-def convert_checkpoint(
-    *,
-    source: str | Path,
-    output: str | Path,
-    norm: str,
-    dtype: str | None = None,
-    max_shard_size: str = "5GB",
-    calibration: str | Path | None = None,
-    fidelity_tokens: int = 2048,
-    fit_tokens: int = 8192,
-    chat: bool | None = None,
-    device: str = "cpu",
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Convert the Orion checkpoint ``source`` into a stock Llama checkpoint at ``output``; return the fidelity
-    report (also written as fidelity.json / fidelity.md, with conversion.json, next to the weights).
-
-    ``norm``: ``paper`` | ``centered`` | ``exact`` | ``fit`` (see :mod:`kept.mapping`). ``dtype``: output dtype,
-    default the source's ``torch_dtype``. ``calibration``: a packed corpus directory; required for ``fit``
-    (gains fitted on its first ``fit_tokens`` tokens) and used for the fidelity report (its last
-    ``fidelity_tokens`` tokens; without it a built-in multilingual sample). ``fidelity_tokens=0`` skips the
-    metrics. ``chat``: write the Llama-3 chat template (default: when the source's tokenizer_config names a
-    chat format). ``output`` is replaced only if an earlier conversion wrote it (:mod:`kept.atomic`), or with
-    ``overwrite``; it may never be, contain or lie inside ``source`` or ``calibration``. Every source tensor is
-    checked (floating dtype, expected shape, finite), including those the mapping drops. Raises a
-    :class:`~kept.errors.KeptError` naming the file, tensor or key on bad input, and then leaves ``output`` as
-    it was.
-    """
-    from kept.chat import LLAMA3_TEMPLATE
-    from kept.fidelity import (
-        builtin_tokens,
-        calibration_tokens,
-        check_ids,
-        fidelity_markdown,
-        fidelity_report,
-        fit_rms_gains,
-        split_batches,
-    )
-    from kept.card import source_card_metadata, write_model_card
-    from kept.tokenizer import runtime_warnings, write_tokenizer
-
-    source, output = Path(source), Path(output)
-    bound_heap()
-    if norm not in NORMS:
-        raise ConfigError(f"unknown norm mapping {norm!r}; expected one of {', '.join(NORMS)}")
-    if dtype is not None and dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    if norm == "fit" and calibration is None:
-        raise ConfigError("norm 'fit' needs calibration text: pass calibration=<packed corpus dir>")
-    if fidelity_tokens < 0 or fit_tokens <= 0:
-        raise ConfigError(f"fidelity_tokens ({fidelity_tokens}) must be >= 0 and fit_tokens ({fit_tokens}) > 0")
-    max_bytes = parse_size(max_shard_size)
-    inputs = [source] + ([Path(calibration)] if calibration is not None else [])
-    check_output(output, inputs=inputs, overwrite=overwrite, hint=OVERWRITE_HINT)
-
-    cfg = read_orion_config(source)
-    tok_model = check_tokenizer(source, cfg)
-    tok_warnings = runtime_warnings(tok_model)
-    for w in tok_warnings:
-        log.warning("tokenizer: %s (%s). %s What to do: %s", w["property"], w["detail"], w["effect"], w["advice"])
-    with TensorReader(source) as reader:
-        for name in reader.names():
-            info = reader.info(name)
-            if info.dtype not in FLOAT_DTYPES:
-                raise CheckpointError(
-                    f"{source / info.file}: tensor {name!r} has dtype {str(info.dtype).removeprefix('torch.')}; "
-                    "a checkpoint's weights must be floating point (float16, bfloat16, float32 or float64)"
-                )
-        shapes = {n: reader.info(n).shape for n in reader.names()}
-        emb = shapes.get("model.embed_tokens.weight")
-        if emb is not None and emb[0] != cfg["vocab_size"]:
-            raise CheckpointError(
-                f"{source / 'config.json'}: vocab_size {cfg['vocab_size']} differs from the {emb[0]} rows of "
-                "model.embed_tokens.weight"
-            )
-        out_name = dtype or str(cfg.get("torch_dtype") or "")
-        if out_name not in DTYPES:
-            out_name = str(reader.info("model.embed_tokens.weight").dtype).removeprefix("torch.")
-            if out_name not in DTYPES:
-                raise CheckpointError(f"{source}: cannot infer an output dtype from {out_name}; pass dtype=")
-        out_dtype = DTYPES[out_name]
-        plan = plan_conversion(orion_cfg=cfg, source_shapes=shapes, norm=norm, dtype=out_name)
-
-        gains = None
-        if norm == "fit":
-            fit_ids = calibration_tokens(calibration, n_tokens=fit_tokens)
-            check_ids(fit_ids, cfg["vocab_size"], f"{calibration}")
-            log.info("fit: teacher activations on %d calibration tokens", fit_ids.numel())
-            manifest = json.loads((Path(calibration) / "manifest.json").read_text())
-            if fidelity_tokens and manifest.get("num_sequences", 0) * manifest.get("max_length", 0) < (
-                    fit_tokens + fidelity_tokens):
-                log.warning("calibration corpus %s is smaller than fit_tokens + fidelity_tokens: the fitting and "
-                            "the fidelity batches overlap, which flatters the fit mapping", calibration)
-            gains = fit_rms_gains(teacher=source, batches=split_batches(fit_ids), device=device)
-            for site, g in gains.items():
-                if not bool(torch.isfinite(g).all()):
-                    raise CheckpointError(f"{calibration}: fitted gain {site!r} is not finite")
-
-        src = _Source(reader, arith=arith_dtype(out_dtype))
-        chat = _is_chat(source) if chat is None else chat
-        with atomic_dir(output, inputs=inputs, overwrite=overwrite, hint=OVERWRITE_HINT) as tmp:
-            offsets: list[torch.Tensor] = []
-            write_weights(reader=src, plan=plan, out_dir=tmp, out_dtype=out_dtype, max_shard_size=max_bytes,
-                          gains=gains, aside=lambda s: offsets.append(final_norm_offset(s)),
-                          aside_reads=("lm_head.weight", "model.norm.bias"))
-            offset = offsets[0]
-            same_head = reader.info("lm_head.weight").dtype == out_dtype  # the head is copied as stored
-            del src  # release the work buffers before the fidelity pass
-            (tmp / "config.json").write_text(json.dumps(plan.llama_config, indent=2) + "\n")
-            (tmp / "generation_config.json").write_text(json.dumps(_generation_config(source, cfg), indent=2) + "\n")
-            write_tokenizer(model_file=tok_model, output=tmp, model_max_length=cfg["max_position_embeddings"],
-                            chat_template=LLAMA3_TEMPLATE if chat else None)
-
-            report: dict[str, Any] = {
-                "norm": norm,
-                "centered": norm in CENTRED_NORMS,
-                "source": str(source),
-                "dtype": out_name,
-                "final_norm_logit_offset_norm": float(torch.linalg.vector_norm(offset)),
-                "n_tokens": 0,
-                "kl_mean": None,
-                "kl_max": None,
-                "top1_agreement": None,
-                "max_abs_dlogit": None,
-                "layer_rel_err": [],
-                "mapping": plan.table,
-                "dropped": plan.dropped_table,
-            }
-            if fidelity_tokens:
-                if calibration is not None:
-                    ids = calibration_tokens(calibration, n_tokens=fidelity_tokens, from_end=True)
-                    report["calibration"] = f"{calibration} (last sequences)"
-                else:
-                    ids = builtin_tokens(tok_model)[:, :fidelity_tokens]
-                    report["calibration"] = "built-in multilingual sample"
-                check_ids(ids, cfg["vocab_size"], str(calibration or tok_model))
-                report.update(fidelity_report(
-                    teacher=source, student=tmp, centred=norm in CENTRED_NORMS, ids=ids,
-                    logit_offset=offset if norm == "exact" else None, device=device,
-                    progress=_layer_progress(cfg["num_hidden_layers"]), same_head=same_head,
-                ))
-            (tmp / "fidelity.json").write_text(_json(report))
-            (tmp / "fidelity.md").write_text(fidelity_markdown(report))
-            conversion = {
-                "norm": norm,
-                "centered": norm in CENTRED_NORMS,
-                "source": str(source),
-                "dtype": out_name,
-                "final_norm_logit_offset_norm": report["final_norm_logit_offset_norm"],
-                "chat_template": "llama3" if chat else None,
-                "tokenizer_warnings": tok_warnings,
-                "source_card": source_card_metadata(source, calibration=calibration),
-            }
-            (tmp / "conversion.json").write_text(_json(conversion))
-            write_model_card(tmp)
-    return report
-
-
-def _layer_progress(n_layers: int) -> Any:
-    """The fidelity pass's per-layer callback as progress lines (layers done, rate, ETA, the layer's error)."""
-    bar = Progress(n_layers, desc="convert: fidelity", unit="layer")
-
-    def report(message: str) -> None:
-        bar.set_postfix(last=message.removeprefix("fidelity: "))
-        bar.update(1)
-
-    return report
-
-
-def cli(argv: list[str]) -> int:
-    """``kept convert SOURCE OUTPUT --norm ...``"""
-    ap = argparse.ArgumentParser(prog="kept convert", description="Convert an Orion checkpoint to stock Llama.")
-    ap.add_argument("source", help="Orion checkpoint directory, or a hub id REPO@REVISION (weights/config/tokenizer only)")
-    ap.add_argument("output", help="output directory (written atomically)")
-    ap.add_argument("--norm", required=True, choices=NORMS, help="LayerNorm -> RMSNorm mapping")
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="output dtype (default: the source's)")
-    ap.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    ap.add_argument("--calibration", default=None, help="packed corpus dir (needed for --norm fit; fidelity report)")
-    ap.add_argument("--fidelity-tokens", type=int, default=2048, help="tokens for the fidelity report (0: skip)")
-    ap.add_argument("--fit-tokens", type=int, default=8192, help="calibration tokens for --norm fit")
-    ap.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
-                    help="write the Llama-3 chat template (default: if the source is a chat model)")
-    ap.add_argument("--device", default="cpu", help="device for the fit and fidelity forward passes")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="replace OUTPUT even if it holds files kept did not write (never the source itself)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from kept.source import resolve_source
-
-    local = [args.source] if Path(args.source).is_dir() else []
-    check_output(args.output, inputs=local, overwrite=args.overwrite, hint=OVERWRITE_HINT)  # before any download
-    source = resolve_source(args.source, cache_dir=Path(args.output).parent / ".sources")
-    report = convert_checkpoint(
-        source=source, output=args.output, norm=args.norm, dtype=args.dtype, max_shard_size=args.max_shard_size,
-        calibration=args.calibration, fidelity_tokens=args.fidelity_tokens, fit_tokens=args.fit_tokens,
-        chat=args.chat, device=args.device, overwrite=args.overwrite,
-    )
-    summary = {k: report.get(k) for k in ("norm", "n_tokens", "kl_mean", "top1_agreement", "max_abs_dlogit",
-                                          "final_norm_logit_offset_norm")}
-    print(json.dumps(summary, indent=2))
-    return 0

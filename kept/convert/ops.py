@@ -1,0 +1,134 @@
+"""The arithmetic of each :class:`~kept.convert.plan.Step` operation, block by block from the mapped source.
+
+Float64 for float32 outputs, float32 for bfloat16/float16 outputs (:func:`arith_dtype`); every block is valid until
+the next one is asked for, and the writer casts it to the output dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from kept.convert.plan import Step
+from kept.convert.writer import BLOCK_BYTES, STAGING_BYTES, _Source
+
+
+def arith_dtype(out_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the mapping arithmetic (centring, folding) for an output dtype: float64 for float32/float64
+    outputs, float32 for bfloat16/float16 outputs (16/13 more mantissa bits than the output). Each output element
+    is then a neighbour of the exact value and equals the float64 path's correctly rounded one except within a
+    hair of a rounding boundary (tests/test_convert.py; 8e-6 of the elements of the 2.2 GB bench checkpoint).
+    The final-norm logit offset is always float64."""
+    return torch.float64 if out_dtype.itemsize >= 4 else torch.float32
+
+
+def kernel_copy(step: Step, src: _Source, out_dtype: torch.dtype) -> bool:
+    """Whether the target is the source's bytes as stored (NPM copy, same dtype, one dense run in a file)."""
+    if not step.verbatim:
+        return False
+    ti = src.reader.info(step.sources[0])
+    return ti.dtype == out_dtype and ti.dense and ti.nbytes > 0
+
+
+def _vector(src: _Source, name: str, rows: tuple[int, ...] | None) -> torch.Tensor:
+    """A 1-D source tensor (its selected rows) in the arithmetic dtype, checked."""
+    v = src.small(name).to(src.arith)
+    return v[list(rows)] if rows is not None else v
+
+
+def _fold(step: Step, src: _Source) -> torch.Tensor:
+    """``b = W[rows] @ beta (+ b_src[rows])``, scaled."""
+    w_name, b_name = step.sources[:2]
+    stored = src.reader.info(w_name).dtype
+    beta = src.small(b_name)
+    if (step.rows is None and len(step.sources) == 2 and src.arith == torch.float32
+            and stored == beta.dtype == torch.bfloat16):
+        # bf16 x bf16 matrix-vector products accumulate in float32 (the float32 path's result, without
+        # converting W): straight from the mapped windows
+        bias = torch.cat([torch.mv(win, beta) for win in src.windows(w_name, check=False)]).to(src.arith)
+    else:
+        beta = beta.to(src.arith)
+        bias = torch.empty(step.shape[0], dtype=src.arith)
+        r = 0
+        for blk in src.blocks(w_name, rows=step.rows):
+            torch.mv(blk, beta, out=bias[r : r + blk.shape[0]])
+            r += blk.shape[0]
+    src.verify(w_name, bias, done=step.rows is None)
+    if len(step.sources) == 3:
+        bias += _vector(src, step.sources[2], step.rows)
+    if step.scale != 1.0:
+        bias *= step.scale
+    return bias
+
+
+def produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Blocks of the target tensor in row-major order (any dtype: the writer casts them to ``out_dtype``)."""
+    op = step.op
+    if op in ("zeros", "ones", "fill"):
+        value = {"zeros": 0.0, "ones": 1.0, "fill": step.scale}[op]
+        yield torch.full(step.shape, value, dtype=out_dtype)
+        return
+    if op == "fit_gain":
+        yield gains[step.target]
+        return
+    if op == "fold":
+        yield _fold(step, src)
+        return
+    name = step.sources[0]
+    if op == "center_vec":  # a bias added to the stream: b - mean(b)
+        v = _vector(src, name, None)
+        yield v - v.mean()
+        return
+    if step.verbatim:  # cast (one rounding) by the writer, if the dtype changes
+        for win in src.windows(name):
+            row = win[0].numel() if win.dim() > 1 else 1
+            rows = max(1, STAGING_BYTES // (2 * out_dtype.itemsize * max(1, row)))
+            for r in range(0, max(1, win.shape[0] if win.dim() else 1), rows):
+                yield win[r : r + rows] if win.dim() else win
+    elif op in ("copy", "gain"):  # rows selected (fused QKV, RoPE permutation) and/or scaled
+        if src.reader.info(name).shape.__len__() < 2:
+            yield _vector(src, name, step.rows) * step.scale
+            return
+        for blk in src.blocks(name, rows=step.rows):
+            if step.scale != 1.0:
+                blk *= step.scale
+            yield blk
+    elif op == "center_rows":  # rows written into the stream: E - E.mean(dim=1)
+        for blk in src.blocks(name):
+            mean = blk.mean(dim=1, keepdim=True)
+            src.verify(name, mean, done=False)
+            blk -= mean
+            yield blk
+        src.checked.add(name)  # every row's mean was verified
+    elif op == "center_out":  # [out, in] projection into the stream: (W - W.mean(dim=0)) * scale
+        shape = src.reader.info(name).shape
+        col = torch.zeros(shape[1:], dtype=src.arith)
+        ones = torch.ones(BLOCK_BYTES // (src.arith.itemsize * max(1, shape[1])) + 1, dtype=src.arith)
+        for blk in src.blocks(name):
+            col.addmv_(blk.T, ones[: blk.shape[0]])  # column sums, a BLAS pass
+        col /= shape[0]
+        src.verify(name, col)
+        for blk in src.blocks(name):
+            blk -= col
+            if step.scale != 1.0:
+                blk *= step.scale
+            yield blk
+    else:  # pragma: no cover - plan_conversion only emits the ops above
+        raise AssertionError(f"unknown op {op!r}")
+
+
+def logit_offset(src: _Source, *, head: str, beta: str | None, bias: str | None) -> torch.Tensor:
+    """``head @ beta_f (+ head bias)`` in float64: the per-vocab logit offset stock Llama cannot hold (the final
+    LayerNorm's beta seen through the LM head, and an LM-head bias)."""
+    offset = torch.zeros(src.reader.info(head).shape[0], dtype=torch.float64)
+    if beta is not None:
+        b = src.small(beta).double()
+        r = 0
+        for blk in src.blocks(head, torch.float64):
+            torch.mv(blk, b, out=offset[r : r + blk.shape[0]])
+            r += blk.shape[0]
+        src.verify(head, offset)  # also the finiteness check of the head
+    if bias is not None:
+        offset += src.small(bias).double()
+    return offset
