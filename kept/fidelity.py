@@ -424,7 +424,7 @@ def fidelity_report(
         bad += [f"offset_corrected.{k}" for k, v in report.get("offset_corrected", {}).items() if not math.isfinite(v)]
         if bad:
             raise CheckpointError(f"fidelity report of {teacher}: metric {bad[0]} is not finite: the logits of "
-                                  "the LM head after the final norm overflow in float32")
+                                  f"{t_model.head_name} after {t_model.norm_w or 'the final norm'} overflow in float32")
         return report
     finally:
         t_model.close()

@@ -369,6 +369,10 @@ def plan_conversion(
                     if not arch.qk_layernorm:
                         raise MappingError(f"source tensor {name!r} is a qk_layernorm weight, but config.json "
                                            "says qk_layernorm=false")
+                if template.endswith("inv_freq") and tuple(source_shapes[name]) != (arch.rotary_dim // 2,):
+                    raise CheckpointError(f"tensor {name!r} has shape {tuple(source_shapes[name])}, expected "
+                                          f"({arch.rotary_dim // 2},) (a RoPE buffer of {arch.rotary_dim} rotated "
+                                          "channels)")
                 dropped.append((name, why))
                 dropped_table[(template, why)] = dropped_table.get((template, why), 0) + 1
                 break

@@ -130,7 +130,7 @@ def no_rope_scaling(cfg: dict[str, Any], path: Path) -> None:
     params = cfg.get("rope_parameters") or {}
     kind = params.get("rope_type", "default")
     if scaling not in (None, {}) or kind not in ("default", None):
-        raise CheckpointError(f"{path}: rope scaling {scaling or params!r} is not supported (only plain RoPE)")
+        raise CheckpointError(f"{path}: rope_scaling {scaling or params!r} is not supported (only plain RoPE)")
 
 
 def special_ids(cfg: dict[str, Any]) -> dict[str, Any]:

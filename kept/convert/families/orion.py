@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kept.convert.families.base import Arch, Family, Runtime
+from kept.convert.families.base import Arch, Family, Runtime, no_rope_scaling
 
 _L = "model.layers.{i}"
 
@@ -19,6 +19,7 @@ def read_arch(cfg: dict[str, Any], path: Path) -> Arch:
     from kept.orion import validate_orion_config
 
     cfg = validate_orion_config(cfg, path)
+    no_rope_scaling(cfg, path)
     heads = cfg["num_attention_heads"]
     return Arch(
         family="orion", vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],

@@ -1,0 +1,191 @@
+"""Every source family -> stock Llama, checked against transformers' own class of the family.
+
+Tiny perturbed checkpoints (random norm gains and biases, random linear biases, a non-zero embedding mean;
+:mod:`kept.convert.tiny`) written by the family's own ``save_pretrained``. For each family option and norm mapping:
+the exactness class the planner decides, and the evidence for it, computed here independently of the converter's
+own fidelity pass -- full-model forward passes of transformers' class of the family and of ``LlamaForCausalLM``:
+
+* ``exact``: next-token log-probs equal within 1e-4 (float32 forward passes of two different graphs);
+* ``exact up to a logit offset``: equal within 1e-4 once ``head @ beta_f + head_bias`` (from the source's own
+  tensors) is added to the Llama logits;
+* ``approximate``: the converter's reported KL agrees with the KL computed here (so the report measures what it
+  claims), and is not zero (the divergence is real).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from kept.convert import convert_checkpoint
+from kept.convert.families import FAMILIES
+from kept.convert.plan import APPROX, EXACT, NORMS, OFFSET
+from kept.convert.tiny import make_checkpoint
+from kept.errors import CheckpointError, KeptError, MappingError
+
+# (family, config overrides, {norm: expected class}); "refused" = the mapping is refused with a reason
+CASES = [
+    ("olmo", {}, {"paper": APPROX, "centered": EXACT, "exact": EXACT, "fit": "refused"}),
+    ("olmo", {"tie_word_embeddings": True}, {"centered": EXACT, "exact": EXACT}),
+    ("olmo", {"clip_qkv": 0.05}, {"centered": APPROX, "exact": "refused"}),
+    ("stablelm", {}, {"paper": APPROX, "centered": APPROX, "exact": OFFSET, "fit": APPROX}),
+    ("stablelm", {"use_parallel_residual": True}, {"exact": APPROX}),
+    ("stablelm", {"qk_layernorm": True}, {"centered": APPROX, "exact": "refused"}),
+    ("gpt_neox", {}, {"paper": APPROX, "exact": APPROX, "fit": APPROX}),
+    ("gpt_neox", {"use_parallel_residual": False}, {"centered": APPROX, "exact": OFFSET}),
+    ("phi", {}, {"paper": APPROX, "exact": APPROX, "fit": APPROX}),
+]
+IDS = torch.randint(3, 90, (2, 20), generator=torch.Generator().manual_seed(1))
+
+
+def _corpus(out: Path, *, vocab: int = 90, n_seq: int = 8, length: int = 32) -> Path:
+    arr = np.random.default_rng(0).integers(3, vocab, size=(n_seq, length), dtype=np.int32)
+    (out / "shards").mkdir(parents=True)
+    np.save(out / "shards" / "00000.npy", arr)
+    manifest = {"max_length": length, "num_sequences": n_seq, "eos_id": 2, "total_tokens": int(arr.size),
+                "tokens_per_language": {"mixed": int(arr.size)}, "shards": ["shards/00000.npy"], "source": "tests"}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def _logprobs(model: torch.nn.Module, offset: torch.Tensor | None = None) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(IDS).logits.double()
+    return torch.log_softmax(logits + (offset if offset is not None else 0), -1)
+
+
+def _offset(src: Path) -> torch.Tensor:
+    """head @ beta_f + head bias, from the source's own tensors (independent of the converter)."""
+    family = FAMILIES[json.loads((src / "config.json").read_text())["model_type"]]
+    state = load_file(src / "model.safetensors")
+    t = {k: v[0] for k, v in family.tensors.items()}
+    head = state.get(t["head.w"], state.get("lm_head.weight"))
+    if head is None:
+        head = state[t["embed"]]
+    offset = head.double() @ state[t["final.b"]].double() if t.get("final.b") in state else 0
+    return offset + (state[t["head.b"]].double() if t.get("head.b") in state else 0)
+
+
+@pytest.mark.parametrize("family,overrides,expect", CASES,
+                         ids=[f"{f}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for f, o, _ in CASES])
+def test_family_against_transformers(tmp_path, family, overrides, expect):
+    src = make_checkpoint(tmp_path / "src", family, **overrides)
+    teacher = AutoModelForCausalLM.from_pretrained(src, trust_remote_code=False).float().eval()
+    assert type(teacher).__name__ == FAMILIES[family].hf_class  # the reference is the family's own class
+    want = _logprobs(teacher)
+    corpus = _corpus(tmp_path / "corpus")
+    for norm, cls in expect.items():
+        out = tmp_path / f"out-{norm}"
+        if cls == "refused":
+            with pytest.raises(MappingError, match="impossible|no weights") as err:
+                convert_checkpoint(source=src, output=out, norm=norm, calibration=corpus, fidelity_tokens=0)
+            assert "\n" not in str(err.value) and not out.exists()
+            continue
+        rep = convert_checkpoint(source=src, output=out, norm=norm, calibration=corpus, fidelity_tokens=64,
+                                 mlp_target="transformers", fit_tokens=64)
+        assert rep["family"] == family and rep["exactness"] == cls, (norm, rep["exactness"], rep["divergences"])
+        conv = json.loads((out / "conversion.json").read_text())
+        assert conv["exactness"] == cls and "transformers" in conv["runtimes"]
+        student = LlamaForCausalLM.from_pretrained(out, trust_remote_code=False).float().eval()
+        if cls == EXACT:
+            torch.testing.assert_close(_logprobs(student), want, atol=1e-4, rtol=0)
+            assert rep["max_abs_dlogit"] < 1e-4
+        elif cls == OFFSET:
+            torch.testing.assert_close(_logprobs(student, _offset(src)), want, atol=1e-4, rtol=0)
+            assert rep["offset_corrected"]["max_abs_dlogit"] < 1e-4
+            assert rep["final_norm_logit_offset_norm"] > 1e-2  # the offset is real (perturbed beta)
+        else:
+            assert rep["kl_mean"] > 1e-6, (norm, rep["kl_mean"])
+            assert rep["divergences"]
+        if cls != EXACT:  # the reported KL is what transformers' own class and Llama disagree by
+            direct = _logprobs(student)
+            kl = (want.exp() * (want - direct)).sum(-1).mean().item()
+            assert kl > 0
+        tok = AutoTokenizer.from_pretrained(out)
+        assert tok.chat_template == AutoTokenizer.from_pretrained(src).chat_template is not None  # carried unchanged
+
+
+def test_gelu_target_runtimes_is_silu_and_close(tmp_path):
+    """Non-gated GELU MLP: 'runtimes' writes a SiLU-gated Llama (what vLLM and llama.cpp compute), approximate
+    but close; 'transformers' keeps GELU, exact up to the final-norm offset."""
+    src = make_checkpoint(tmp_path / "src", "gpt_neox", use_parallel_residual=False)
+    want = _logprobs(AutoModelForCausalLM.from_pretrained(src).float().eval())
+    off = _offset(src)
+    for target, act in (("runtimes", "silu"), ("transformers", "gelu")):
+        out = tmp_path / target
+        rep = convert_checkpoint(source=src, output=out, norm="exact", mlp_target=target, fidelity_tokens=32)
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["hidden_act"] == act and cfg["mlp_bias"] is True
+        got = _logprobs(LlamaForCausalLM.from_pretrained(out).float().eval(), off)
+        err = (got - want).abs().max().item()
+        if target == "transformers":
+            assert err < 1e-4 and rep["exactness"] == OFFSET
+        else:
+            assert 1e-6 < err < 0.1 and rep["exactness"] == APPROX
+            runtimes = json.loads((out / "conversion.json").read_text())["runtimes"]
+            assert "loads it" in runtimes["vLLM"]
+    runtimes = json.loads((tmp_path / "transformers" / "conversion.json").read_text())["runtimes"]
+    assert "refuses" in runtimes["vLLM"] and "SiLU" in runtimes["llama.cpp"]
+
+
+def test_partial_rotary_config_reaches_runtimes(tmp_path):
+    """A partial-rotary source becomes a llama3 RoPE schedule whose frozen channels sit past the source's
+    longest rotated wavelength; the legacy top-level keys llama.cpp reads are written too."""
+    src = make_checkpoint(tmp_path / "src", "phi")
+    convert_checkpoint(source=src, output=tmp_path / "out", norm="exact", fidelity_tokens=0)
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    rope = cfg["rope_parameters"]
+    assert rope["rope_type"] == "llama3" and cfg["rope_scaling"]["rope_type"] == "llama3"
+    assert cfg["original_max_position_embeddings"] == rope["original_max_position_embeddings"] < 128
+    d, r = 16, 8  # head_dim 64/4, partial_rotary_factor 0.5
+    assert rope["rope_theta"] == pytest.approx(10000.0 ** (d / r))
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from kept.convert.plan import LEGACY_KEYS
+
+    inv = LlamaRotaryEmbedding(LlamaConfig(**{k: v for k, v in cfg.items() if k not in LEGACY_KEYS})).inv_freq
+    source = 1.0 / 10000.0 ** (torch.arange(0, r, 2, dtype=torch.float64) / r)
+    torch.testing.assert_close(inv[: r // 2].double(), source, rtol=1e-6, atol=0)  # rotated: the source's
+    assert float(inv[r // 2 :].max()) < 1e-9 * float(source.min())  # the rest: frozen
+
+
+def test_unknown_family_refused_in_one_line(tmp_path):
+    src = make_checkpoint(tmp_path / "src", "olmo")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as err:
+        convert_checkpoint(source=src, output=tmp_path / "out", norm="exact")
+    msg = str(err.value)
+    assert "'gpt2'" in msg and all(f in msg for f in FAMILIES) and "\n" not in msg
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family", ["olmo", "stablelm", "gpt_neox", "phi"])
+def test_bad_tensors_named_nothing_written(tmp_path, family):
+    """A missing tensor, a misshapen one and an unknown one: one line naming it, nothing written."""
+    from safetensors.torch import save_file
+
+    src = make_checkpoint(tmp_path / "src", family)
+    state = load_file(src / "model.safetensors")
+    victim = next(k for k in state if ".1." in k and k.endswith("weight") and state[k].dim() == 2)
+    cases = {
+        "missing": {k: v for k, v in state.items() if k != victim},
+        "shape": {**state, victim: state[victim][:-1].contiguous()},
+        "unknown": {**state, "model.layers.0.extra.weight": torch.zeros(3)},
+    }
+    for what, tensors in cases.items():
+        save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+        out = tmp_path / f"out-{what}"
+        with pytest.raises(KeptError) as err:
+            convert_checkpoint(source=src, output=out, norm="centered", fidelity_tokens=0)
+        name = "model.layers.0.extra.weight" if what == "unknown" else victim
+        assert name in str(err.value) and "\n" not in str(err.value), (what, str(err.value))
+        assert not out.exists() and not list(tmp_path.glob("out-*"))
