@@ -189,3 +189,52 @@ def test_bad_tensors_named_nothing_written(tmp_path, family):
         name = "model.layers.0.extra.weight" if what == "unknown" else victim
         assert name in str(err.value) and "\n" not in str(err.value), (what, str(err.value))
         assert not out.exists() and not list(tmp_path.glob("out-*"))
+
+
+PUBLISHED = sorted((Path(__file__).parent / "data" / "published_configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", PUBLISHED, ids=[p.stem for p in PUBLISHED])
+def test_published_config_key_map_on_meta(path):
+    """Full-size key maps and config translations of published checkpoints (config.json values as published;
+    where each was taken from is in its ``_source`` key), on the meta device: the source names and shapes are
+    exactly those of transformers' own class of the family, and every mapping allowed for the family writes
+    exactly the tensors of the stock Llama of the config it writes, reading or dropping every source tensor."""
+    from transformers import LlamaConfig
+
+    from kept.convert.families import detect
+    from kept.convert.plan import LEGACY_KEYS, check_mapping, expected_shapes, llama_shapes, plan_conversion
+    from kept.convert.plan import source_shapes
+
+    raw = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    family = detect(raw, path)
+    arch = family.read_arch(raw, path)
+    source = source_shapes(family, arch)
+    own = expected_shapes(family.teacher_config(raw, path))
+    if arch.tied:  # transformers lists the tied head (the embedding's Parameter); checkpoints do not store it
+        own.pop(family.tensors["head.w"][-1])
+    alias = {t: ts[-1] for ts in family.tensors.values() for t in ts[:1] if len(ts) > 1}  # hub name -> transformers 5
+    assert {alias.get(k, k): v for k, v in source.items()} == own
+    ran = 0
+    for norm in NORMS:
+        try:
+            check_mapping(family, arch, norm=norm, mlp_target="runtimes", where=str(path))
+        except MappingError:
+            continue
+        for target in ("runtimes", "transformers"):
+            plan = plan_conversion(family=family, arch=arch, source_shapes=source, norm=norm, dtype="bfloat16",
+                                   mlp_target=target)
+            c = plan.llama_config
+            hf = LlamaConfig(**{k: v for k, v in c.items() if k not in LEGACY_KEYS})
+            assert {k: v for k, v in c.items() if k not in LEGACY_KEYS} == json.loads(hf.to_json_string())
+            target_shapes = llama_shapes(c)
+            llama_own = expected_shapes(hf)
+            if c["tie_word_embeddings"]:
+                llama_own.pop("lm_head.weight")
+            assert target_shapes == llama_own
+            assert {s.target: s.shape for s in plan.steps} == target_shapes
+            assert {n for s in plan.steps for n in s.sources} | {n for n, _ in plan.dropped} == set(source)
+            assert (c["vocab_size"], c["hidden_size"], c["num_hidden_layers"]) == (
+                raw["vocab_size"], raw["hidden_size"], raw["num_hidden_layers"])
+            ran += 1
+    assert ran >= 4

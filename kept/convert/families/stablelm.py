@@ -39,7 +39,7 @@ def read_arch(cfg: dict[str, Any], path: Path) -> Arch:
 
 FAMILY = Family(
     name="stablelm",
-    model_types=("stablelm", "stablelm_epoch"),
+    model_types=("stablelm",),  # not the pre-merge remote-code "stablelm_epoch" layout
     read_arch=read_arch,
     tensors={
         "embed": ("model.embed_tokens.weight",),
