@@ -94,6 +94,9 @@ def source_card_metadata(source: str | Path, *, calibration: str | Path | None =
 # ---- the card ----------------------------------------------------------------------------------------------
 
 
+FAMILY_TEXT = {"orion": "Orion", "olmo": "OLMo", "stablelm": "StableLM", "gpt_neox": "GPT-NeoX", "phi": "Phi"}
+
+
 def render_card(*, model_dir: str | Path, fidelity: dict[str, Any] | None = None,
                 evaluations: dict[str, dict[str, Any]] | None = None, name: str | None = None) -> str:
     """The card of ``model_dir`` (see the module docstring). ``fidelity``: a fidelity report (default: the
@@ -122,7 +125,8 @@ def render_card(*, model_dir: str | Path, fidelity: dict[str, Any] | None = None
     if src_meta.get("language"):
         meta["language"] = src_meta["language"]
     meta.update(library_name="transformers", pipeline_tag="text-generation")
-    tags = ["llama", "kept", "orion-to-llama", f"norm-{norm}" if norm else None,
+    family = conv.get("family", "orion")
+    tags = ["llama", "kept", f"{family.replace('_', '-')}-to-llama", f"norm-{norm}" if norm else None,
             objective.replace("_", "-") if objective else None, "chat" if tok_cfg.get("chat_template") else None]
     meta["tags"] = [t for t in tags if t]
 
@@ -130,7 +134,7 @@ def render_card(*, model_dir: str | Path, fidelity: dict[str, Any] | None = None
            f"# {name}", ""]
     out += _summary(cfg, conv, training, src_meta)
     out += _made(conv, training, src_meta, fidelity)
-    out += _fidelity(fidelity, trained=bool(training))
+    out += _fidelity(fidelity, trained=bool(training), family=family)
     if evaluations:
         out += _evaluations(evaluations)
     out += _runtime(cfg, conv, tok_cfg)
@@ -183,10 +187,18 @@ def _summary(cfg: dict[str, Any], conv: dict[str, Any], training: dict[str, Any]
     source = _source_text(conv, src)
     size = (f"{cfg.get('num_hidden_layers')} layers, hidden size {cfg.get('hidden_size')}, "
             f"vocabulary {cfg.get('vocab_size')}")
-    what = (f"A stock `LlamaForCausalLM` checkpoint ({size}) converted from the Orion (LayerNorm) model {source} by "
-            "KEPT (the open implementation of the Llamion report's method): it loads with stock transformers, "
-            "vLLM and llama.cpp, no remote code.")
+    family = FAMILY_TEXT.get(conv.get("family", "orion"), conv.get("family"))
+    runtimes = conv.get("runtimes") or {}
+    loads = [r for r, text in runtimes.items() if text.startswith(("loads", "converts"))] or ["transformers", "vLLM",
+                                                                                             "llama.cpp"]
+    what = (f"A stock `LlamaForCausalLM` checkpoint ({size}) converted from the {family} (LayerNorm) model {source} "
+            f"by KEPT (the open implementation of the Llamion report's method): it loads with stock "
+            f"{', '.join(loads)}, no remote code.")
     lines = [what, ""]
+    if conv.get("exactness"):
+        changes = "; ".join(f"{d['module']}: {d['change']}" for d in conv.get("divergences") or [])
+        lines += [f"Exactness class of the conversion: **{conv['exactness']}**" + (f" ({changes})" if changes else "")
+                  + " -- measured below against transformers' own class of the source family.", ""]
     if training:
         step = training.get("step")
         state = f"a training snapshot at step {step} of {training.get('steps')}" if step else "the trained model"
@@ -242,7 +254,7 @@ def _made(conv: dict[str, Any], training: dict[str, Any], src: dict[str, Any],
     return lines + [""]
 
 
-def _fidelity(report: dict[str, Any] | None, *, trained: bool) -> list[str]:
+def _fidelity(report: dict[str, Any] | None, *, trained: bool, family: str = "orion") -> list[str]:
     lines = ["## Fidelity to the source", ""]
     if not report or report.get("kl_mean") is None:
         return lines + ["Not measured (the conversion ran with `fidelity_tokens=0`).", ""]
@@ -250,7 +262,7 @@ def _fidelity(report: dict[str, Any] | None, *, trained: bool) -> list[str]:
         "this conversion"
     per_seq = {"kl_mean": report.get("kl_per_sequence") or [], "top1_agreement": report.get("top1_per_sequence") or []}
     n_seq = len(per_seq["kl_mean"])
-    lines += [f"The Orion source vs {when}: next-token distributions on "
+    lines += [f"The {FAMILY_TEXT.get(family, family)} source vs {when}: next-token distributions on "
               f"{report.get('n_tokens')} tokens of {report.get('calibration', 'calibration text')}, "
               f"output dtype {report.get('dtype')}"
               + (f"; ± one standard error over its {n_seq} sequences" if n_seq > 1 else "") + ":", "",
@@ -310,15 +322,19 @@ def _runtime(cfg: dict[str, Any], conv: dict[str, Any], tok_cfg: dict[str, Any])
     lines = ["## Runtime requirements", ""]
     biases = [k for k in ("attention_bias", "mlp_bias") if cfg.get(k)]
     if biases:
-        lines.append(f"- `config.json` sets {' and '.join(f'`{b}: true`' for b in biases)} (the folded LayerNorm "
-                     "betas): the runtime must load q/k/v/o and gate/up/down biases. transformers has both "
+        lines.append(f"- `config.json` sets {' and '.join(f'`{b}: true`' for b in biases)} (folded LayerNorm "
+                     "betas or the source's own biases): the runtime must load q/k/v/o and gate/up/down biases. transformers has both "
                      "options since 4.41 (checked with 5.24); vLLM's Llama reads both keys; llama.cpp's "
                      "converter and libllama load them as optional tensors (KEPT's `bench.run llamacpp`: f32 GGUF "
                      "log-probs within 1e-6 of transformers). A runtime that ignores them silently drops the "
                      "betas.")
     else:
         lines.append("- Plain Llama: no biases, RMSNorm, RoPE; any Llama runtime reads it.")
-    if tok_cfg.get("chat_template"):
+    for runtime, text in (conv.get("runtimes") or {}).items():
+        lines.append(f"- {runtime}: {text}.")
+    if tok_cfg.get("chat_template") and conv.get("chat_template") == "source":
+        lines.append("- Chat template: the source's own, carried over unchanged in tokenizer_config.json.")
+    elif tok_cfg.get("chat_template"):
         lines.append("- Chat template: the Llama-3 layout over Orion's own vocabulary (`<s>` starts the prompt, "
                      "`</s>` ends each turn, header markers are plain text), stored as a Jinja template in "
                      "tokenizer_config.json (and in the GGUF). transformers (`apply_chat_template`) and vLLM "
@@ -333,6 +349,8 @@ def _runtime(cfg: dict[str, Any], conv: dict[str, Any], tok_cfg: dict[str, Any])
         lines.append("- Tokenizer properties that runtimes other than SentencePiece/transformers treat "
                      "differently (found at conversion):")
         lines += [f"  - **{w['property']}**: {w['effect']} What to do: {w['advice']}" for w in warnings]
+    elif conv.get("family", "orion") != "orion":
+        lines.append("- Tokenizer: the source's tokenizers-library files (tokenizer.json, special tokens), unchanged.")
     else:
         lines.append("- Tokenizer: SentencePiece model with byte fallback, no normalizer rules that llama.cpp "
                      "skips (checked at conversion).")
