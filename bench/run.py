@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["convert", "kl", "trainer", "recovery", "pipeline", "gpu"]
+ORDER = ["convert", "convert_family", "kl", "trainer", "recovery", "pipeline", "gpu"]
 PACKAGES = ["torch", "transformers", "accelerate", "safetensors", "lm-eval", "snakemake", "trl"]
 
 

@@ -67,7 +67,11 @@ def produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, t
     op = step.op
     if op in ("zeros", "ones", "fill"):
         value = {"zeros": 0.0, "ones": 1.0, "fill": step.scale}[op]
-        yield torch.full(step.shape, value, dtype=out_dtype)
+        row = max(1, int(torch.Size(step.shape[1:]).numel()))
+        rows = max(1, STAGING_BYTES // (out_dtype.itemsize * row))
+        block = torch.full((min(rows, step.shape[0]), *step.shape[1:]), value, dtype=out_dtype)  # reused
+        for r in range(0, step.shape[0], rows):
+            yield block[: min(rows, step.shape[0] - r)]
         return
     if op == "fit_gain":
         yield gains[step.target]
