@@ -264,12 +264,16 @@ def fit_rms_gains(
         pos = [model.positions(h) for h in hidden]
         for i in range(model.num_layers):
             layer = model.load_layer(i)
+            sites: dict[str, tuple[str, ...]] = {}
+            for module, targets in model.sites.items():  # a norm the layer lacks is served by the first one
+                present = module if getattr(layer, module, None) is not None else next(iter(model.sites))
+                sites[present] = sites.get(present, ()) + targets
             hooks = [
                 getattr(layer, module).register_forward_hook(
                     lambda mod, inp, out, sites=tuple(f"model.layers.{i}.{t}.weight" for t in targets): accumulate(
                         sites, inp[0], out, mod.weight.detach().double().clone())
                 )
-                for module, targets in model.sites.items()
+                for module, targets in sites.items()
             ]
             try:
                 hidden = [_layer_out(layer(h, attention_mask=None, position_embeddings=p)) for h, p in zip(hidden, pos)]
