@@ -1,4 +1,4 @@
-# Convert stage: each variant's Orion teacher -> stock Llama, once per norm mapping (kept.convert).
+# Convert stage: each variant's teacher (any supported family) -> stock Llama, once per norm mapping (kept.convert).
 # Hub teachers are fetched first by the fetch stage (rules/fetch.smk, rule fetch_source).
 
 CONVERT = config["convert"]
@@ -12,6 +12,7 @@ rule convert:
         model=directory(R("{variant}", "init-{norm}", "model")),
     params:
         norm="{norm}",
+        mlp_target=CONVERT["mlp_target"],
         dtype=CONVERT["dtype"],
         max_shard_size=CONVERT["max_shard_size"],
         fidelity_tokens=CONVERT["fidelity_tokens"],

@@ -1,4 +1,4 @@
-"""Snakemake script (rules/convert.smk): convert one variant's Orion teacher with one norm mapping."""
+"""Snakemake script (rules/convert.smk): convert one variant's teacher with one norm mapping."""
 
 import logging
 
@@ -13,6 +13,7 @@ report = convert_checkpoint(
     source=smk.input.teacher,
     output=smk.output.model,
     norm=p.norm,
+    mlp_target=p.mlp_target,
     dtype=p.dtype,
     max_shard_size=p.max_shard_size,
     calibration=smk.input.calibration,
