@@ -50,8 +50,13 @@ def pristine(tmp_path_factory):
     shutil.copytree(src, with_rope)
     _edit_tensors(with_rope, lambda s: s.__setitem__("model.layers.0.self_attn.rotary_emb.inv_freq",
                                                      torch.rand(8)), name="model.layers.0.self_attn.rotary_emb.inv_freq")
+    from kept.convert.tiny import make_checkpoint
+
+    families = {f"{fam}{tag}": make_checkpoint(root / f"{fam}{tag}", fam, num_hidden_layers=1, **cfg)
+                for fam, tag, cfg in (("olmo", "", {}), ("stablelm", "-qkln", {"qk_layernorm": True}),
+                                      ("gpt_neox", "", {}), ("phi", "", {}))}
     yield {"sp": sp, "src": src, "rope": with_rope, "shards": sorted(set(index["weight_map"].values())),
-           "corpus": make_corpus(root / "corpus", sp_model=sp)}
+           "corpus": make_corpus(root / "corpus", sp_model=sp), **families}
     table = ["| case | expected | observed |", "|---|---|---|"]
     table += [f"| {c} | {e} | {o.replace('|', '/')} |" for c, e, o in ROWS]
     text = "\n".join(table) + "\n"
@@ -116,7 +121,7 @@ class Ctx:
 
     def src(self, which: str = "src") -> Path:
         """A fresh copy of the tiny Orion checkpoint inside this case's tree."""
-        dst = self.root / "models" / ("orion" if which == "src" else which)
+        dst = self.root / "models" / ("orion" if which == "src" else which)  # a copy: cases edit it
         if not dst.exists():
             shutil.copytree(self.pristine[which], dst)
         return dst
@@ -619,6 +624,75 @@ def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path):
         assert json.loads((tmp_path / atomic.LOCK).read_text())["pid"] == os.getpid()
     finally:
         atomic.unlock_directory(tmp_path)
+
+
+# ---- other source families (safetensors, tokenizer.json) ----------------------------------------------------------
+
+
+def _edit_safetensors(src: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(src / "model.safetensors")
+    edit(state)
+    save_file(state, src / "model.safetensors", metadata={"format": "pt"})
+
+
+@case("olmo: a tensor missing", "exit 1, names the tensor")
+def _olmo_missing(ctx: Ctx) -> None:
+    src, name = ctx.src("olmo"), "model.layers.0.mlp.up_proj.weight"
+    _edit_safetensors(src, lambda s: s.pop(name))
+    ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1, needles=(repr(name), "lacks"))
+
+
+@case("gpt_neox: fused QKV of the wrong shape", "exit 1, names the tensor and shapes")
+def _neox_shape(ctx: Ctx) -> None:
+    src, name = ctx.src("gpt_neox"), "gpt_neox.layers.0.attention.query_key_value.weight"
+    _edit_safetensors(src, lambda s: s.__setitem__(name, s[name][:-4].contiguous()))
+    ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1, needles=(repr(name), "(188, 64)"))
+
+
+@case("gpt_neox: NaN in the fused QKV (row-selected for q/k/v), --norm paper", "exit 1, names the tensor")
+def _neox_nan(ctx: Ctx) -> None:
+    src, name = ctx.src("gpt_neox"), "gpt_neox.layers.0.attention.query_key_value.weight"
+    _edit_safetensors(src, _poison(name, float("nan")))
+    ctx.run(convert(ctx, src, ctx.root / "out", norm="paper"), status=1, needles=(repr(name), "NaN or Inf"))
+
+
+@case("phi: Inf in the LM-head bias (logit offset), --norm exact", "exit 1, names the tensor")
+def _phi_head_bias(ctx: Ctx) -> None:
+    src, name = ctx.src("phi"), "lm_head.bias"
+    _edit_safetensors(src, _poison(name, float("inf")))
+    ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1, needles=(repr(name), "NaN or Inf"))
+
+
+@case("stablelm qk_layernorm=true, --norm exact", "exit 1, names qk_layernorm, says why")
+def _stablelm_qkln(ctx: Ctx) -> None:
+    src = ctx.src("stablelm-qkln")
+    ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1,
+            needles=("config.json", "qk_layernorm", "no stock Llama equivalent"))
+
+
+@case("olmo --norm fit (weightless LayerNorm)", "exit 1, names the family, says why")
+def _olmo_fit(ctx: Ctx) -> None:
+    src = ctx.src("olmo")
+    ctx.run(convert(ctx, src, ctx.root / "out", "--calibration", str(ctx.pristine["corpus"]), norm="fit"),
+            status=1, needles=("'fit'", "olmo", "no weights"))
+
+
+@case("unsupported model_type (gpt2)", "exit 1, names it and lists the supported families")
+def _gpt2(ctx: Ctx) -> None:
+    src = ctx.src("olmo")
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1,
+            needles=("'gpt2'", "orion, olmo, stablelm, gpt_neox, phi"))
+
+
+@case("phi: tokenizer.json missing", "exit 1, names the file")
+def _phi_no_tokenizer(ctx: Ctx) -> None:
+    src = ctx.src("phi")
+    (src / "tokenizer.json").unlink()
+    ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1, needles=(str(src / "tokenizer.json"),))
 
 
 # ---- the runner ---------------------------------------------------------------------------------------------------
