@@ -238,3 +238,39 @@ def test_published_config_key_map_on_meta(path):
                 raw["vocab_size"], raw["hidden_size"], raw["num_hidden_layers"])
             ran += 1
     assert ran >= 4
+
+
+def test_on_disk_layouts_give_the_same_output(tmp_path):
+    """One GPT-NeoX model as a single safetensors file, as sharded safetensors (save_pretrained's index) and as
+    sharded pickled .bin files (``embed_out`` named as the hub's Pythia checkpoints): identical weights out."""
+    from kept.convert.tiny import new_model, train_bpe, write_checkpoint
+
+    vocab = train_bpe(tmp_path / "tok")
+    model = new_model("gpt_neox", vocab_size=vocab)
+    single = write_checkpoint(model, tmp_path / "single", tokenizer_dir=tmp_path / "tok")
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    state = {("embed_out.weight" if k == "lm_head.weight" else k): v.contiguous()
+             for k, v in load_file(single / "model.safetensors").items()}
+    names = sorted(state)
+    weight_map = {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :])):
+        fname = f"pytorch_model-0000{i + 1}-of-00002.bin"
+        torch.save({k: state[k] for k in part}, pickled / fname)
+        weight_map.update({k: fname for k in part})
+    (pickled / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    for d in (sharded, pickled):
+        for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            (d / name).write_bytes((single / name).read_bytes())
+    outs = {}
+    for d in (single, sharded, pickled):
+        out = tmp_path / f"out-{d.name}"
+        convert_checkpoint(source=d, output=out, norm="exact", fidelity_tokens=16)
+        outs[d.name] = load_file(next(out.glob("*.safetensors")))
+    for name in ("sharded", "pickled"):
+        assert outs[name].keys() == outs["single"].keys()
+        for k, v in outs["single"].items():
+            assert torch.equal(outs[name][k], v), (name, k)
