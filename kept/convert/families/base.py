@@ -146,3 +146,40 @@ def hf_config(cfg: dict[str, Any], path: Path) -> Any:
         return AutoConfig.for_model(cfg["model_type"], **keep)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: transformers cannot build a {cfg['model_type']} config ({exc})") from exc
+
+
+def check_dims(cfg: dict[str, Any], path: Path) -> tuple[int, int]:
+    """The checks every HF-layout family shares (positive sizes, plain RoPE, heads dividing the width); returns
+    (heads, head_dim)."""
+    positive(cfg, path, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "max_position_embeddings")
+    no_rope_scaling(cfg, path)
+    heads = cfg["num_attention_heads"]
+    if cfg["hidden_size"] % heads:
+        raise CheckpointError(f"{path}: hidden_size {cfg['hidden_size']} is not divisible by num_attention_heads {heads}")
+    return heads, cfg["hidden_size"] // heads
+
+
+_L = "model.layers.{i}"
+# Llama's own tensor names (Orion, OLMo and StableLM store these), plus the LayerNorm gammas/betas some add.
+LLAMA_LAYOUT: dict[str, tuple[str, ...]] = {
+    "embed": ("model.embed_tokens.weight",),
+    **{f"{p}.{kind}": (f"{_L}.self_attn.{p}_proj.{'weight' if kind == 'w' else 'bias'}",)
+       for p in ("q", "k", "v", "o") for kind in ("w", "b")},
+    **{f"{p}.w": (f"{_L}.mlp.{p}_proj.weight",) for p in ("gate", "up", "down")},
+    **{f"{n}.{kind}": (f"{_L}.{site}.{'weight' if kind == 'w' else 'bias'}",)
+       for n, site in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")) for kind in ("w", "b")},
+    "final.w": ("model.norm.weight",),
+    "final.b": ("model.norm.bias",),
+    "head.w": ("lm_head.weight",),
+}
+ROPE_BUFFERS = {
+    f"{_L}.self_attn.rotary_emb.inv_freq": "RoPE buffer, recomputed from rope_theta",
+    "model.rotary_emb.inv_freq": "RoPE buffer, recomputed from rope_theta",
+}
+SEQUENTIAL_NORMS = {"input_layernorm": ("input_layernorm",), "post_attention_layernorm": ("post_attention_layernorm",)}
+
+
+def layout(*logical: str) -> dict[str, tuple[str, ...]]:
+    """The Llama-named entries of :data:`LLAMA_LAYOUT` for these logical tensors."""
+    return {k: LLAMA_LAYOUT[k] for k in logical}

@@ -8,21 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kept.convert.families.base import Arch, Family, Runtime, hf_config, no_rope_scaling, positive, rope_setting
+from kept.convert.families.base import Arch, Family, Runtime, check_dims, hf_config, rope_setting
 from kept.convert.families.base import rotary_dim, special_ids
-from kept.errors import CheckpointError
 
 _L = "gpt_neox.layers.{i}"
 
 
 def read_arch(cfg: dict[str, Any], path: Path) -> Arch:
-    positive(cfg, path, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-             "max_position_embeddings")
-    no_rope_scaling(cfg, path)
-    heads = cfg["num_attention_heads"]
-    if cfg["hidden_size"] % heads:
-        raise CheckpointError(f"{path}: hidden_size {cfg['hidden_size']} is not divisible by num_attention_heads {heads}")
-    head_dim = cfg["hidden_size"] // heads
+    heads, head_dim = check_dims(cfg, path)
     bias = bool(cfg.get("attention_bias", True))
     return Arch(
         family="gpt_neox", vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kept.convert.families.base import Arch, Family, Runtime, hf_config, no_rope_scaling, positive, rope_setting
+from kept.convert.families.base import ROPE_BUFFERS, Arch, Family, Runtime, check_dims, hf_config, layout, rope_setting
 from kept.convert.families.base import special_ids
 from kept.errors import CheckpointError
 
@@ -19,15 +19,9 @@ _L = "model.layers.{i}"
 
 
 def read_arch(cfg: dict[str, Any], path: Path) -> Arch:
-    positive(cfg, path, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-             "max_position_embeddings")
-    no_rope_scaling(cfg, path)
-    heads = cfg["num_attention_heads"]
-    if cfg["hidden_size"] % heads:
-        raise CheckpointError(f"{path}: hidden_size {cfg['hidden_size']} is not divisible by num_attention_heads {heads}")
+    heads, head_dim = check_dims(cfg, path)
     if cfg.get("attention_bias"):
         raise CheckpointError(f"{path}: attention_bias=true is not an OLMo-1 layout")
-    head_dim = cfg["hidden_size"] // heads
     return Arch(
         family="olmo", vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
         intermediate_size=cfg["intermediate_size"], num_layers=cfg["num_hidden_layers"], num_heads=heads,
@@ -45,21 +39,8 @@ FAMILY = Family(
     name="olmo",
     model_types=("olmo",),
     read_arch=read_arch,
-    tensors={
-        "embed": ("model.embed_tokens.weight",),
-        "q.w": (f"{_L}.self_attn.q_proj.weight",),
-        "k.w": (f"{_L}.self_attn.k_proj.weight",),
-        "v.w": (f"{_L}.self_attn.v_proj.weight",),
-        "o.w": (f"{_L}.self_attn.o_proj.weight",),
-        "gate.w": (f"{_L}.mlp.gate_proj.weight",),
-        "up.w": (f"{_L}.mlp.up_proj.weight",),
-        "down.w": (f"{_L}.mlp.down_proj.weight",),
-        "head.w": ("lm_head.weight",),
-    },
-    dropped={
-        f"{_L}.self_attn.rotary_emb.inv_freq": "RoPE buffer, recomputed from rope_theta",
-        "model.rotary_emb.inv_freq": "RoPE buffer, recomputed from rope_theta",
-    },
+    tensors=layout("embed", "q.w", "k.w", "v.w", "o.w", "gate.w", "up.w", "down.w", "head.w"),
+    dropped=ROPE_BUFFERS,
     runtime=Runtime(module="olmo", layer_class="OlmoDecoderLayer", rotary_class="OlmoRotaryEmbedding",
                     layer_prefix=f"{_L}.", norm_sites={}),
     teacher_config=hf_config,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kept.convert.families.base import Arch, Family, Runtime, no_rope_scaling
+from kept.convert.families.base import ROPE_BUFFERS, SEQUENTIAL_NORMS, Arch, Family, Runtime, layout, no_rope_scaling
 
 _L = "model.layers.{i}"
 
@@ -44,30 +44,11 @@ FAMILY = Family(
     name="orion",
     model_types=("orion",),
     read_arch=read_arch,
-    tensors={
-        "embed": ("model.embed_tokens.weight",),
-        "q.w": (f"{_L}.self_attn.q_proj.weight",),
-        "k.w": (f"{_L}.self_attn.k_proj.weight",),
-        "v.w": (f"{_L}.self_attn.v_proj.weight",),
-        "o.w": (f"{_L}.self_attn.o_proj.weight",),
-        "gate.w": (f"{_L}.mlp.gate_proj.weight",),
-        "up.w": (f"{_L}.mlp.up_proj.weight",),
-        "down.w": (f"{_L}.mlp.down_proj.weight",),
-        "ln1.w": (f"{_L}.input_layernorm.weight",),
-        "ln1.b": (f"{_L}.input_layernorm.bias",),
-        "ln2.w": (f"{_L}.post_attention_layernorm.weight",),
-        "ln2.b": (f"{_L}.post_attention_layernorm.bias",),
-        "final.w": ("model.norm.weight",),
-        "final.b": ("model.norm.bias",),
-        "head.w": ("lm_head.weight",),
-    },
-    dropped={
-        f"{_L}.self_attn.rotary_emb.inv_freq": "RoPE buffer, recomputed from rope_theta",
-        "model.rotary_emb.inv_freq": "RoPE buffer, recomputed from rope_theta",
-    },
+    tensors=layout("embed", "q.w", "k.w", "v.w", "o.w", "gate.w", "up.w", "down.w", "ln1.w", "ln1.b", "ln2.w",
+                   "ln2.b", "final.w", "final.b", "head.w"),
+    dropped=ROPE_BUFFERS,
     runtime=Runtime(module="stablelm", layer_class="StableLmDecoderLayer", rotary_class="StableLmRotaryEmbedding",
-                    layer_prefix=f"{_L}.", norm_sites={"input_layernorm": ("input_layernorm",),
-                                                     "post_attention_layernorm": ("post_attention_layernorm",)}),
+                    layer_prefix=f"{_L}.", norm_sites=SEQUENTIAL_NORMS),
     teacher_config=teacher_config,
     tokenizer="sentencepiece",
     hf_class="StableLmForCausalLM",  # configured as Orion (no remote code); see kept.orion

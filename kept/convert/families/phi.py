@@ -8,21 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kept.convert.families.base import Arch, Family, Runtime, hf_config, no_rope_scaling, positive, rope_setting
+from kept.convert.families.base import ROPE_BUFFERS, Arch, Family, Runtime, check_dims, hf_config, rope_setting
 from kept.convert.families.base import rotary_dim, special_ids
-from kept.errors import CheckpointError
 
 _L = "model.layers.{i}"
 
 
 def read_arch(cfg: dict[str, Any], path: Path) -> Arch:
-    positive(cfg, path, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-             "max_position_embeddings")
-    no_rope_scaling(cfg, path)
-    heads = cfg["num_attention_heads"]
-    if cfg["hidden_size"] % heads:
-        raise CheckpointError(f"{path}: hidden_size {cfg['hidden_size']} is not divisible by num_attention_heads {heads}")
-    head_dim = cfg["hidden_size"] // heads
+    heads, head_dim = check_dims(cfg, path)
     return Arch(
         family="phi", vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
         intermediate_size=cfg["intermediate_size"], num_layers=cfg["num_hidden_layers"], num_heads=heads,
@@ -67,8 +60,7 @@ FAMILY = Family(
         f"{_L}.self_attn.q_layernorm.bias": "per-head q LayerNorm (qk_layernorm): no Llama equivalent",
         f"{_L}.self_attn.k_layernorm.weight": "per-head k LayerNorm (qk_layernorm): no Llama equivalent",
         f"{_L}.self_attn.k_layernorm.bias": "per-head k LayerNorm (qk_layernorm): no Llama equivalent",
-        f"{_L}.self_attn.rotary_emb.inv_freq": "RoPE buffer, recomputed from rope_theta",
-        "model.rotary_emb.inv_freq": "RoPE buffer, recomputed from rope_theta",
+        **ROPE_BUFFERS,
     },
     runtime=Runtime(module="phi", layer_class="PhiDecoderLayer", rotary_class="PhiRotaryEmbedding",
                     layer_prefix=f"{_L}.", norm_sites={"input_layernorm": ("input_layernorm", "post_attention_layernorm")}),

@@ -7,21 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kept.convert.families.base import Arch, Family, Runtime, hf_config, no_rope_scaling, positive, rope_setting
-from kept.convert.families.base import rotary_dim, special_ids
-from kept.errors import CheckpointError
+from kept.convert.families.base import ROPE_BUFFERS, SEQUENTIAL_NORMS, Arch, Family, Runtime, check_dims, hf_config
+from kept.convert.families.base import layout, rope_setting, rotary_dim, special_ids
 
 _L = "model.layers.{i}"
 
 
 def read_arch(cfg: dict[str, Any], path: Path) -> Arch:
-    positive(cfg, path, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-             "max_position_embeddings")
-    no_rope_scaling(cfg, path)
-    heads = cfg["num_attention_heads"]
-    if cfg["hidden_size"] % heads:
-        raise CheckpointError(f"{path}: hidden_size {cfg['hidden_size']} is not divisible by num_attention_heads {heads}")
-    head_dim = cfg["hidden_size"] // heads
+    heads, head_dim = check_dims(cfg, path)
     parallel = bool(cfg.get("use_parallel_residual", False))
     return Arch(
         family="stablelm", vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
@@ -41,35 +34,15 @@ FAMILY = Family(
     name="stablelm",
     model_types=("stablelm",),  # not the pre-merge remote-code "stablelm_epoch" layout
     read_arch=read_arch,
-    tensors={
-        "embed": ("model.embed_tokens.weight",),
-        "q.w": (f"{_L}.self_attn.q_proj.weight",),
-        "q.b": (f"{_L}.self_attn.q_proj.bias",),
-        "k.w": (f"{_L}.self_attn.k_proj.weight",),
-        "k.b": (f"{_L}.self_attn.k_proj.bias",),
-        "v.w": (f"{_L}.self_attn.v_proj.weight",),
-        "v.b": (f"{_L}.self_attn.v_proj.bias",),
-        "o.w": (f"{_L}.self_attn.o_proj.weight",),
-        "gate.w": (f"{_L}.mlp.gate_proj.weight",),
-        "up.w": (f"{_L}.mlp.up_proj.weight",),
-        "down.w": (f"{_L}.mlp.down_proj.weight",),
-        "ln1.w": (f"{_L}.input_layernorm.weight",),
-        "ln1.b": (f"{_L}.input_layernorm.bias",),
-        "ln2.w": (f"{_L}.post_attention_layernorm.weight",),
-        "ln2.b": (f"{_L}.post_attention_layernorm.bias",),
-        "final.w": ("model.norm.weight",),
-        "final.b": ("model.norm.bias",),
-        "head.w": ("lm_head.weight",),
-    },
+    tensors=layout("embed", "q.w", "q.b", "k.w", "k.b", "v.w", "v.b", "o.w", "gate.w", "up.w", "down.w", "ln1.w",
+                   "ln1.b", "ln2.w", "ln2.b", "final.w", "final.b", "head.w"),
     dropped={
         f"{_L}.self_attn.q_layernorm.norms.{{h}}.weight": "per-head q LayerNorm (qk_layernorm): no Llama equivalent",
         f"{_L}.self_attn.k_layernorm.norms.{{h}}.weight": "per-head k LayerNorm (qk_layernorm): no Llama equivalent",
-        f"{_L}.self_attn.rotary_emb.inv_freq": "RoPE buffer, recomputed from rope_theta",
-        "model.rotary_emb.inv_freq": "RoPE buffer, recomputed from rope_theta",
+        **ROPE_BUFFERS,
     },
     runtime=Runtime(module="stablelm", layer_class="StableLmDecoderLayer", rotary_class="StableLmRotaryEmbedding",
-                    layer_prefix=f"{_L}.", norm_sites={"input_layernorm": ("input_layernorm",),
-                                                     "post_attention_layernorm": ("post_attention_layernorm",)}),
+                    layer_prefix=f"{_L}.", norm_sites=SEQUENTIAL_NORMS),
     teacher_config=hf_config,
     tokenizer="tokenizers",
     hf_class="StableLmForCausalLM",
