@@ -94,9 +94,11 @@ def produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, t
         if src.reader.info(name).shape.__len__() < 2:
             yield _vector(src, name, step.rows) * step.scale
             return
+        if step.scale == 1.0:  # a row selection: gathered in the stored dtype, no arithmetic round trip
+            yield from src.blocks(name, src.reader.info(name).dtype, rows=step.rows)
+            return
         for blk in src.blocks(name, rows=step.rows):
-            if step.scale != 1.0:
-                blk *= step.scale
+            blk *= step.scale
             yield blk
     elif op == "center_rows":  # rows written into the stream: E - E.mean(dim=1)
         for blk in src.blocks(name):
