@@ -37,16 +37,16 @@ def _vector(src: _Source, name: str, rows: tuple[int, ...] | None) -> torch.Tens
     return v[list(rows)] if rows is not None else v
 
 
-def _fold(step: Step, src: _Source) -> torch.Tensor:
+def _fold(step: Step, src: _Source, out_dtype: torch.dtype) -> torch.Tensor:
     """``b = W[rows] @ beta (+ b_src[rows])``, scaled."""
     w_name, b_name = step.sources[:2]
     stored = src.reader.info(w_name).dtype
     beta = src.small(b_name)
-    if (step.rows is None and len(step.sources) == 2 and src.arith == torch.float32
-            and stored == beta.dtype == torch.bfloat16):
-        # bf16 x bf16 matrix-vector products accumulate in float32 (the float32 path's result, without
-        # converting W): straight from the mapped windows
-        bias = torch.cat([torch.mv(win, beta) for win in src.windows(w_name, check=False)]).to(src.arith)
+    if (step.rows is None and len(step.sources) == 2 and step.scale == 1.0 and src.arith == torch.float32
+            and stored == beta.dtype == out_dtype == torch.bfloat16):
+        # bf16 x bf16 matrix-vector products accumulate in float32 and round once to bf16 (the float32 path's
+        # result, without converting W): straight from the mapped windows
+        bias = torch.cat([torch.mv(win, beta) for win in src.windows(w_name, check=False)])
     else:
         beta = beta.to(src.arith)
         bias = torch.empty(step.shape[0], dtype=src.arith)
@@ -77,7 +77,7 @@ def produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, t
         yield gains[step.target]
         return
     if op == "fold":
-        yield _fold(step, src)
+        yield _fold(step, src, out_dtype)
         return
     name = step.sources[0]
     if op == "center_vec":  # a bias added to the stream: b - mean(b)
