@@ -87,3 +87,43 @@ def test_resolve_source(tmp_path, fake_hub):
         src_mod.resolve_source(tmp_path / "missing", cache_dir=tmp_path / "cache")
     with pytest.raises(ConfigError, match="owner/name"):
         src_mod.fetch_source(repo="../etc", revision=SHA, output=tmp_path / "x")
+
+
+@pytest.mark.parametrize("family,repo", [("olmo", "allenai/OLMo-1B-hf"), ("gpt_neox", "EleutherAI/pythia-1.4b")])
+def test_hub_source_of_another_family_converts(tmp_path, monkeypatch, family, repo):
+    """`kept convert REPO@REVISION` for a BPE-tokenizer family: the snapshot keeps safetensors, config and
+    tokenizer.json (no .py), and the conversion runs on it."""
+    import shutil
+    from pathlib import Path
+
+    import huggingface_hub
+
+    from kept.cli import main as kept_main
+    from kept.convert.tiny import make_checkpoint
+
+    real = make_checkpoint(tmp_path / "real", family)
+    (real / "modeling_remote.py").write_text("raise SystemExit('remote code ran')")
+    seen = {}
+
+    class FakeApi:
+        def model_info(self, repo, revision):
+            return types.SimpleNamespace(sha=SHA)
+
+    def fake_snapshot_download(*, repo_id, revision, local_dir, allow_patterns, ignore_patterns, repo_type="model"):
+        seen["repo"] = repo_id
+        for f in real.iterdir():
+            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns) and not any(
+                    fnmatch.fnmatch(f.name, p) for p in ignore_patterns):
+                shutil.copyfile(f, Path(local_dir) / f.name)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    out = tmp_path / "out" / "llama"
+    assert kept_main(["convert", f"{repo}@main", str(out), "--norm", "exact", "--fidelity-tokens", "16"]) == 0
+    assert seen["repo"] == repo
+    snapshot = next((tmp_path / "out" / ".sources").iterdir())
+    assert (snapshot / "tokenizer.json").is_file() and not list(snapshot.glob("*.py"))
+    conv = json.loads((out / "conversion.json").read_text())
+    assert conv["family"] == family and conv["source_card"]["base_model"] == repo
+    assert (out / "tokenizer.json").read_bytes() == (real / "tokenizer.json").read_bytes()
