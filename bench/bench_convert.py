@@ -71,8 +71,9 @@ def _shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     from kept.convert.families import FAMILIES
     from kept.convert.plan import source_shapes
 
-    family = FAMILIES[cfg.get("model_type", "orion")]
-    return source_shapes(family, family.read_arch(cfg, Path("config.json")))
+    kind = cfg.get("model_type", "orion")
+    family = FAMILIES[kind]
+    return source_shapes(family, family.read_arch({**cfg, "model_type": kind}, Path("config.json")))
 
 
 def make_checkpoint(out: Path, *, cfg: dict, num_shards: int, seed: int = 0) -> dict:
