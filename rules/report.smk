@@ -90,6 +90,30 @@ REPORT_ARTIFACTS = {
         [((v, "pilot", ""), R(v, "pilot", "cosine.jsonl")) for v in PILOT.get("variants", []) if v in VARIANTS],
     ),
 }
+
+
+def fast_path_items():
+    """The fast-path table's inputs: per variant of train.fast, the teacher, the full-budget students of
+    train.fast.method from every train.init (transfer corpus) and the fast-path students, each with its H6 and
+    MT-Bench files where it is evaluated on them, and its train log (the step it ended at)."""
+    items = []
+    for v in FAST_VARIANTS:
+        full = [n for n in trained_names(v, ablations=False, fast=False) if parse_trained(n).method == FAST["method"]]
+        for m in ["teacher"] + full + fast_names(v):
+            if m in eval_models(v, "h6"):
+                items.append(((v, m, "h6"), R(v, "eval", m, "h6.json"), R(v, "eval", m, "h6")))
+            if m in eval_models(v, "mtbench"):
+                items += [((v, m, f"mtbench-{f}"), R(v, "eval", m, f"mtbench-{f}.json"),
+                           R(v, "mtbench", "judgments", f"{m}-{f}.jsonl")) for f in mtbench_formats(m)]
+            if m != "teacher":
+                items.append(((v, m, "train"), R(v, m, "train_log.jsonl"), R(v, m, "train_log.jsonl")))
+    return items
+
+
+# The fast path (train.fast): the step each run ended at and its share of the full budget, beside its H6 and
+# MT-Bench and those of the teacher and the full-budget students of the same method (the train log is its own
+# detail).
+REPORT_ARTIFACTS["table_fast_path"] = ("table", "fast_path", fast_path_items())
 REPORT_ARTIFACTS["figure_longctx"] = ("figure", "longctx", REPORT_ARTIFACTS["table_transfer_longctx"][2])
 REPORT_ARTIFACTS["figure_mtbench_categories"] = (
     "figure",
@@ -135,6 +159,7 @@ localrules:
     report_table_transfer_code,
     report_table_transfer_longctx,
     report_table_fidelity,
+    report_table_fast_path,
     report_figure_longctx,
     report_figure_mtbench_categories,
     report_figure_train_loss,
@@ -359,6 +384,43 @@ rule report_table_fidelity:
         **REPORT_PARAMS["table_fidelity"],
     log:
         R("logs/report/table_fidelity.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_table_fast_path:
+    input:
+        summaries=REPORT_INPUTS["table_fast_path"]["summaries"],
+        details=REPORT_INPUTS["table_fast_path"]["details"],
+    output:
+        csv=report(
+            REPORT_OUTPUTS["table_fast_path"]["csv"],
+            caption="../report/table_fast_path.rst",
+            category="Tables",
+            labels={"table": "The fast path: stopped at parity", "format": "CSV"},
+        ),
+        md=report(
+            REPORT_OUTPUTS["table_fast_path"]["md"],
+            caption="../report/table_fast_path.rst",
+            category="Tables",
+            labels={"table": "The fast path: stopped at parity", "format": "Markdown"},
+        ),
+        tex=report(
+            REPORT_OUTPUTS["table_fast_path"]["tex"],
+            caption="../report/table_fast_path.rst",
+            category="Tables",
+            labels={"table": "The fast path: stopped at parity", "format": "LaTeX"},
+        ),
+    params:
+        **REPORT_PARAMS["table_fast_path"],
+    log:
+        R("logs/report/table_fast_path.log"),
     threads: 1
     resources:
         mem_mb=2000,

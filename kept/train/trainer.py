@@ -410,7 +410,7 @@ def fit(
                              "tokens_per_s": window_tokens / max(now - window_t, 1e-9),
                              "elapsed_s": elapsed_before + now - t0}
                     if heldout_kl is not None:
-                        entry.update(heldout_kl=heldout_kl, heldout_kl_target=target)
+                        entry.update(heldout_kl=heldout_kl, heldout_kl_target=target, stop_ceiling=cfg.steps)
                     entry.update(extra or {})
                     log_fh.write(json.dumps(entry) + "\n")
                     log_fh.flush()
