@@ -92,24 +92,6 @@ REPORT_ARTIFACTS = {
 }
 
 
-def fast_path_items():
-    """The fast-path table's inputs: per variant of train.fast, the teacher, the full-budget students of
-    train.fast.method from every train.init (transfer corpus) and the fast-path students, each with its H6 and
-    MT-Bench files where it is evaluated on them, and its train log (the step it ended at)."""
-    items = []
-    for v in FAST_VARIANTS:
-        full = [n for n in trained_names(v, ablations=False, fast=False) if parse_trained(n).method == FAST["method"]]
-        for m in ["teacher"] + full + fast_names(v):
-            if m in eval_models(v, "h6"):
-                items.append(((v, m, "h6"), R(v, "eval", m, "h6.json"), R(v, "eval", m, "h6")))
-            if m in eval_models(v, "mtbench"):
-                items += [((v, m, f"mtbench-{f}"), R(v, "eval", m, f"mtbench-{f}.json"),
-                           R(v, "mtbench", "judgments", f"{m}-{f}.jsonl")) for f in mtbench_formats(m)]
-            if m != "teacher":
-                items.append(((v, m, "train"), R(v, m, "train_log.jsonl"), R(v, m, "train_log.jsonl")))
-    return items
-
-
 # The fast path (train.fast): the step each run ended at and its share of the full budget, beside its H6 and
 # MT-Bench and those of the teacher and the full-budget students of the same method (the train log is its own
 # detail).
