@@ -125,3 +125,22 @@ def test_targets_and_bad_settings(tiny_world, tmp_path):
     assert plain.fingerprint() == _cfg(tiny_world, tmp_path, "c", stop_every=0, stop_sequences=9).fingerprint()
     assert plain.fingerprint() != _cfg(tiny_world, tmp_path, "c").fingerprint()
     assert _cfg(tiny_world, tmp_path, "c").fingerprint() == _cfg(tiny_world, tmp_path, "c", stop_kl_share=0.3).fingerprint()
+
+
+def test_tokens_to_parity_interval_over_seeds():
+    from kept.train.parity import first_reaching, format_interval, seed_interval
+
+    assert first_reaching({0: 0.5, 20: 0.69, 40: 0.7, 60: 0.71}, 0.695) == 40
+    assert first_reaching({0: 0.5, 20: 0.6}, 0.695) is None
+    s = seed_interval([2048, 4096, 6144], ceiling=10_000)
+    assert s["mean"] == 4096 and s["censored"] == 0
+    # sd 2048, n 3: half-width t(0.975, 2) * 2048 / sqrt(3) = 4.303 * 1182.4
+    assert s["hi"] - s["mean"] == pytest.approx(4.303 * 2048 / 3**0.5, rel=1e-6)
+    assert format_interval(s) == "4096 [0, 9184] (3 seeds)"
+    censored = seed_interval([2048, None], ceiling=8192)
+    assert censored["mean"] == 5120 and censored["censored"] == 1
+    assert format_interval(censored).startswith(">= 5120 [") and "1 never reached" in format_interval(censored)
+    one = seed_interval([4096], ceiling=8192)
+    assert format_interval(one) == "4096 (1 seed)"
+    with pytest.raises(ValueError):
+        seed_interval([], ceiling=1)

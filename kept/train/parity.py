@@ -79,3 +79,42 @@ class ParityCheck:
         finally:
             student.train(was_training)
         return total / max(tokens, 1)
+
+
+# ---- tokens to parity over seeds (bench.bench_recovery) -------------------------------------------------------
+
+
+def first_reaching(curve: dict[int, float], target: float) -> int | None:
+    """The first step (smallest key) whose value is at least ``target``; None when no step reaches it."""
+    return next((step for step in sorted(curve) if curve[step] >= target), None)
+
+
+# two-sided 95 % Student-t quantiles t(0.975, df) for df = 1..10 (beyond: 1.96 is within 12 % of the exact value)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def seed_interval(values: list[float | None], *, ceiling: float) -> dict[str, Any]:
+    """Mean and a two-sided 95 % Student-t interval over seeds of a quantity that may be censored: a seed whose
+    run never reached parity (None) counts at ``ceiling``, so the mean and the bounds are then lower bounds
+    (``censored`` > 0: the true tokens-to-parity is at least that). One seed gives no interval (bounds nan)."""
+    if not values:
+        raise ValueError("seed_interval: no seeds")
+    x = np.array([ceiling if v is None else float(v) for v in values], dtype=float)
+    n = len(x)
+    mean = float(x.mean())
+    if n > 1:
+        t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
+        half = float(t * x.std(ddof=1) / np.sqrt(n))
+        lo, hi = mean - half, mean + half
+    else:
+        lo = hi = float("nan")
+    return {"mean": mean, "lo": lo, "hi": hi, "n": n, "censored": sum(v is None for v in values)}
+
+
+def format_interval(s: dict[str, Any]) -> str:
+    """``mean [lo, hi]`` in tokens, prefixed with ``>=`` when some seeds never reached parity."""
+    prefix = ">= " if s["censored"] else ""
+    if s["n"] < 2:
+        return f"{prefix}{s['mean']:.0f} (1 seed)"
+    return (f"{prefix}{s['mean']:.0f} [{max(s['lo'], 0):.0f}, {s['hi']:.0f}] ({s['n']} seeds"
+            + (f", {s['censored']} never reached" if s["censored"] else "") + ")")
