@@ -186,8 +186,6 @@ def run(*, quick: bool = False, seeds: int | None = None) -> dict:
     one("paper, UT baseline", "paper", "ut", steps, every)
     parity = {norm: seed_interval([first[norm]] + [first[f"{norm}, seed {s}"] for s in seed_list[1:]],
                                   ceiling=steps * tokens_per_step) for norm in NORMS}
-    for r in rows:
-        r["tokens to parity, mean [95% CI] over seeds"] = format_interval(parity[r["run"]]) if r["run"] in parity else "–"
     ratio = "undetermined (centered never got there)"
     if first["centered"] is not None and first["paper"] is not None:
         ratio = f"{first['paper'] / max(first['centered'], 1):.1f}x" if first["centered"] else "inf (centered at step 0)"
@@ -198,6 +196,8 @@ def run(*, quick: bool = False, seeds: int | None = None) -> dict:
         one(label, "paper", "xkd_z", long_steps, max(long_steps // 5, 1))
         ratio = (f"{first[label] / first['centered']:.1f}x" if first[label] is not None
                  else f"> 10x (paper init still below the target after {long_steps} steps)")
+    for r in rows:
+        r["tokens to parity, mean [95% CI] over seeds"] = format_interval(parity[r["run"]]) if r["run"] in parity else "–"
     (work / "curves.json").write_text(json.dumps({"teacher_h6": teacher_h6, "curves": curves, "first": first,
                                                   "parity": parity, "seeds": seed_list}, indent=1))
     notes = (
