@@ -54,6 +54,8 @@ def test_run_stops_at_the_first_check_that_reaches_the_target(tiny_world, tmp_pa
     # the export says how far it went; snapshots exist only up to the stop
     training = json.loads((tmp_path / "fast" / "model" / "training.json").read_text())
     assert training["steps"] == stop["step"] and training["summary"]["stop"]["reason"] == "parity"
+    card = (tmp_path / "fast" / "model" / "README.md").read_text()
+    assert f"Stopped at step {stop['step']} of a {CEILING}-step ceiling" in card and "reached its target" in card
     snaps = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "fast" / "snapshots").iterdir())
     assert snaps == list(range(4, stop["step"] + 1, 4))
     assert not (tmp_path / "fast" / "resume").exists()
