@@ -13,10 +13,15 @@ init ten times the tokens ``centered`` needed, which settles the goal either way
 transfer corpus, the KL on the world's quiz text (the evaluation formats, absent from the transfer corpus) shows
 how far what is learnt on the transfer data carries to the text the benchmarks score.
 
+Tokens to parity over seeds: every XKD-z init is trained with ``SEEDS`` data orders (the config's seed and the
+next ones; ``--seeds N``); the table gives each init's tokens to the target as the mean over seeds with a 95 %
+Student-t interval (kept.train.parity.seed_interval; a seed that never gets there counts at its budget and the
+entry reads ">=", a lower bound). The other columns are the primary seed's run.
+
 Prerequisites (teacher, corpus, eval suites, converted inits) are built by Snakemake in ``results/`` if missing.
 
-    .venv/bin/python -m bench.bench_recovery            # 4x the default step budget
-    .venv/bin/python -m bench.bench_recovery --quick    # 1x, H6 subset: a smoke check
+    .venv/bin/python -m bench.bench_recovery            # 4x the default step budget, 3 seeds
+    .venv/bin/python -m bench.bench_recovery --quick    # 1x, H6 subset, 1 seed: a smoke check
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ NORMS = ("paper", "centered", "exact", "fit")
 VARIANT = "base"
 BUDGET_FACTOR = 4
 HELD_BACK = 16  # corpus sequences (the last ones) used for the KL; the trainer samples the whole corpus
+SEEDS = 3  # data orders per XKD-z init, for the interval of tokens to parity
 
 
 def _config() -> dict:
@@ -103,9 +109,10 @@ def _domain_ids(results: Path, domain: str, n: int, length: int) -> torch.Tensor
     raise RuntimeError(f"{domain}.jsonl holds fewer than {n * length} tokens")
 
 
-def run(*, quick: bool = False) -> dict:
+def run(*, quick: bool = False, seeds: int | None = None) -> dict:
     from kept.train import TrainConfig, train
     from kept.train.data import PackedCorpus
+    from kept.train.parity import first_reaching, format_interval, seed_interval
 
     torch.set_num_threads(2)
     cfg = _config()
@@ -116,6 +123,7 @@ def run(*, quick: bool = False) -> dict:
     ids = corpus.get(list(range(len(corpus) - HELD_BACK, len(corpus))))
     settings = _train_settings(cfg)
     factor = 1 if quick else BUDGET_FACTOR
+    seed_list = [cfg["seed"] + i for i in range(seeds or (1 if quick else SEEDS))]
     settings["steps"] *= factor
     tasks = cfg["eval"]["h6"]
     if quick:
@@ -136,12 +144,15 @@ def run(*, quick: bool = False) -> dict:
         h6 = _h6(models, tasks, results / "eval_data" / "tasks", out, cfg["eval"]["harness"], cfg["seed"])
         return {step: (h6[step], _kl(teacher, path, ids), _kl(teacher, path, quiz)) for step, path in models.items()}
 
-    def one(label: str, norm: str, objective: str, steps: int, snapshot_every: int) -> None:
-        """Train one init, evaluate every snapshot (and the init, once); add its row, curves and first hit."""
+    def one(label: str, norm: str, objective: str, steps: int, snapshot_every: int, seed: int | None = None,
+            row: bool = True) -> None:
+        """Train one init, evaluate every snapshot (and the init, once); add its row (unless ``row`` is False:
+        another seed of a run that has one), curves and first hit."""
         run_dir = work / re.sub(r"\W+", "-", label).strip("-")
         init = results / VARIANT / f"init-{norm}" / "model"
         t0 = time.perf_counter()
-        train(TrainConfig(**{**settings, "steps": steps, "snapshot_every": snapshot_every},
+        train(TrainConfig(**{**settings, "steps": steps, "snapshot_every": snapshot_every,
+                             "seed": settings["seed"] if seed is None else seed},
                           objective=objective, student=str(init), corpus=str(results / "corpus"),
                           teacher=str(teacher) if objective == "xkd_z" else None, output=str(run_dir / "model"),
                           work_dir=str(run_dir), progress=False))
@@ -152,8 +163,10 @@ def run(*, quick: bool = False) -> dict:
         scores = {0: at_init[norm], **evaluate(snaps, run_dir)}
         h6, kl, kl_quiz = ({step: v[i] for step, v in sorted(scores.items())} for i in range(3))
         curves[label] = {"h6": h6, "kl": kl, "kl_quiz": kl_quiz}
-        hit = next((s for s in sorted(h6) if h6[s] >= target), None)
+        hit = first_reaching(h6, target)
         first[label] = None if hit is None else hit * tokens_per_step
+        if not row:
+            return
         end = max(h6)
         rows.append({
             "run": label, "steps": steps, "H6 @0": round(100 * h6[0], 2), "H6 @end": round(100 * h6[end], 2),
@@ -168,7 +181,11 @@ def run(*, quick: bool = False) -> dict:
     steps, every = settings["steps"], settings["snapshot_every"]
     for norm in NORMS:
         one(norm, norm, "xkd_z", steps, every)
+        for seed in seed_list[1:]:
+            one(f"{norm}, seed {seed}", norm, "xkd_z", steps, every, seed=seed, row=False)
     one("paper, UT baseline", "paper", "ut", steps, every)
+    parity = {norm: seed_interval([first[norm]] + [first[f"{norm}, seed {s}"] for s in seed_list[1:]],
+                                  ceiling=steps * tokens_per_step) for norm in NORMS}
     ratio = "undetermined (centered never got there)"
     if first["centered"] is not None and first["paper"] is not None:
         ratio = f"{first['paper'] / max(first['centered'], 1):.1f}x" if first["centered"] else "inf (centered at step 0)"
@@ -179,7 +196,10 @@ def run(*, quick: bool = False) -> dict:
         one(label, "paper", "xkd_z", long_steps, max(long_steps // 5, 1))
         ratio = (f"{first[label] / first['centered']:.1f}x" if first[label] is not None
                  else f"> 10x (paper init still below the target after {long_steps} steps)")
-    (work / "curves.json").write_text(json.dumps({"teacher_h6": teacher_h6, "curves": curves}, indent=1))
+    for r in rows:
+        r["tokens to parity, mean [95% CI] over seeds"] = format_interval(parity[r["run"]]) if r["run"] in parity else "–"
+    (work / "curves.json").write_text(json.dumps({"teacher_h6": teacher_h6, "curves": curves, "first": first,
+                                                  "parity": parity, "seeds": seed_list}, indent=1))
     notes = (
         f"Teacher toy-H6 average {100 * teacher_h6:.2f} ({len(tasks)} tasks: {', '.join(t['name'] for t in tasks)}); "
         f"target {100 * target:.2f}. XKD-z (UT for the baseline row) for {steps} steps x {tokens_per_step} tokens "
@@ -188,6 +208,9 @@ def run(*, quick: bool = False) -> dict:
         f"the last {HELD_BACK} transfer-corpus sequences (the training distribution); quiz KL = the same on "
         f"{HELD_BACK} x {corpus.max_length} tokens of the world's quiz text (the evaluation formats, which the "
         f"transfer corpus does not contain). Tokens to the target, paper / centered: {ratio} (goal >= 10x). "
+        f"Tokens to parity over seeds: XKD-z from each init with seeds {seed_list} (data order), mean and 95 % "
+        f"Student-t interval; '>=' marks a censored mean (a seed never reached the target within its "
+        f"{steps * tokens_per_step} tokens and counts at that budget). "
         f"Curves: bench/_work/recovery/curves.json."
     )
     return {"title": "Recovery efficiency: XKD-z tokens to the teacher's toy-H6, per init", "rows": rows,
@@ -197,4 +220,5 @@ def run(*, quick: bool = False) -> dict:
 if __name__ == "__main__":
     from bench.run import section
 
-    print(section(run(quick="--quick" in sys.argv)))
+    n_seeds = int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else None
+    print(section(run(quick="--quick" in sys.argv, seeds=n_seeds)))

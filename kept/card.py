@@ -251,6 +251,14 @@ def _made(conv: dict[str, Any], training: dict[str, Any], src: dict[str, Any],
         if summary.get("final_loss") is not None:
             budget.append(f"final loss {_num(summary['final_loss'])}")
         lines.append(f"- Budget: {', '.join(budget)}.")
+        stop = summary.get("stop")
+        if stop:  # stop at parity (kept.train.parity): why and when the run ended
+            why = ("reached" if stop.get("reason") == "parity" else "had not reached")
+            lines.append(f"- Stopped at step {stop.get('step')} of a {stop.get('ceiling')}-step ceiling: the held-out "
+                         f"KL to the teacher ({stop.get('heldout_sequences')} sequences the run never trained on, "
+                         f"checked every {stop.get('every')} steps) {why} its target {_num(stop.get('target'))} "
+                         f"(from {_num(stop.get('kl_before'))} before training; last check "
+                         f"{_num(stop.get('final_heldout_kl'))}).")
     return lines + [""]
 
 

@@ -1,9 +1,12 @@
 """Names of the trained students of the grid: method x init x transfer corpus x seed in one path component.
 
-A trained student is ``{method}[@{init}][+{corpus}][.s{seed}]`` (docs/architecture.md, "Models of the grid"):
+A trained student is ``{method}[@{init}][+{corpus}][-parity][.s{seed}]`` (docs/architecture.md, "Models of the
+grid"):
 
 - ``@{init}`` only when it starts from another mapping than the primary one (``train.init``'s first entry),
 - ``+{corpus}`` only for an ablation corpus (``corpus.ablations``; the transfer corpus has no suffix),
+- ``-parity`` for the fast path (``train.fast``): the run stops once its held-out KL to the teacher reaches the
+  target (kept.train.parity), so it is not at the matched budget of the grid,
 - ``.s{seed}`` only for another seed than the primary one (``train.seeds``' first entry).
 
 So with the default settings the names are the plain method names (``xkd_z``), and the paths of the primary
@@ -20,7 +23,7 @@ from kept.errors import ConfigError
 
 METHODS = ("ut", "xkd_h", "xkd_z")
 _NAME = re.compile(r"^(?P<method>ut|xkd_h|xkd_z)(?:@(?P<init>[A-Za-z0-9]+))?(?:\+(?P<corpus>[A-Za-z0-9]+))?"
-                   r"(?:\.s(?P<seed>\d+))?$")
+                   r"(?P<stop>-parity)?(?:\.s(?P<seed>\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Trained:
     init: str | None = None
     corpus: str | None = None
     seed: int | None = None
+    stop: bool = False  # stopped at parity (the fast path), not the grid's matched budget
 
     @property
     def name(self) -> str:
@@ -40,6 +44,8 @@ class Trained:
             out += f"@{self.init}"
         if self.corpus is not None:
             out += f"+{self.corpus}"
+        if self.stop:
+            out += "-parity"
         if self.seed is not None:
             out += f".s{self.seed}"
         return out
@@ -47,17 +53,17 @@ class Trained:
     @property
     def row(self) -> str:
         """The name without its seed: the table row that pools this student's seeds."""
-        return Trained(self.method, self.init, self.corpus).name
+        return Trained(self.method, self.init, self.corpus, stop=self.stop).name
 
 
 def trained(method: str, *, init: str, corpus: str | None, seed: int, primary_init: str,
-            primary_seed: int) -> Trained:
+            primary_seed: int, stop: bool = False) -> Trained:
     """The student trained with ``method`` from ``init`` on ``corpus`` with ``seed``, named relative to the
     primary init and seed."""
     if method not in METHODS:
         raise ConfigError(f"train method {method!r}: expected one of {METHODS}")
     return Trained(method, None if init == primary_init else init, corpus,
-                   None if seed == primary_seed else int(seed))
+                   None if seed == primary_seed else int(seed), stop)
 
 
 def parse(name: str) -> Trained | None:
@@ -66,7 +72,8 @@ def parse(name: str) -> Trained | None:
     if m is None:
         return None
     seed = m.group("seed")
-    return Trained(m.group("method"), m.group("init"), m.group("corpus"), int(seed) if seed else None)
+    return Trained(m.group("method"), m.group("init"), m.group("corpus"), int(seed) if seed else None,
+                   m.group("stop") is not None)
 
 
 def row_name(model: str) -> str:

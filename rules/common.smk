@@ -20,6 +20,13 @@ METHODS = list(config["train"]["methods"])
 TRAIN_INITS = [config["train"]["init"]] if isinstance(config["train"]["init"], str) else list(config["train"]["init"])
 TRAIN_INIT = TRAIN_INITS[0]
 SEEDS = list(config["train"].get("seeds") or [config["seed"]])
+# train.fast: the fast path (kept.train.parity): one more student per listed variant, `{method}@{init}-parity`,
+# trained from train.fast.init with train.fast.method until its held-out KL to the teacher reaches the target, under
+# the grid's step ceiling (train.steps). Its snapshots stop where it stops, so it has no recovery curve.
+FAST = config["train"].get("fast") or {}
+FAST_VARIANTS = [v for v in FAST.get("variants", []) if v in config["variants"]]
+if FAST_VARIANTS and FAST["init"] not in NORMS:
+    raise ValueError(f"train.fast.init: {FAST['init']!r} is not converted; add it to convert.norms ({NORMS})")
 
 
 # Final targets: each rule file appends the outputs it wants `rule all` to build.
@@ -58,9 +65,21 @@ def teacher_dir(variant):
     return variant_cfg(variant)["source"]["path"]
 
 
-def trained_names(variant=None, *, seeds=None, ablations=True):
+def fast_names(variant=None, *, seeds=None):
+    """The fast-path students (train.fast) of a variant (of every variant if None), one per seed."""
+    if not FAST_VARIANTS or (variant is not None and variant not in FAST_VARIANTS):
+        return []
+    return [
+        trained_model(FAST["method"], init=FAST["init"], corpus=None, seed=s, primary_init=TRAIN_INIT,
+                      primary_seed=SEEDS[0], stop=True).name
+        for s in (SEEDS if seeds is None else seeds)
+    ]
+
+
+def trained_names(variant=None, *, seeds=None, ablations=True, fast=True):
     """Trained students of a variant (every variant if None): each method from each init with each seed (all
-    seeds unless `seeds` is given), then the corpus ablations of train.ablations that name the variant."""
+    seeds unless `seeds` is given), then the corpus ablations of train.ablations that name the variant, then the
+    fast-path students of train.fast (unless `fast` is False)."""
     seeds = SEEDS if seeds is None else seeds
     names = [
         trained_model(m, init=i, corpus=None, seed=s, primary_init=TRAIN_INIT, primary_seed=SEEDS[0]).name
@@ -78,6 +97,8 @@ def trained_names(variant=None, *, seeds=None, ablations=True):
                 for m in abl["methods"]
                 for s in seeds
             ]
+    if fast:
+        names += fast_names(variant, seeds=seeds)
     return list(dict.fromkeys(names))
 
 
@@ -115,8 +136,9 @@ def variants_with(eval_name):
 
 def eval_models(variant, eval_name):
     """Grid models that `eval_name` evaluates in `variant` (config eval.models; [] if the variant skips it).
-    Tokens: all, teacher, init (= init-<first train.init>), inits, trained (every trained student: methods x
-    inits x seeds and the corpus ablations), or a model name (a student's name covers all its seeds)."""
+    Tokens: all, teacher, init (= init-<first train.init>), inits, trained (every trained student of the grid:
+    methods x inits x seeds and the corpus ablations), fast (the fast-path students of train.fast), or a model name
+    (a student's name covers all its seeds)."""
     if eval_name not in evals_of(variant):
         return []
     names = model_names(variant)
@@ -129,7 +151,9 @@ def eval_models(variant, eval_name):
         elif token == "inits":
             chosen.update(n for n in names if n.startswith("init-"))
         elif token == "trained":
-            chosen.update(trained_names(variant))
+            chosen.update(trained_names(variant, fast=False))
+        elif token == "fast":
+            chosen.update(fast_names(variant))
         else:  # a model name; a trained student's name also selects its other seeds
             chosen.update(n for n in names if n == token or row_name(n) == token)
     return [n for n in names if n in chosen]
@@ -139,6 +163,24 @@ def mtbench_formats(model):
     """Chat formats a model answers MT-Bench in: the teacher its own, students both (config eval.mtbench.formats)."""
     kind = "teacher" if model == "teacher" else "student"
     return list(config["eval"]["mtbench"]["formats"][kind])
+
+
+def fast_path_items():
+    """The fast-path table's inputs: per variant of train.fast, the teacher, the full-budget students of
+    train.fast.method from every train.init (transfer corpus) and the fast-path students, each with its H6 and
+    MT-Bench files where it is evaluated on them, and its train log (the step it ended at)."""
+    items = []
+    for v in FAST_VARIANTS:
+        full = [n for n in trained_names(v, ablations=False, fast=False) if parse_trained(n).method == FAST["method"]]
+        for m in ["teacher"] + full + fast_names(v):
+            if m in eval_models(v, "h6"):
+                items.append(((v, m, "h6"), R(v, "eval", m, "h6.json"), R(v, "eval", m, "h6")))
+            if m in eval_models(v, "mtbench"):
+                items += [((v, m, f"mtbench-{f}"), R(v, "eval", m, f"mtbench-{f}.json"),
+                           R(v, "mtbench", "judgments", f"{m}-{f}.jsonl")) for f in mtbench_formats(m)]
+            if m != "teacher":
+                items.append(((v, m, "train"), R(v, m, "train_log.jsonl"), R(v, m, "train_log.jsonl")))
+    return items
 
 
 def snapshot_steps():

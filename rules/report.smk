@@ -90,6 +90,12 @@ REPORT_ARTIFACTS = {
         [((v, "pilot", ""), R(v, "pilot", "cosine.jsonl")) for v in PILOT.get("variants", []) if v in VARIANTS],
     ),
 }
+
+
+# The fast path (train.fast): the step each run ended at and its share of the full budget, beside its H6 and
+# MT-Bench and those of the teacher and the full-budget students of the same method (the train log is its own
+# detail).
+REPORT_ARTIFACTS["table_fast_path"] = ("table", "fast_path", fast_path_items())
 REPORT_ARTIFACTS["figure_longctx"] = ("figure", "longctx", REPORT_ARTIFACTS["table_transfer_longctx"][2])
 REPORT_ARTIFACTS["figure_mtbench_categories"] = (
     "figure",
@@ -135,6 +141,7 @@ localrules:
     report_table_transfer_code,
     report_table_transfer_longctx,
     report_table_fidelity,
+    report_table_fast_path,
     report_figure_longctx,
     report_figure_mtbench_categories,
     report_figure_train_loss,
@@ -359,6 +366,43 @@ rule report_table_fidelity:
         **REPORT_PARAMS["table_fidelity"],
     log:
         R("logs/report/table_fidelity.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_table_fast_path:
+    input:
+        summaries=REPORT_INPUTS["table_fast_path"]["summaries"],
+        details=REPORT_INPUTS["table_fast_path"]["details"],
+    output:
+        csv=report(
+            REPORT_OUTPUTS["table_fast_path"]["csv"],
+            caption="../report/table_fast_path.rst",
+            category="Tables",
+            labels={"table": "The fast path: stopped at parity", "format": "CSV"},
+        ),
+        md=report(
+            REPORT_OUTPUTS["table_fast_path"]["md"],
+            caption="../report/table_fast_path.rst",
+            category="Tables",
+            labels={"table": "The fast path: stopped at parity", "format": "Markdown"},
+        ),
+        tex=report(
+            REPORT_OUTPUTS["table_fast_path"]["tex"],
+            caption="../report/table_fast_path.rst",
+            category="Tables",
+            labels={"table": "The fast path: stopped at parity", "format": "LaTeX"},
+        ),
+    params:
+        **REPORT_PARAMS["table_fast_path"],
+    log:
+        R("logs/report/table_fast_path.log"),
     threads: 1
     resources:
         mem_mb=2000,

@@ -20,10 +20,18 @@ def pilot_settings():
     return settings(TRAIN, seed=config["seed"])
 
 
+# train.fast keys that are TrainConfig fields: the stop-at-parity settings of the fast-path students
+FAST_STOP_KEYS = ("stop_every", "stop_kl", "stop_kl_share", "stop_sequences")
+
+
 def student_settings(wildcards):
-    """train_settings of the trained student named by {method} (kept.grid: method, init, corpus, seed)."""
+    """train_settings of the trained student named by {method} (kept.grid: method, init, corpus, seed), plus the
+    stop-at-parity settings of train.fast for a fast-path student (`-parity`)."""
     method, _, _, seed = trained_spec(wildcards.method)
-    return train_settings(method, seed)
+    settings = train_settings(method, seed)
+    if parse_trained(wildcards.method).stop:
+        settings.update({key: FAST[key] for key in FAST_STOP_KEYS})
+    return settings
 
 
 def accelerate_profile():

@@ -31,7 +31,8 @@ def test_killed_training_job_resumes_on_rerun(tmp_path):
         "variants": {v: {"source": {"kind": "local", "path": str(teacher)}} for v in ("base", "chat", "longchat")},
         "convert": {"norms": ["paper"]},
         "train": {"steps": 150, "batch_size": 2, "snapshot_every": 50, "save_state_every": 10,
-                  "common": {"lr": 1e-3, "log_every": 10}, "pilot": {"variants": []}},
+                  "common": {"lr": 1e-3, "log_every": 10}, "pilot": {"variants": []},
+                  "fast": {"variants": []}},  # the smoke config's fast path starts from init-exact, not converted here
     }
     (wd / "train_test.yaml").write_text(yaml.safe_dump(cfg))
     work = results / "base" / "xkd_z"

@@ -203,6 +203,7 @@ class Checker:
         self.run = run
         self.train_init = train_init
         names = [parse_trained(m) for key in (run.h6, run.mt, run.code, run.longctx) for (_, m, *_) in key]
+        names = [t for t in names if t is not None and not t.stop]  # the fast path is no arm: not at the budget
         corpora = sorted({t.corpus for t in names if t is not None and t.corpus})
         inits = sorted({t.init for t in names if t is not None and t.init})
         self.arms = ([Arm(f"{c} corpus", f"+{c}", "corpus") for c in corpora]

@@ -57,7 +57,8 @@ def model_label(model: str, *, train_init: str) -> str:
     if t is not None:
         init = t.init or train_init
         label = f"{INIT_NAMES.get(init, init)} + {METHOD_NAMES[t.method]}"
-        return label + (f" ({t.corpus} corpus)" if t.corpus else "")
+        label += f" ({t.corpus} corpus)" if t.corpus else ""
+        return label + (", stopped at parity" if t.stop else "")
     return model
 
 
@@ -589,3 +590,83 @@ def write_table(table: Table, *, csv: str | Path, md: str | Path, tex: str | Pat
     for path, text in texts.items():
         with atomic_file(path, "w", encoding="utf-8") as fh:
             fh.write(text)
+
+
+# ---- the fast path ----------------------------------------------------------------------------------------------
+
+FAST_STEP, FAST_SHARE = "Stopped at step", "Tokens (share of budget)"
+
+
+def read_stop(item: Item) -> tuple[int, float]:
+    """(last step, its share of the step ceiling) from a train log (``Item.path``). A stop-at-parity run's check
+    lines carry ``stop_ceiling``; a run without the check went to its ceiling (share 1)."""
+    from kept.jsonl import read_jsonl
+
+    lines = read_jsonl(item.path)
+    if not lines:
+        raise KeptError(f"{item.path}: empty train log")
+    last = int(check_number(get(lines[-1], "step", path=item.path), where=f"{item.path} step", lo=1))
+    ceilings = [e["stop_ceiling"] for e in lines if "stop_ceiling" in e]
+    ceiling = int(ceilings[-1]) if ceilings else last
+    return last, last / ceiling
+
+
+def fast_path_table(*, items: list[Item], train_init: str) -> Table:
+    """The fast path beside the teacher and the full-budget students: per row the step its training ended at and
+    its tokens as a share of the full budget (``tag`` "train": the train log), the H6 average (``tag`` "h6") and
+    the MT-Bench average per chat format (``tag`` "mtbench-<format>"), each ± its standard error; a row lacks
+    the columns it has no file for."""
+    _group_rows(items, what="fast-path table")
+    parts = []
+    h6_items = [it for it in items if it.tag == "h6"]
+    if h6_items:
+        parts.append((h6_table(items=[Item(it.variant, it.model, it.path, "", it.detail) for it in h6_items],
+                               train_init=train_init, paper_reference=False), {"Average": "H6 average"}))
+    mt_items = [Item(it.variant, it.model, it.path, it.tag[len("mtbench-"):], it.detail)
+                for it in items if it.tag.startswith("mtbench-")]
+    if mt_items:
+        mt = mtbench_table(items=mt_items, train_init=train_init, paper_reference=False)
+        parts.append((mt, {c: f"MT-Bench {c[len('Avg '):]}" for c in mt.value_columns if c.startswith("Avg (")}))
+    keys = list(dict.fromkeys((it.variant, model_label(row_name(it.model), train_init=train_init))
+                              for it in items))
+    rows = {k: {"Variant": k[0], "Model": k[1]} for k in keys}
+    se = {k: {} for k in keys}
+    sd = {k: {} for k in keys}
+    samples: dict[tuple[str, str], dict[str, stats.Sample | None]] = {k: {} for k in keys}
+    seeds = dict.fromkeys(keys, 1)
+    columns = [FAST_STEP, FAST_SHARE]
+    stops: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for it in items:
+        if it.tag == "train":
+            stops.setdefault((it.variant, model_label(row_name(it.model), train_init=train_init)), []).append(
+                read_stop(it))
+    for k, found in stops.items():
+        rows[k][FAST_STEP] = float(np.mean([s for s, _ in found]))
+        rows[k][FAST_SHARE] = float(np.mean([f for _, f in found]))
+        sd[k][FAST_STEP] = stats.seed_sd([s for s, _ in found])
+        sd[k][FAST_SHARE] = stats.seed_sd([f for _, f in found])
+        seeds[k] = max(seeds[k], len(found))
+    for table, rename in parts:
+        f = table.frame
+        for pos, i in enumerate(f.index):
+            k = (f.at[i, "Variant"], f.at[i, "Model"])
+            seeds[k] = max(seeds[k], table.seeds[pos])
+            for old, new in rename.items():
+                rows[k][new] = f.at[i, old]
+                se[k][new] = table.se.at[i, old]
+                sd[k][new] = table.sd.at[i, old]
+                samples[k][new] = table.samples[pos].get(old)
+        columns += list(rename.values())
+    scored = [c for c in columns if c not in (FAST_STEP, FAST_SHARE)]
+    out = _rows_to_table([rows[k] for k in keys], columns=columns, better={c: "max" for c in scored},
+                         formats={c: ".1f" if c.startswith("H6") else ".0f" if c == FAST_STEP else
+                                  ".2f" for c in columns},
+                         contender=[k[1] != model_label("teacher", train_init=train_init) for k in keys])
+    idx = out.frame.index
+    out.se = pd.DataFrame([[se[k].get(c, math.nan) for c in columns] for k in keys], index=idx,
+                          columns=columns).astype(float)
+    out.sd = pd.DataFrame([[sd[k].get(c, math.nan) for c in columns] for k in keys], index=idx,
+                          columns=columns).astype(float)
+    out.seeds = [seeds[k] for k in keys]
+    out.samples = [samples[k] for k in keys]
+    return out

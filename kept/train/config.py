@@ -56,6 +56,11 @@ class TrainConfig:
     keep_resume: bool = False  # keep work_dir/resume after a successful run
     trainable: str = "all"  # "all" | "norms" (Appendix-A pilot: only the RMSNorm weights learn)
     progress: bool = True  # progress lines (kept.progress: steps, tok/s, ETA) in the main process's log
+    # --- stop at parity (the fast path): end the run once the held-out KL to the teacher reaches a target ---
+    stop_every: int = 0  # check the held-out KL every N optimizer steps (0 = never stop early; steps is the ceiling)
+    stop_kl: float | None = None  # absolute target, nats/token (KL(teacher || student) at T=1)
+    stop_kl_share: float | None = None  # target as a share of the KL before training (the starting gap)
+    stop_sequences: int = 16  # held-out sequences: the training corpus's last N, never trained on when stop_every > 0
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -79,7 +84,7 @@ class TrainConfig:
         for key in ("steps", "batch_size", "grad_accum", "kl_chunk_size", "log_every", "num_shards"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise bad(key, "must be a positive integer")
-        for key in ("warmup_steps", "snapshot_every", "save_state_every"):
+        for key in ("warmup_steps", "snapshot_every", "save_state_every", "stop_every"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise bad(key, "must be a non-negative integer")
         if not self.lr > 0:
@@ -104,6 +109,17 @@ class TrainConfig:
             raise bad("teacher_cache", "a top-k cache serves xkd_z only")
         if self.objective == "xkd_z" and not (self.teacher or self.teacher_cache):
             raise bad("teacher", "objective 'xkd_z' needs a teacher dir or a teacher_cache")
+        if self.stop_every:
+            if self.stop_kl is None and self.stop_kl_share is None:
+                raise bad("stop_every", "stopping at parity needs a target: stop_kl and/or stop_kl_share")
+            if not (self.teacher or self.teacher_cache):
+                raise bad("stop_every", "stopping at parity measures the KL to a teacher: give teacher or teacher_cache")
+            if not isinstance(self.stop_sequences, int) or self.stop_sequences < 1:
+                raise bad("stop_sequences", "must be a positive integer")
+        if self.stop_kl is not None and not self.stop_kl >= 0:
+            raise bad("stop_kl", "must be >= 0 or null")
+        if self.stop_kl_share is not None and not 0.0 < self.stop_kl_share < 1.0:
+            raise bad("stop_kl_share", "must be in (0, 1) or null")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -123,7 +139,12 @@ class TrainConfig:
         cadence), so resumable state is only reused by a run that would have produced it."""
         skip = {"output", "work_dir", "log_every", "snapshot_every", "save_state_every", "keep_resume",
                 "progress", "num_shards", "export_format"}
+        # where a run stops (stop_every and its targets) does not change the steps it runs, but holding out the
+        # corpus tail changes the data order; a run without the check hashes exactly as before these keys existed
+        skip |= {"stop_every", "stop_kl", "stop_kl_share", "stop_sequences"}
         d = {k: v for k, v in self.to_dict().items() if k not in skip}
+        if self.stop_every:
+            d["heldout_sequences"] = self.stop_sequences
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

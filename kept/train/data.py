@@ -102,8 +102,10 @@ class BatchSchedule:
     """
 
     def __init__(self, corpus: PackedCorpus, *, seed: int, batch_size: int, grad_accum: int,
-                 world_size: int = 1, rank: int = 0) -> None:
+                 world_size: int = 1, rank: int = 0, limit: int | None = None) -> None:
         self.corpus = corpus
+        # serve only corpus indices [0, limit): the tail is held out (kept.train.parity); None = every sequence
+        self.limit = len(corpus) if limit is None else int(limit)
         self.seed = seed
         self.batch_size = batch_size
         self.grad_accum = grad_accum
@@ -114,4 +116,4 @@ class BatchSchedule:
     def indices(self, step: int, micro: int) -> np.ndarray:
         """Corpus indices of process ``rank``'s micro-batch ``micro`` of optimizer step ``step`` (0-based)."""
         start = step * self.global_batch + (micro * self.world_size + self.rank) * self.batch_size
-        return sample_order(len(self.corpus), seed=self.seed, start=start, count=self.batch_size)
+        return sample_order(self.limit, seed=self.seed, start=start, count=self.batch_size)

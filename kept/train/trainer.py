@@ -23,6 +23,7 @@ from kept.train.config import TrainConfig
 from kept.train.data import BatchSchedule, PackedCorpus
 from kept.train.export import export_model, link_tree
 from kept.train.objectives import OBJECTIVE_METRIC, StreamCapture, StudentObjective, teacher_outputs
+from kept.train.parity import parity_target
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NORM_SUFFIXES = ("input_layernorm.weight", "post_attention_layernorm.weight")
@@ -270,8 +271,14 @@ def fit(
         optimizer, LRSchedule(warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
     )
     module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    parity = None
+    if cfg.stop_every:
+        from kept.train.parity import ParityCheck
+
+        parity = ParityCheck(cfg, corpus, length=length, device=device)
     schedule = BatchSchedule(corpus, seed=cfg.seed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                             world_size=accelerator.num_processes, rank=accelerator.process_index)
+                             world_size=accelerator.num_processes, rank=accelerator.process_index,
+                             limit=None if parity is None else int(parity.indices[0]))
     tokens_per_step = schedule.global_batch * length
 
     # ---- resume ----------------------------------------------------------------------------------------------
@@ -279,11 +286,23 @@ def fit(
     log_path = work / "train_log.jsonl"
     snapshots = work / "snapshots"
     start_step, elapsed_before = 0, 0.0
+    kl0: float | None = None  # held-out KL before the first step (stop at parity)
+    stopped_at: int | None = None  # the step at which the held-out KL reached the target
     found = resume.latest()
     if found is not None:
         state_dir, meta = found
         accelerator.load_state(str(state_dir))
         start_step, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
+        kl0 = meta.get("stop_kl0")
+        stopped_at = meta.get("stopped_at")  # a kept state of a run that already stopped: nothing left to run
+    unwrapped = accelerator.unwrap_model(module).student
+
+    def measure_parity() -> float:
+        return parity.measure(unwrapped, teacher=teacher, cache=cache, autocast=accelerator.autocast)
+
+    if parity is not None and kl0 is None:
+        kl0 = measure_parity()
+    target = None if parity is None else parity_target(cfg, kl0)
     if main:
         work.mkdir(parents=True, exist_ok=True)
         if found is None:
@@ -325,7 +344,7 @@ def fit(
             shutil.copyfile(log_path, tmp / "train_log.jsonl")
             write_json(tmp / "trainer_state.json",
                        {"step": step, "fingerprint": resume.fingerprint, "elapsed_s": elapsed,
-                        "tokens": step * tokens_per_step})
+                        "tokens": step * tokens_per_step, "stop_kl0": kl0, "stopped_at": stopped_at})
             final = resume.root / f"step-{step}"
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
@@ -344,7 +363,7 @@ def fit(
     last_metric = None
     log_fh = open(log_path, "a", encoding="utf-8") if main else None
     try:
-        for step in range(start_step, cfg.steps):
+        for step in range(start_step, cfg.steps if stopped_at is None else start_step):
             loss_sum = torch.zeros((), device=device)
             metric_sum = torch.zeros((), device=device)
             for micro in range(cfg.grad_accum):
@@ -374,7 +393,12 @@ def fit(
             window_tokens += tokens_per_step
             bar.update(1)
 
-            if done == 1 or done % cfg.log_every == 0 or done == cfg.steps:
+            heldout_kl = None
+            if parity is not None and (done % cfg.stop_every == 0 or done == cfg.steps):
+                heldout_kl = measure_parity()
+                if heldout_kl <= target:
+                    stopped_at = done
+            if done == 1 or done % cfg.log_every == 0 or done == cfg.steps or heldout_kl is not None:
                 loss = accelerator.reduce(loss_sum / cfg.grad_accum, "mean").item()
                 value = accelerator.reduce(metric_sum / cfg.grad_accum, "mean").item()
                 gn = float(grad_norm) if grad_norm is not None else None  # clipped-before norm (same on all ranks)
@@ -385,6 +409,8 @@ def fit(
                              "tokens": done * tokens_per_step,
                              "tokens_per_s": window_tokens / max(now - window_t, 1e-9),
                              "elapsed_s": elapsed_before + now - t0}
+                    if heldout_kl is not None:
+                        entry.update(heldout_kl=heldout_kl, heldout_kl_target=target, stop_ceiling=cfg.steps)
                     entry.update(extra or {})
                     log_fh.write(json.dumps(entry) + "\n")
                     log_fh.flush()
@@ -396,6 +422,8 @@ def fit(
                 if log_fh:
                     log_fh.flush()
                 write_snapshot(done)
+            if stopped_at is not None:
+                break  # parity reached: no later snapshot, no state to resume
             if cfg.save_state_every and done % cfg.save_state_every == 0 and done < cfg.steps:
                 if log_fh:
                     log_fh.flush()
@@ -405,21 +433,33 @@ def fit(
         if log_fh:
             log_fh.close()
     seconds = elapsed_before + time.perf_counter() - t0
-    if main and start_step > 0:  # lines from before a resume count too
+    steps_done = cfg.steps if stopped_at is None else stopped_at
+    lines = []
+    if main and (start_step > 0 or parity is not None):  # lines from before a resume count too
         lines = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if lines:
+        if lines and start_step > 0:
             first_loss, last_loss, last_metric = lines[0]["loss"], lines[-1]["loss"], lines[-1].get(metric)
+    stop = None
+    if parity is not None:
+        checks = [[e["step"], e["heldout_kl"]] for e in lines if "heldout_kl" in e]
+        stop = {"reason": "parity" if stopped_at is not None else "ceiling", "step": steps_done,
+                "ceiling": cfg.steps, "every": cfg.stop_every, "heldout_sequences": cfg.stop_sequences,
+                "kl_before": kl0, "target": target, "stop_kl": cfg.stop_kl, "stop_kl_share": cfg.stop_kl_share,
+                "final_heldout_kl": checks[-1][1] if checks else None, "checks": checks}
 
     # ---- export ----------------------------------------------------------------------------------------------
     summary = {
-        "objective": cfg.objective, "steps": cfg.steps, "resumed_from": start_step,
-        "tokens": cfg.steps * tokens_per_step, "seconds": seconds,
-        "tokens_per_s": (cfg.steps - start_step) * tokens_per_step / max(seconds - elapsed_before, 1e-9),
+        "objective": cfg.objective, "steps": steps_done, "resumed_from": start_step,
+        "tokens": steps_done * tokens_per_step, "seconds": seconds,
+        "tokens_per_s": max(0, steps_done - start_step) * tokens_per_step / max(seconds - elapsed_before, 1e-9),
         "first_logged_loss": first_loss, "final_loss": last_loss, f"final_{metric}": last_metric,
         "world_size": accelerator.num_processes, "output": cfg.output if export else None,
         "distributed_type": accelerator.distributed_type.value,  # e.g. NO, MULTI_GPU, DEEPSPEED, FSDP
         "zero_stage": getattr(getattr(accelerator.state, "deepspeed_plugin", None), "zero_stage", None),
+        "steps_ceiling": cfg.steps, "tokens_ceiling": cfg.steps * tokens_per_step,
+        "stop": stop,  # stop at parity: why and when the run ended (None: the check was off)
     }
+    extra_info["steps"] = steps_done
     if export:
         state = accelerator.get_state_dict(module)
         if main:
@@ -429,7 +469,7 @@ def fit(
                          extra={**extra_info, "summary": summary})
     accelerator.wait_for_everyone()
     if cfg.keep_resume:
-        save_state(cfg.steps, seconds)
+        save_state(steps_done, seconds)
     elif main:
         resume.clear()
     summary.update(peak_memory(device))  # the main process's peaks over the whole run, exports included
