@@ -30,3 +30,12 @@ def read_jsonl(path: str | Path, *, what: str = "records", allow_empty: bool = F
     if not rows and not allow_empty:
         raise KeptError(f"{path}: no {what}")
     return rows
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Atomically write JSON lines."""
+    from kept.atomic import atomic_file
+
+    with atomic_file(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -23,10 +23,10 @@ from kept.eval.judge import (
     OpenAIChatBackend,
     judge_answers,
     judge_one,
-    load_prompts,
     parse_score,
     run_judge_job,
 )
+from kept.eval.mtbench_data import load_prompts
 
 
 class FakeOpenAI:

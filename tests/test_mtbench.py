@@ -205,3 +205,19 @@ def test_summary_refuses_when_no_judgment_is_valid(world, tmp_path):
         summarize_judgments(judgments=out, questions=world["questions"], output=tmp_path / "s.json", model="m",
                             variant="v", chat_format="orion", judge="j")
     assert not (tmp_path / "s.json").exists()
+
+
+def test_judge_and_answers_share_formats_without_importing_each_other():
+    """The MT-Bench file formats live in one lower module; the judge and the answer generator do not import
+    each other (issue 19's house item)."""
+    import ast
+    from pathlib import Path
+
+    import kept.eval.judge as judge
+    import kept.eval.mtbench as mtbench
+
+    for mod, other in ((judge, "kept.eval.mtbench"), (mtbench, "kept.eval.judge")):
+        tree = ast.parse(Path(mod.__file__).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert other not in imported, f"{mod.__name__} imports {other}"
+        assert "kept.eval.mtbench_data" in imported

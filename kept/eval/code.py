@@ -53,7 +53,7 @@ def load_probe(path: str | Path, *, limit: int | None = None) -> list[dict[str, 
 def run_code_probe(cfg: CodeConfig) -> dict[str, Any]:
     """Perplexity and greedy accuracy; writes ``cfg.output`` (and ``cfg.details``) atomically."""
     from kept.eval.common import generate, load_eval_model, sequence_nll
-    from kept.eval.mtbench import write_jsonl
+    from kept.jsonl import write_jsonl
 
     items = load_probe(cfg.probe, limit=cfg.limit)
     lm = load_eval_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
@@ -112,7 +112,7 @@ def prepare_humaneval_probe(*, output: str, dataset: str = "openai/openai_humane
     """Write the code probe of the paper config from HumanEval (via ``datasets``) atomically."""
     import datasets
 
-    from kept.eval.mtbench import write_jsonl
+    from kept.jsonl import write_jsonl
 
     rows = humaneval_probe_rows(list(datasets.load_dataset(dataset, split=split, revision=revision)))
     if not rows:

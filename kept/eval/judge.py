@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 from kept.errors import ConfigError, KeptError
+from kept.eval.mtbench_data import load_prompts, load_references
 from kept.progress import Progress
 
 log = logging.getLogger(__name__)
 
 NEED_REF_CATEGORIES = ("math", "reasoning", "coding")
-PROMPT_NAMES = ("single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn")
 _SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _SCORE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 
@@ -252,47 +252,6 @@ class Match:
     reference: list[str] | None
 
 
-def load_prompts(path: str | Path | None) -> dict[str, dict[str, Any]]:
-    """FastChat's judge_prompts.jsonl as ``{name: record}``; the four single-grading prompts must be there.
-    ``None`` gives minimal built-in prompts (only for judges that ignore the prompt text, e.g. the toy)."""
-    if path is None:
-        return {name: {"name": name, "system_prompt": "", "output_format": "[[rating]]",
-                       "prompt_template": "[Question]\n{question_1}\n[Answer]\n{answer_1}" if "multi" in name
-                       else "[Question]\n{question}\n[Answer]\n{answer}"} for name in PROMPT_NAMES}
-    from kept.eval.common import read_jsonl, require_keys
-
-    prompts = {}
-    for i, row in enumerate(read_jsonl(path, what="judge prompts"), start=1):
-        require_keys(row, ("name", "system_prompt", "prompt_template", "output_format"), where=f"{path}:{i}")
-        prompts[row["name"]] = row
-    missing = [n for n in PROMPT_NAMES if n not in prompts]
-    if missing:
-        raise KeptError(f"{path}: missing judge prompt(s) {missing}")
-    for name in PROMPT_NAMES:
-        if prompts[name]["output_format"] != "[[rating]]":
-            raise KeptError(f"{path}: prompt {name!r} has output_format {prompts[name]['output_format']!r}, "
-                            "expected '[[rating]]'")
-    return prompts
-
-
-def load_references(path: str | Path | None, questions: list[dict[str, Any]]) -> dict[Any, list[str]]:
-    """Reference answers by question id: from a FastChat reference answer file (answer format) when given,
-    else from the questions' own ``reference`` field."""
-    refs: dict[Any, list[str]] = {}
-    if path is not None:
-        from kept.eval.common import read_jsonl
-
-        for i, row in enumerate(read_jsonl(path, what="reference answers"), start=1):
-            try:
-                refs[row["question_id"]] = list(row["choices"][0]["turns"])
-            except (KeyError, IndexError, TypeError) as exc:
-                raise KeptError(f"{path}:{i}: not a FastChat answer record ({exc})") from exc
-    for q in questions:
-        if q["question_id"] not in refs and isinstance(q.get("reference"), list):
-            refs[q["question_id"]] = list(q["reference"])
-    return refs
-
-
 def build_matches(
     questions: list[dict[str, Any]], answers: dict[Any, list[str]], refs: dict[Any, list[str]], *, where: str
 ) -> list[Match]:
@@ -385,7 +344,8 @@ def judge_answers(cfg: JudgeConfig, backend: Any) -> list[dict[str, Any]]:
 
 def _judge_answers(cfg: JudgeConfig, backend: Any) -> list[dict[str, Any]]:
     from kept.eval.common import read_jsonl
-    from kept.eval.mtbench import load_questions, write_jsonl
+    from kept.eval.mtbench_data import load_questions
+    from kept.jsonl import write_jsonl
 
     questions = load_questions(cfg.questions, limit=cfg.question_limit)
     rows = read_jsonl(cfg.answers, what="MT-Bench answers")

