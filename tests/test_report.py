@@ -419,3 +419,27 @@ def test_report_cli(h6_grid, tmp_path, capsys):
     assert expected >= 2 and (tmp_path / "cli" / "h6.tex").read_text().count("\\textbf") == expected
     assert kept_main(["report", "table", "h6", "--out", str(tmp_path / "x"), "--item", "base=nothing"]) == 1
     assert "VARIANT:MODEL" in capsys.readouterr().err
+
+
+def test_spread_legend_stays_off_the_data(tmp_path, monkeypatch):
+    """The spread figures' legend sits below the panels: it overlaps no axes (it used to cover the base
+    panel's last point)."""
+    import pandas as pd
+
+    from kept.report import figures
+
+    captured = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, **kw: captured.setdefault("fig", fig))
+    rows = [{"variant": v, "model": m, "panel": "H6 average", "score": s, "se": 1.0, "seeds": 1, "teacher": t}
+            for v in ("base", "chat") for m, s, t in (("Teacher", 68.0, True), ("OPM", 30.0, False),
+                                                     ("OPM + XKD-z", 67.0, False), ("Exact", 66.5, False))]
+    figures._spread_plot(pd.DataFrame(rows), xlabel="H6 average (%)", floor=20.0, reference=None,
+                         png=tmp_path / "x.png", pdf=tmp_path / "x.pdf", dpi=50)
+    fig = captured["fig"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    box = fig.legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer)), "legend over a panel"
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == {"teacher (H6 average)", "floor"}

@@ -325,18 +325,33 @@ def _spread_plot(frame: pd.DataFrame, *, xlabel: str, floor: float | None, refer
                 if reference and panel != reference:
                     ref = frame[(frame.variant == variant) & (frame.panel == reference) & frame.teacher]
                     for score in ref.score:
-                        ax.axvline(score, ls="-.", color="dimgrey", lw=1, label=f"teacher ({reference})")
+                        ax.axvline(score, ls="-.", color="dimgrey", lw=1, label=f"teacher ({reference}) in the other panels")
                 if floor is not None:
                     ax.axvline(floor, ls=":", color="grey", lw=1, label="floor")
                 ax.set_xlim((floor if floor is not None else 0) - 0.05 * hi, 1.05 * hi)
                 ax.set_title(f"{variant}: {panel}")
                 ax.set_xlabel(xlabel if r == len(variants) - 1 else "")
                 ax.set_ylabel("")
-                if r == 0 and c == len(panels) - 1:
-                    ax.legend(loc="lower right", fontsize="x-small")
             axes[r][0].invert_yaxis()
-        fig.tight_layout()
+        legend_off_the_data(fig)
         save_figure(fig, png=png, pdf=pdf, dpi=dpi)
+
+
+def legend_off_the_data(fig: plt.Figure) -> None:
+    """One legend for the whole figure, below the panels (never over a point): the axes' labelled lines, each
+    label once."""
+    handles: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if not handles:
+        fig.tight_layout()
+        return
+    height = fig.get_size_inches()[1]
+    margin = min(0.4, 0.45 / height)  # ~0.45 inch of the figure's height for the legend row
+    fig.tight_layout(rect=(0, margin, 1, 1))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize="x-small",
+               frameon=False, bbox_to_anchor=(0.5, 0.0))
 
 
 def mtbench_spread_figure(*, items: list[Item], train_init: str, png: str | Path, pdf: str | Path,
