@@ -3,6 +3,23 @@
 TRAIN = config["train"]
 OFFLINE = TRAIN.get("offline_teacher", {}).get("enabled", False)
 PILOT = TRAIN["pilot"]
+NUM_NODES = TRAIN.get("num_nodes", 1)
+
+
+def train_job_resources():
+    """Scheduler resources of one training job: gpu = GPUs per node x nodes. Across nodes (SLURM) the job also
+    asks for that many nodes with one task each, and is marked `mpi` so the SLURM jobstep runs the script in the
+    batch shell (not inside `srun -n1`), where the launcher's own srun starts one launcher per node
+    (kept.train.launch); tasks_per_gpu 0 keeps the plugin from adding --ntasks-per-gpu."""
+    res = {"gpu": TRAIN["resources"]["gpu"] * NUM_NODES, "mem_mb": TRAIN["resources"]["mem_mb"],
+           "runtime": TRAIN["resources"]["runtime"]}
+    if NUM_NODES > 1:
+        res.update(nodes=NUM_NODES, tasks=NUM_NODES, tasks_per_gpu=0, mpi="srun")
+    return res
+
+
+# the teacher cache and the pilot run in one process: at most one GPU
+ONE_GPU = min(1, TRAIN["resources"]["gpu"])
 
 
 def train_settings(method, seed=None):

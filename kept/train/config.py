@@ -56,6 +56,8 @@ class TrainConfig:
     keep_resume: bool = False  # keep work_dir/resume after a successful run
     trainable: str = "all"  # "all" | "norms" (Appendix-A pilot: only the RMSNorm weights learn)
     progress: bool = True  # progress lines (kept.progress: steps, tok/s, ETA) in the main process's log
+    collective_timeout_s: int = 600  # multi-process runs: a collective that waits this long fails the job (a rank
+    # that died on another node); the launcher ends a job on its own node's failures at once
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -79,6 +81,8 @@ class TrainConfig:
         for key in ("steps", "batch_size", "grad_accum", "kl_chunk_size", "log_every", "num_shards"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise bad(key, "must be a positive integer")
+        if not isinstance(self.collective_timeout_s, int) or self.collective_timeout_s < 1:
+            raise bad("collective_timeout_s", "must be a positive integer (seconds)")
         for key in ("warmup_steps", "snapshot_every", "save_state_every"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise bad(key, "must be a non-negative integer")
@@ -122,7 +126,7 @@ class TrainConfig:
         """Hash of every setting that shapes the trajectory (not paths of outputs, logging or checkpoint
         cadence), so resumable state is only reused by a run that would have produced it."""
         skip = {"output", "work_dir", "log_every", "snapshot_every", "save_state_every", "keep_resume",
-                "progress", "num_shards", "export_format"}
+                "progress", "num_shards", "export_format", "collective_timeout_s"}
         d = {k: v for k, v in self.to_dict().items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

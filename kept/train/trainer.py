@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -120,6 +121,7 @@ def student_is_centered(student_dir: str | Path) -> bool:
 def _new_accelerator(cfg: TrainConfig) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState, PartialState
+    from accelerate.utils import InitProcessGroupKwargs
 
     # No cpu=True here: accelerate picks the CPU by itself on a host without a GPU, and cpu=True would silently
     # replace a launcher's DeepSpeed set-up with plain multi-CPU data parallelism. A torchrun job on CPUs gets
@@ -128,10 +130,14 @@ def _new_accelerator(cfg: TrainConfig) -> Any:
         # several runs in one process (tests, the pilot after a run): start from a clean accelerate state
         AcceleratorState._reset_state()
         GradientState._reset_state()
+    # a collective that waits longer than collective_timeout_s (a peer on another node died) raises instead of
+    # hanging; the launcher ends a job whose rank dies on its own node at once
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.collective_timeout_s))
     return Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the world size
+        kwargs_handlers=[timeout],
     )
 
 
@@ -282,6 +288,15 @@ def fit(
     found = resume.latest()
     if found is not None:
         state_dir, meta = found
+        saved_world = int(meta.get("world_size", 1))
+        if saved_world != accelerator.num_processes:
+            # the data order, the per-rank RNG files and (FSDP2 / ZeRO) the optimizer shards are those of the saved
+            # world size; resharding them is not supported, so say so rather than continue on another trajectory
+            raise CheckpointError(
+                f"{state_dir}: resume state saved by {saved_world} processes, this run has "
+                f"{accelerator.num_processes}; rerun with {saved_world} processes, or delete {resume.root} to "
+                "start over"
+            )
         accelerator.load_state(str(state_dir))
         start_step, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
     if main:
@@ -325,6 +340,7 @@ def fit(
             shutil.copyfile(log_path, tmp / "train_log.jsonl")
             write_json(tmp / "trainer_state.json",
                        {"step": step, "fingerprint": resume.fingerprint, "elapsed_s": elapsed,
+                        "world_size": accelerator.num_processes,
                         "tokens": step * tokens_per_step})
             final = resume.root / f"step-{step}"
             shutil.rmtree(final, ignore_errors=True)

@@ -1,0 +1,153 @@
+"""Training beyond one process: two "nodes" on one machine, FSDP2 over gloo, a rank killed mid-step, and the
+launcher command lines a SLURM allocation runs. Every multi-process run uses the tiny world on CPU processes.
+
+Tolerance of "N processes equal one": 1e-5 on the final float32 weights after 4 AdamW steps. The runs see the same
+global batch, but N processes sum their gradients in another order (each rank's mean, then an all-reduce mean)
+than one process does; that reorders float32 additions (relative error ~1e-7 per gradient entry), and AdamW's
+first steps (update ~ lr * g / |g|) turn such differences into at most a few lr-scaled ulps: measured ~1e-7 here
+(lr 1e-3), so 1e-5 is two orders of margin while a wrong batch split, a missing all-reduce or a shard lost on
+export moves weights by ~lr = 1e-3.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kept.errors import KeptError
+from kept.train import train
+from kept.train.launch import finish, launch, launch_command, srun_command, start
+from test_train_helpers import tiny_world  # noqa: F401  (fixture)
+from test_train_run import _cfg, _weights
+
+ROOT = Path(__file__).resolve().parents[1]
+FSDP = ROOT / "profiles" / "accelerate" / "fsdp.yaml"
+TOL = 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    return {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def _max_diff(a_dir, b_dir) -> float:
+    wa, wb = _weights(a_dir), _weights(b_dir)
+    assert wa.keys() == wb.keys()
+    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+
+
+def _common(world, **kw):
+    return dict(objective="xkd_z", student=str(world["students"]["paper"]), teacher=str(world["teacher"]),
+                steps=4, lr=1e-3, **kw)
+
+
+@pytest.mark.slow
+def test_two_nodes_rehearsed_on_one_machine_match_one_process(tiny_world, tmp_path):
+    """Two torchrun launchers acting as two nodes (--nnodes 2, node ranks 0 and 1, static rendezvous on
+    127.0.0.1, gloo), one process each, batch 2 each = one process with batch 4; every rank logs to its own file."""
+    common = _common(tiny_world)
+    cfg = _cfg(tiny_world, tmp_path, "nodes", batch_size=2, **common)
+    port = _free_port()
+    logs = [tmp_path / f"node{r}.log" for r in (0, 1)]
+    procs = [start(cfg, launcher="torchrun", num_processes=1, num_nodes=2, node_rank=r, master_addr="127.0.0.1",
+                   port=port, log_file=str(logs[r]), env=_env()) for r in (0, 1)]
+    second = procs[1]
+    try:
+        got = finish(procs[0], cfg, log_file=str(logs[0]))
+        assert finish(second, cfg, log_file=str(logs[1])) == got  # node 1 reads the same summary
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert got["world_size"] == 2 and got["distributed_type"] == "MULTI_CPU", logs[0].read_text()[-3000:]
+    # torchrun's per-rank files under <rule log>.ranks/node<R>/: global ranks 0 (node 0) and 1 (node 1)
+    for r in (0, 1):
+        files = list(Path(f"{logs[r]}.ranks", f"node{r}").rglob("stderr.log"))
+        assert len(files) == 1 and files[0].stat().st_size > 0, files
+    train(_cfg(tiny_world, tmp_path, "one", batch_size=4, **common))
+    assert got["tokens"] == 4 * 4 * 16
+    diff = _max_diff(tmp_path / "nodes" / "model", tmp_path / "one" / "model")
+    print(f"2 nodes x 1 process vs 1 process: max |dw| = {diff:.3g}")
+    assert diff < TOL
+
+
+def test_srun_starts_one_launcher_per_node_with_its_own_rank(tmp_path):
+    """The command a 2-node SLURM job runs (kept.train.launch.srun_command): one task per node, each expanding its
+    node rank and the rendezvous address (the batch host, node 0) in its own shell."""
+    import shlex
+    import subprocess
+
+    node = launch_command(tmp_path / "c.json", launcher="torchrun", num_processes=8, num_nodes=2,
+                          node_rank="@SLURM_NODEID@", master_addr="@SLURM_LAUNCH_NODE_IPADDR@",
+                          rank_log_dir=str(tmp_path / "train.log.ranks" / "node@SLURM_NODEID@"))
+    cmd = srun_command(node, num_nodes=2, gpus_per_node=8)
+    print("srun line:", shlex.join(cmd))
+    assert cmd[:7] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "--label",
+                       "--gpus-per-task=8"]
+    script = cmd[-1]
+    out = subprocess.run(["bash", "-c", script.replace("exec ", "printf '%s\\n' ", 1)], capture_output=True,
+                         text=True, check=True, env={"SLURM_NODEID": "1", "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.7",
+                                                     "PATH": os.environ["PATH"]}).stdout.split("\n")
+    for arg in ("--nnodes=2", "--nproc-per-node=8", "--node-rank=1", "--master-addr=10.0.0.7", "--master-port=29500",
+                f"--log-dir={tmp_path / 'train.log.ranks' / 'node1'}"):
+        assert arg in out, (arg, out)
+    assert out[out.index("kept.cli"):out.index("kept.cli") + 4] == ["kept.cli", "train", "--config",
+                                                                    str(tmp_path / "c.json")]
+    # accelerate counts every node's processes
+    acc = launch_command(tmp_path / "c.json", launcher="accelerate", num_processes=8, num_nodes=2, node_rank=1,
+                         master_addr="10.0.0.7", accelerate_config=str(FSDP))
+    assert " --num_processes 16 --num_machines 2 --machine_rank 1 --main_process_ip 10.0.0.7" in " ".join(acc)
+
+
+def test_bad_launch_settings_fail_in_one_line(tmp_path):
+    from kept.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'none' runs one process, asked for 2 node"):
+        launch_command(tmp_path / "c.json", launcher="none", num_nodes=2)
+    with pytest.raises(ConfigError, match="need this node's rank"):
+        launch_command(tmp_path / "c.json", launcher="torchrun", num_nodes=2)
+
+
+@pytest.mark.slow
+def test_slurm_profile_submits_a_two_node_training(tmp_path):
+    """`snakemake -n --profile profiles/slurm --configfile config/paper.yaml` with train.num_nodes 2 (8 GPUs
+    each): every training job, put through the SLURM plugin's own sbatch builders, asks for 2 nodes, one task per
+    node and 16 A100s, and is an `mpi` job, so the jobstep runs the script in the batch shell and its srun
+    (above) places one launcher per node."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+    from test_workflow import copy_workflow, ok, parse_jobs, snakemake
+
+    wd = tmp_path / "workflow"
+    copy_workflow(wd)
+    (wd / "nodes2.yaml").write_text("train:\n  launcher: torchrun\n  num_nodes: 2\n  num_processes: 8\n"
+                                    "  resources: {gpu: 8, mem_mb: 900000, runtime: 720}\n")
+    jobs = parse_jobs(ok(snakemake("-n", "--profile", "profiles/slurm", "--configfile", "config/paper.yaml",
+                                   "nodes2.yaml", "--cores", "64", cwd=wd)))
+    trains = [j for j in jobs if j["rule"] == "train"]
+    assert trains
+    for job in trains:
+        res = {k: int(v) if v.isdigit() else v for k, v in job["resources"].items()}
+        fake = SimpleNamespace(resources=SimpleNamespace(get=res.get, **res), threads=8)
+        params = {"run_uuid": "dry", "slurm_logfile": "slurm.log", "comment_str": "train", "workdir": None,
+                  "account": "-A 'kept'", "partition": "-p 'gpu'"}
+        sbatch = get_submit_command(fake, params) + set_gres_string(fake)
+        for part in ("--nodes=2", "--ntasks=2", "--gpus=a100:16", "--mem 900000", "-t 720", "--cpus-per-task=8"):
+            assert part in sbatch, (part, sbatch)
+        assert "--ntasks-per-gpu" not in sbatch and res["mpi"] == "srun"
+    print("sbatch line:", sbatch)
+    pilots = [j for j in jobs if j["rule"] == "pilot"]
+    assert pilots and all(j["resources"]["gpu"] == "1" for j in pilots)
