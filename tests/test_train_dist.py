@@ -48,8 +48,8 @@ def _max_diff(a_dir, b_dir) -> float:
 
 
 def _common(world, **kw):
-    return dict(objective="xkd_z", student=str(world["students"]["paper"]), teacher=str(world["teacher"]),
-                steps=4, lr=1e-3, **kw)
+    return {"objective": "xkd_z", "student": str(world["students"]["paper"]), "teacher": str(world["teacher"]),
+            "steps": 4, "lr": 1e-3, **kw}
 
 
 @pytest.mark.slow
@@ -151,3 +151,71 @@ def test_slurm_profile_submits_a_two_node_training(tmp_path):
     print("sbatch line:", sbatch)
     pilots = [j for j in jobs if j["rule"] == "pilot"]
     assert pilots and all(j["resources"]["gpu"] == "1" for j in pilots)
+
+
+def _worker_of_rank(launcher_pid: int, rank: int) -> int | None:
+    """The pid of the launcher's child process that runs global rank ``rank`` (its RANK environment variable)."""
+    import psutil
+
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            if child.environ().get("RANK") == str(rank) and "kept.cli" in child.cmdline():
+                return child.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_job_and_the_rerun_resumes(tiny_world, tmp_path):
+    """SIGKILL rank 1 of a 2-process job mid-run: the launcher ends the whole job within KILL_BOUND_S, the error
+    is one line naming rank 1; resuming with another world size is refused naming both; rerunning with 2
+    processes resumes from the last saved state and ends on the weights of an uninterrupted (one-process, same
+    global batch) run."""
+    kill_bound_s = 30.0  # the launcher's monitor polls every 0.5 s and stops the other ranks with SIGTERM
+    common = _common(tiny_world, steps=100, log_every=10, save_state_every=10)
+    log = tmp_path / "job.log"
+    cfg = _cfg(tiny_world, tmp_path, "job", batch_size=2, **common)
+    proc = start(cfg, launcher="torchrun", num_processes=2, port=_free_port(), log_file=str(log), env=_env())
+    resume = tmp_path / "job" / "resume"
+    deadline = time.time() + 120
+    victim = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if any(resume.glob("step-*")):
+                victim = _worker_of_rank(proc.pid, 1)
+                if victim:
+                    break
+            time.sleep(0.005)
+        assert victim and proc.poll() is None, "the job finished before rank 1 could be killed"
+        os.kill(victim, signal.SIGKILL)
+        t_kill = time.monotonic()
+        code = proc.wait(timeout=kill_bound_s + 30)
+        took = time.monotonic() - t_kill
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(KeptError) as failed:
+        finish(proc, cfg, log_file=str(log))
+    line = str(failed.value)
+    print(f"kill rank 1 -> launcher exit code {code} after {took:.2f} s; error: {line}")
+    assert code != 0 and took < kill_bound_s
+    assert "\n" not in line and "rank 1 (local rank 1" in line and "SIGKILL" in line
+    assert not Path(cfg.output).exists()
+    saved = sorted(int(p.name.split("-")[1]) for p in resume.glob("step-*"))
+    assert saved and saved[-1] < 100
+
+    from kept.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"saved by 2 processes, this run has 1; rerun with 2") as refused:
+        train(_cfg(tiny_world, tmp_path, "job", batch_size=2, **common))
+    assert "\n" not in str(refused.value)
+
+    rerun = start(cfg, launcher="torchrun", num_processes=2, port=_free_port(), log_file=str(log), env=_env())
+    resumed = finish(rerun, cfg, log_file=str(log))
+    assert resumed["resumed_from"] == saved[-1] and resumed["world_size"] == 2
+    train(_cfg(tiny_world, tmp_path, "straight", batch_size=4, **common))
+    diff = _max_diff(tmp_path / "job" / "model", tmp_path / "straight" / "model")
+    print(f"resumed 2-process run (from step {saved[-1]}) vs uninterrupted 1-process run: max |dw| = {diff:.3g}")
+    assert diff < TOL
