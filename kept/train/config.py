@@ -56,6 +56,8 @@ class TrainConfig:
     keep_resume: bool = False  # keep work_dir/resume after a successful run
     trainable: str = "all"  # "all" | "norms" (Appendix-A pilot: only the RMSNorm weights learn)
     progress: bool = True  # progress lines (kept.progress: steps, tok/s, ETA) in the main process's log
+    sharding: str = "none"  # "fsdp2": torch fully_shard over all ranks (kept.train.fsdp); needs a multi-process
+    # launcher (torchrun). "none": DDP under torchrun, or whatever the accelerate profile sets up
     collective_timeout_s: int = 600  # multi-process runs: a collective that waits this long fails the job (a rank
     # that died on another node); the launcher ends a job on its own node's failures at once
 
@@ -81,6 +83,8 @@ class TrainConfig:
         for key in ("steps", "batch_size", "grad_accum", "kl_chunk_size", "log_every", "num_shards"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise bad(key, "must be a positive integer")
+        if self.sharding not in ("none", "fsdp2"):
+            raise bad("sharding", "expected 'none' or 'fsdp2'")
         if not isinstance(self.collective_timeout_s, int) or self.collective_timeout_s < 1:
             raise bad("collective_timeout_s", "must be a positive integer (seconds)")
         for key in ("warmup_steps", "snapshot_every", "save_state_every"):
@@ -126,7 +130,7 @@ class TrainConfig:
         """Hash of every setting that shapes the trajectory (not paths of outputs, logging or checkpoint
         cadence), so resumable state is only reused by a run that would have produced it."""
         skip = {"output", "work_dir", "log_every", "snapshot_every", "save_state_every", "keep_resume",
-                "progress", "num_shards", "export_format", "collective_timeout_s"}
+                "progress", "num_shards", "export_format", "collective_timeout_s", "sharding"}
         d = {k: v for k, v in self.to_dict().items() if k not in skip}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -156,7 +156,9 @@ def start(cfg: TrainConfig, *, launcher: str = "none", num_processes: int = 1, n
         child_env["ACCELERATE_USE_CPU"] = "true"
     out = open(log_file, "a") if log_file else None  # noqa: SIM115 - handed to the child, closed here
     try:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env=child_env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env=child_env)
+        proc.log_offset = out.tell() if out else 0  # type: ignore[attr-defined]  # finish reads this run's part
+        return proc
     finally:
         if out:
             out.close()
@@ -165,6 +167,9 @@ def start(cfg: TrainConfig, *, launcher: str = "none", num_processes: int = 1, n
 # torchrun's failure report: "[0]:\n  time : ...\n  host : ...\n  rank : 1 (local_rank: 1)\n  exitcode : -9 ..."
 _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?host\s*:\s*(\S+)\s*rank\s*:\s*(\d+) "
                          r"\(local_rank: (\d+)\)\s*exitcode\s*:\s*(-?\d+)", re.S)
+
+
+_KEPT_ERROR = re.compile(r"kept train: error: (.*)$", re.M)
 
 
 def failed_rank(log_text: str) -> str | None:
@@ -193,8 +198,15 @@ def finish(proc: subprocess.Popen, cfg: TrainConfig, *, log_file: str | None = N
     from the launcher's report in ``log_file``) or else the command."""
     code = proc.wait()
     if code != 0:
-        text = Path(log_file).read_text(errors="replace") if log_file and Path(log_file).is_file() else ""
+        text = ""
+        if log_file and Path(log_file).is_file():
+            with open(log_file, "rb") as fh:
+                fh.seek(getattr(proc, "log_offset", 0))
+                text = fh.read().decode(errors="replace")
         who = failed_rank(text)
+        errors = _KEPT_ERROR.findall(text)  # a rank that stopped on a KeptError said why in one line
+        if who and errors:
+            raise KeptError(f"training job for {cfg.output} failed: {who}: {errors[-1].strip()}")
         if who:
             raise KeptError(f"training job for {cfg.output} failed: {who}; launcher exit code {code}; rerun to "
                             f"resume from the last state in {Path(cfg.work_dir) / 'resume'}")

@@ -271,11 +271,24 @@ def fit(
     module = StudentObjective(student, objective=cfg.objective, temperature=cfg.temperature,
                               chunk=cfg.kl_chunk_size, recompute=cfg.kl_recompute, centered=centered)
     _register_head_for_zero3(accelerator, module)
+    fsdp2 = cfg.sharding == "fsdp2"
+    if fsdp2:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+                accelerator.distributed_type.value not in ("MULTI_CPU", "MULTI_GPU"):
+            raise ConfigError(f"train config: sharding 'fsdp2' needs the torchrun launcher (a process group without "
+                              f"accelerate's own wrapping), this run is {accelerator.distributed_type.value}")
+        from kept.train.fsdp import shard
+
+        # sharded before the optimizer is built: the optimizer must hold the sharded parameters
+        shard(module, list(student.model.layers), device_type=device.type, mixed_precision=cfg.mixed_precision)
     optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, LRSchedule(warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
     )
-    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    if not fsdp2:
+        module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    # under fsdp2 accelerate keeps the process group, RNG state, gradient-accumulation scaling and clipping; the
+    # weights, optimizer and scheduler state are saved sharded by kept.train.fsdp
     schedule = BatchSchedule(corpus, seed=cfg.seed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                              world_size=accelerator.num_processes, rank=accelerator.process_index)
     tokens_per_step = schedule.global_batch * length
@@ -288,6 +301,9 @@ def fit(
     found = resume.latest()
     if found is not None:
         state_dir, meta = found
+        if meta.get("sharding", "none") != cfg.sharding:
+            raise CheckpointError(f"{state_dir}: resume state saved with sharding {meta.get('sharding', 'none')!r}, "
+                                  f"this run has {cfg.sharding!r}; delete {resume.root} to start over")
         saved_world = int(meta.get("world_size", 1))
         if saved_world != accelerator.num_processes:
             # the data order, the per-rank RNG files and (FSDP2 / ZeRO) the optimizer shards are those of the saved
@@ -298,6 +314,10 @@ def fit(
                 "start over"
             )
         accelerator.load_state(str(state_dir))
+        if fsdp2:
+            from kept.train.fsdp import load_sharded
+
+            load_sharded(state_dir, module, optimizer, scheduler)
         start_step, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
     if main:
         work.mkdir(parents=True, exist_ok=True)
@@ -319,8 +339,15 @@ def fit(
                   "teacher_cache": cfg.teacher_cache, "steps": cfg.steps, "centered_teacher_stream": centered,
                   "config": cfg.to_dict()}  # the recipe, for the model card
 
+    def gathered_state() -> dict[str, torch.Tensor]:
+        if fsdp2:
+            from kept.train.fsdp import full_state_dict
+
+            return full_state_dict(module)
+        return accelerator.get_state_dict(module)
+
     def write_snapshot(step: int) -> None:
-        state = accelerator.get_state_dict(module)
+        state = gathered_state()
         if main:
             state = {k.removeprefix("student."): v for k, v in state.items()}
             out = snapshots / f"step-{step}"
@@ -336,11 +363,16 @@ def fit(
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        if fsdp2:
+            from kept.train.fsdp import save_sharded
+
+            save_sharded(tmp, module, optimizer, scheduler, main=main)
+        accelerator.wait_for_everyone()  # every rank's files (its RNG state, its shards) are in tmp before the rename
         if main:
             shutil.copyfile(log_path, tmp / "train_log.jsonl")
             write_json(tmp / "trainer_state.json",
                        {"step": step, "fingerprint": resume.fingerprint, "elapsed_s": elapsed,
-                        "world_size": accelerator.num_processes,
+                        "world_size": accelerator.num_processes, "sharding": cfg.sharding,
                         "tokens": step * tokens_per_step})
             final = resume.root / f"step-{step}"
             shutil.rmtree(final, ignore_errors=True)
@@ -393,6 +425,8 @@ def fit(
             if done == 1 or done % cfg.log_every == 0 or done == cfg.steps:
                 loss = accelerator.reduce(loss_sum / cfg.grad_accum, "mean").item()
                 value = accelerator.reduce(metric_sum / cfg.grad_accum, "mean").item()
+                if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+                    grad_norm = grad_norm.full_tensor()
                 gn = float(grad_norm) if grad_norm is not None else None  # clipped-before norm (same on all ranks)
                 now = time.perf_counter()
                 extra = on_log(done, accelerator.unwrap_model(module).student) if on_log else None
@@ -433,11 +467,11 @@ def fit(
         "tokens_per_s": (cfg.steps - start_step) * tokens_per_step / max(seconds - elapsed_before, 1e-9),
         "first_logged_loss": first_loss, "final_loss": last_loss, f"final_{metric}": last_metric,
         "world_size": accelerator.num_processes, "output": cfg.output if export else None,
-        "distributed_type": accelerator.distributed_type.value,  # e.g. NO, MULTI_GPU, DEEPSPEED, FSDP
+        "distributed_type": "FSDP2" if fsdp2 else accelerator.distributed_type.value,  # NO, MULTI_GPU, DEEPSPEED
         "zero_stage": getattr(getattr(accelerator.state, "deepspeed_plugin", None), "zero_stage", None),
     }
     if export:
-        state = accelerator.get_state_dict(module)
+        state = gathered_state()
         if main:
             state = {k.removeprefix("student."): v for k, v in state.items()}
             export_model(accelerator.unwrap_model(module).student, cfg.output, student_dir=cfg.student,
