@@ -150,9 +150,9 @@ def start(cfg: TrainConfig, *, launcher: str = "none", num_processes: int = 1, n
                              accelerate_config=accelerate_config,
                              rank_log_dir=f"{rank_logs}/node{node_rank}" if rank_logs and num_nodes > 1 else rank_logs)
     child_env = {**os.environ, **(env or {})}
-    if cpu:
-        # accelerate's flag for CPU processes over gloo (torchrun: DDP; accelerate launch keeps its FSDP or
-        # DeepSpeed set-up, which `accelerate launch --cpu` would drop for plain data parallelism)
+    if launcher == "torchrun" and cpu:
+        # accelerate's flag for data parallelism over CPU processes (gloo). Not for an accelerate launcher: there
+        # the flag would drop a DeepSpeed set-up (DeepSpeed's CPU accelerator runs without it)
         child_env["ACCELERATE_USE_CPU"] = "true"
     out = open(log_file, "a") if log_file else None  # noqa: SIM115 - handed to the child, closed here
     try:
