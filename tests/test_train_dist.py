@@ -99,6 +99,34 @@ def test_fsdp2_two_processes_match_one(tiny_world, tmp_path):
         assert diff < TOL
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("profile,stage", [("deepspeed_zero2_offload", 2), ("deepspeed_zero3_offload", 3)])
+def test_deepspeed_two_processes_match_one(tiny_world, tmp_path, profile, stage):
+    """accelerate + DeepSpeed (CPU accelerator, gloo), the shipped profiles in float32 (bf16 autocast would round
+    away the comparison): 2 processes x batch 2 = 1 process x batch 4, both through DeepSpeed (its CPU Adam
+    differs from torch's AdamW by its own arithmetic, so the reference is DeepSpeed in one process). Skipped
+    without deepspeed (a GPU-only dependency: requirements-gpu.txt)."""
+    pytest.importorskip("deepspeed")
+    import yaml
+
+    conf = yaml.safe_load((ROOT / "profiles" / "accelerate" / f"{profile}.yaml").read_text())
+    conf["mixed_precision"] = "no"
+    conf_file = tmp_path / f"{profile}.yaml"
+    conf_file.write_text(yaml.safe_dump(conf))
+    common = _common(tiny_world)
+    runs = {}
+    for name, procs, batch in (("two", 2, 2), ("one", 1, 4)):
+        cfg = _cfg(tiny_world, tmp_path, name, batch_size=batch, **common)
+        log = tmp_path / f"{name}.log"
+        runs[name] = finish(start(cfg, launcher="accelerate", num_processes=procs, accelerate_config=str(conf_file),
+                                  port=_free_port(), log_file=str(log), env=_env()), cfg, log_file=str(log))
+        assert (runs[name]["distributed_type"], runs[name]["zero_stage"], runs[name]["world_size"]) == \
+            ("DEEPSPEED", stage, procs), log.read_text()[-3000:]
+    diff = _max_diff(tmp_path / "two" / "model", tmp_path / "one" / "model")
+    print(f"DeepSpeed ZeRO-{stage} 2 processes vs 1 process: max |dw| = {diff:.3g}")
+    assert diff < TOL
+
+
 def test_srun_starts_one_launcher_per_node_with_its_own_rank(tmp_path):
     """The command a 2-node SLURM job runs (kept.train.launch.srun_command): one task per node, each expanding its
     node rank and the rendezvous address (the batch host, node 0) in its own shell."""

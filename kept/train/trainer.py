@@ -141,6 +141,23 @@ def _new_accelerator(cfg: TrainConfig) -> Any:
     )
 
 
+def rank_world(accelerator: Any) -> tuple[int, int]:
+    """(rank, world size) of this process: torch.distributed's where a process group exists, since accelerate 1.15
+    reports one process (rank 0 on every rank) under DeepSpeed's CPU accelerator, which would give every rank the
+    same batch and make each of them the main process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return accelerator.process_index, accelerator.num_processes
+
+
+def _mean_over_ranks(value: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= world
+    return value
+
+
 def _check_pair(student: nn.Module, teacher: nn.Module, cfg: TrainConfig) -> None:
     s, t = student.config, teacher.config
     for key in ("vocab_size", "hidden_size"):
@@ -167,7 +184,7 @@ def configure_deepspeed(accelerator: Any, cfg: TrainConfig) -> dict[str, Any] | 
     ds = plugin.deepspeed_config
     ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
     ds["gradient_accumulation_steps"] = cfg.grad_accum
-    ds["train_batch_size"] = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    ds["train_batch_size"] = cfg.batch_size * cfg.grad_accum * rank_world(accelerator)[1]
     ds["gradient_clipping"] = cfg.max_grad_norm  # DeepSpeed clips inside its step; 0 disables it
     return ds
 
@@ -226,7 +243,8 @@ def fit(
     if export:
         check_output(cfg.output, inputs=[cfg.student])  # before training, not after it (kept.atomic's rule)
     accelerator = _new_accelerator(cfg)
-    main = accelerator.is_main_process
+    rank, world = rank_world(accelerator)
+    main = rank == 0
     set_seed(cfg.seed)
     device = accelerator.device
 
@@ -290,7 +308,7 @@ def fit(
     # under fsdp2 accelerate keeps the process group, RNG state, gradient-accumulation scaling and clipping; the
     # weights, optimizer and scheduler state are saved sharded by kept.train.fsdp
     schedule = BatchSchedule(corpus, seed=cfg.seed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                             world_size=accelerator.num_processes, rank=accelerator.process_index)
+                             world_size=world, rank=rank)
     tokens_per_step = schedule.global_batch * length
 
     # ---- resume ----------------------------------------------------------------------------------------------
@@ -305,12 +323,12 @@ def fit(
             raise CheckpointError(f"{state_dir}: resume state saved with sharding {meta.get('sharding', 'none')!r}, "
                                   f"this run has {cfg.sharding!r}; delete {resume.root} to start over")
         saved_world = int(meta.get("world_size", 1))
-        if saved_world != accelerator.num_processes:
+        if saved_world != world:
             # the data order, the per-rank RNG files and (FSDP2 / ZeRO) the optimizer shards are those of the saved
             # world size; resharding them is not supported, so say so rather than continue on another trajectory
             raise CheckpointError(
                 f"{state_dir}: resume state saved by {saved_world} processes, this run has "
-                f"{accelerator.num_processes}; rerun with {saved_world} processes, or delete {resume.root} to "
+                f"{world}; rerun with {saved_world} processes, or delete {resume.root} to "
                 "start over"
             )
         accelerator.load_state(str(state_dir))
@@ -372,7 +390,7 @@ def fit(
             shutil.copyfile(log_path, tmp / "train_log.jsonl")
             write_json(tmp / "trainer_state.json",
                        {"step": step, "fingerprint": resume.fingerprint, "elapsed_s": elapsed,
-                        "world_size": accelerator.num_processes, "sharding": cfg.sharding,
+                        "world_size": world, "sharding": cfg.sharding,
                         "tokens": step * tokens_per_step})
             final = resume.root / f"step-{step}"
             shutil.rmtree(final, ignore_errors=True)
@@ -423,8 +441,8 @@ def fit(
             bar.update(1)
 
             if done == 1 or done % cfg.log_every == 0 or done == cfg.steps:
-                loss = accelerator.reduce(loss_sum / cfg.grad_accum, "mean").item()
-                value = accelerator.reduce(metric_sum / cfg.grad_accum, "mean").item()
+                loss = _mean_over_ranks(loss_sum / cfg.grad_accum, world).item()
+                value = _mean_over_ranks(metric_sum / cfg.grad_accum, world).item()
                 if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
                     grad_norm = grad_norm.full_tensor()
                 gn = float(grad_norm) if grad_norm is not None else None  # clipped-before norm (same on all ranks)
@@ -466,7 +484,7 @@ def fit(
         "tokens": cfg.steps * tokens_per_step, "seconds": seconds,
         "tokens_per_s": (cfg.steps - start_step) * tokens_per_step / max(seconds - elapsed_before, 1e-9),
         "first_logged_loss": first_loss, "final_loss": last_loss, f"final_{metric}": last_metric,
-        "world_size": accelerator.num_processes, "output": cfg.output if export else None,
+        "world_size": world, "output": cfg.output if export else None,
         "distributed_type": "FSDP2" if fsdp2 else accelerator.distributed_type.value,  # NO, MULTI_GPU, DEEPSPEED
         "zero_stage": getattr(getattr(accelerator.state, "deepspeed_plugin", None), "zero_stage", None),
     }
