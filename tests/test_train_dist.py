@@ -127,6 +127,44 @@ def test_deepspeed_two_processes_match_one(tiny_world, tmp_path, profile, stage)
     assert diff < TOL
 
 
+@pytest.mark.slow
+def test_a_rank_killed_on_one_node_ends_the_other_node(tiny_world, tmp_path):
+    """Two-"node" rehearsal: SIGKILL the rank of node 1 mid-run. Node 1's launcher ends at once; node 0's rank,
+    inside a gloo collective with the dead peer, fails when the connection drops (collective_timeout_s bounds it
+    otherwise), so both launchers end within kill_bound_s; their reports in one log (as srun gathers them) name
+    the killed rank."""
+    kill_bound_s = 30.0
+    cfg = _cfg(tiny_world, tmp_path, "nodes", batch_size=2, collective_timeout_s=60,
+               **_common(tiny_world, steps=40, log_every=10, save_state_every=10))
+    port, log = _free_port(), tmp_path / "job.log"
+    procs = [start(cfg, launcher="torchrun", num_processes=1, num_nodes=2, node_rank=r, master_addr="127.0.0.1",
+                   port=port, log_file=str(log), env=_env()) for r in (0, 1)]
+    deadline, victim = time.time() + 120, None
+    try:
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            if any((tmp_path / "nodes" / "resume").glob("step-*")):
+                victim = _worker_of_rank(procs[1].pid, 1)
+                if victim:
+                    break
+            time.sleep(0.005)
+        assert victim and all(p.poll() is None for p in procs), "the job finished before it could be killed"
+        os.kill(victim, signal.SIGKILL)
+        t_kill = time.monotonic()
+        codes = [p.wait(timeout=kill_bound_s + 30) for p in procs]
+        took = time.monotonic() - t_kill
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    with pytest.raises(KeptError) as failed:
+        finish(procs[0], cfg, log_file=str(log))
+    print(f"2 nodes, kill rank 1 on node 1 -> launcher exit codes {codes}, both ended {took:.2f} s after the "
+          f"kill; error: {failed.value}")
+    assert all(c != 0 for c in codes) and took < kill_bound_s
+    assert "rank 1 (local rank 0" in str(failed.value) and "SIGKILL" in str(failed.value)
+
+
 def test_srun_starts_one_launcher_per_node_with_its_own_rank(tmp_path):
     """The command a 2-node SLURM job runs (kept.train.launch.srun_command): one task per node, each expanding its
     node rank and the rendezvous address (the batch host, node 0) in its own shell."""

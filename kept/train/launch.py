@@ -178,7 +178,10 @@ def failed_rank(log_text: str) -> str | None:
     found = _ROOT_CAUSE.findall(log_text)
     if not found:
         return None
-    host, rank, local, code = found[-1]
+    # several launchers (nodes) report into one log under srun: a rank killed by a signal is the cause, the ranks
+    # whose collectives then failed (exit code 1) are its consequence
+    killed = [f for f in found if int(f[3]) < 0]
+    host, rank, local, code = (killed or found)[0]
     code_i = int(code)
     how = f"was killed by signal {_signal_name(-code_i)}" if code_i < 0 else f"exited with code {code_i}"
     return f"rank {rank} (local rank {local} on host {host}) {how}"
