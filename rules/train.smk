@@ -26,7 +26,10 @@ rule train:
         R("benchmarks/train/{variant}-{method}.tsv")
     threads: TRAIN["threads"]
     resources:
-        **train_job_resources(),
+        gpu=TRAIN["resources"]["gpu"] * NUM_NODES,
+        mem_mb=TRAIN["resources"]["mem_mb"],
+        runtime=TRAIN["resources"]["runtime"],
+        **TRAIN_NODE_RESOURCES,
     conda:
         TRAIN_ENV
     script:
