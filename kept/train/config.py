@@ -150,6 +150,10 @@ def method_settings(train: dict[str, Any], method: str, *, seed: int) -> dict[st
     settings.update({key: train[key] for key in SHARED_KEYS})
     settings["betas"] = list(settings["betas"])
     settings["seed"] = seed
+    if settings.get("sharding") == "none":
+        # the default changes no output: left out, so the train rule's params (and the jobs Snakemake reruns for
+        # them) stay those of runs made before the key existed
+        del settings["sharding"]
     return settings
 
 
