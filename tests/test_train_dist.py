@@ -12,6 +12,7 @@ export moves weights by ~lr = 1e-3.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import time
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from kept.errors import KeptError
-from kept.train import train
+from kept.train import TrainConfig, train
 from kept.train.launch import finish, launch, launch_command, srun_command, start
 from test_train_helpers import tiny_world  # noqa: F401  (fixture)
 from test_train_run import _cfg, _weights
@@ -200,6 +201,10 @@ def test_bad_launch_settings_fail_in_one_line(tmp_path):
         launch_command(tmp_path / "c.json", launcher="none", num_nodes=2)
     with pytest.raises(ConfigError, match="need this node's rank"):
         launch_command(tmp_path / "c.json", launcher="torchrun", num_nodes=2)
+    if not shutil.which("srun"):  # several nodes outside a SLURM allocation
+        cfg = TrainConfig(objective="ut", student="s", corpus="c", output=str(tmp_path / "o"), work_dir=str(tmp_path))
+        with pytest.raises(ConfigError, match="srun, which is not on PATH"):
+            launch(cfg, launcher="torchrun", num_processes=8, num_nodes=2)
 
 
 @pytest.mark.slow

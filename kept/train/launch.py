@@ -139,6 +139,11 @@ def start(cfg: TrainConfig, *, launcher: str = "none", num_processes: int = 1, n
     if slurm:
         if num_nodes < 2:
             raise ConfigError(f"train: srun across nodes needs num_nodes >= 2, got {num_nodes}")
+        import shutil
+
+        if shutil.which("srun") is None:
+            raise ConfigError(f"train: num_nodes {num_nodes} runs one launcher per node with srun, which is not on "
+                              "PATH: run it inside a SLURM allocation (profiles/slurm), or set num_nodes 1")
         node = launch_command(cfg_file, launcher=launcher, num_processes=num_processes, num_nodes=num_nodes,
                               node_rank=SLURM_NODE_RANK, master_addr=SLURM_MASTER, port=port,
                               accelerate_config=accelerate_config,
