@@ -197,6 +197,29 @@ def test_srun_starts_one_launcher_per_node_with_its_own_rank(tmp_path):
     assert " --num_processes 16 --num_machines 2 --machine_rank 1 --main_process_ip 10.0.0.7" in " ".join(acc)
 
 
+def _report(rank: int, local: int, code: int) -> str:
+    """torchrun's failure report (torch.distributed.elastic ChildFailedError), as it prints it."""
+    return ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+            "============================================================\nkept.cli FAILED\n"
+            "------------------------------------------------------------\nFailures:\n  <NO_OTHER_FAILURES>\n"
+            "------------------------------------------------------------\nRoot Cause (first observed failure):\n"
+            f"[0]:\n  time      : 2026-12-02_16:50:40\n  host      : node{rank}\n  rank      : {rank} "
+            f"(local_rank: {local})\n  exitcode  : {code} (pid: 4242)\n  error_file: <N/A>\n"
+            "============================================================\n")
+
+
+def test_the_failure_line_names_the_killed_rank_among_several_reports():
+    """Under srun (--label) both nodes' launchers report into one log: node 0's rank failed in a collective after
+    node 1's rank was killed; the line names the killed one."""
+    from kept.train.launch import failed_rank
+
+    labelled = "".join(f"{task}: {line}\n" for task, report in ((0, _report(0, 0, 1)), (1, _report(8, 0, -9)))
+                       for line in report.splitlines())
+    assert failed_rank(labelled) == "rank 8 (local rank 0 on host node8) was killed by signal SIGKILL"
+    assert failed_rank(_report(3, 3, 1)) == "rank 3 (local rank 3 on host node3) exited with code 1"
+    assert failed_rank("no report here") is None
+
+
 def test_bad_launch_settings_fail_in_one_line(tmp_path):
     from kept.errors import ConfigError
 

@@ -174,12 +174,14 @@ _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?host\s*:\s*(
                          r"\(local_rank: (\d+)\)\s*exitcode\s*:\s*(-?\d+)", re.S)
 
 
+_SRUN_LABEL = re.compile(r"^\s*\d+: ", re.M)
 _KEPT_ERROR = re.compile(r"kept train: error: (.*)$", re.M)
 
 
 def failed_rank(log_text: str) -> str | None:
     """The launcher's first observed failure in ``log_text`` as one phrase ("rank 1 (local rank 1 on host h)
     exited with signal SIGKILL"), or None when the log names none."""
+    log_text = _SRUN_LABEL.sub("", log_text)  # srun --label prefixes each line with its task number
     found = _ROOT_CAUSE.findall(log_text)
     if not found:
         return None
