@@ -88,11 +88,12 @@ def test_two_nodes_rehearsed_on_one_machine_match_one_process(tiny_world, tmp_pa
 
 @pytest.mark.slow
 def test_fsdp2_two_processes_match_one(tiny_world, tmp_path):
-    """FSDP2 (torch fully_shard over gloo, sharding 'fsdp2' under torchrun): 2 processes x batch 2 = 1 process x
-    batch 4, with gradient checkpointing and the chunked loss; snapshot and final export gather a full state dict."""
+    """FSDP2 (torch fully_shard over gloo, sharding 'fsdp2' under torchrun): 2 processes x batch 1 x 2 accumulated
+    micro-batches = 1 process x batch 4, with gradient checkpointing and the chunked loss; snapshot and final
+    export gather a full state dict."""
     common = _common(tiny_world, gradient_checkpointing=True, kl_chunk_size=24, snapshot_every=2)
     log = tmp_path / "fsdp.log"
-    cfg = _cfg(tiny_world, tmp_path, "fsdp", batch_size=2, sharding="fsdp2", **common)
+    cfg = _cfg(tiny_world, tmp_path, "fsdp", batch_size=1, grad_accum=2, sharding="fsdp2", **common)
     got = finish(start(cfg, launcher="torchrun", num_processes=2, port=_free_port(), log_file=str(log), env=_env()),
                  cfg, log_file=str(log))
     assert got["world_size"] == 2 and got["distributed_type"] == "FSDP2", log.read_text()[-3000:]

@@ -322,8 +322,8 @@ def fit(
         if meta.get("sharding", "none") != cfg.sharding:
             raise CheckpointError(f"{state_dir}: resume state saved with sharding {meta.get('sharding', 'none')!r}, "
                                   f"this run has {cfg.sharding!r}; delete {resume.root} to start over")
-        saved_world = int(meta.get("world_size", 1))
-        if saved_world != world:
+        saved_world = meta.get("world_size")  # absent in states written before it was recorded: not checked
+        if saved_world is not None and int(saved_world) != world:
             # the data order, the per-rank RNG files and (FSDP2 / ZeRO) the optimizer shards are those of the saved
             # world size; resharding them is not supported, so say so rather than continue on another trajectory
             raise CheckpointError(
