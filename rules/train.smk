@@ -18,6 +18,7 @@ rule train:
         work_dir=lambda w: R(w.variant, w.method),
         launcher=TRAIN["launcher"],
         num_processes=TRAIN["num_processes"],
+        num_nodes=NUM_NODES,
         accelerate_profile=accelerate_profile(),
     log:
         R("logs/train/{variant}-{method}.log"),
@@ -25,9 +26,10 @@ rule train:
         R("benchmarks/train/{variant}-{method}.tsv")
     threads: TRAIN["threads"]
     resources:
-        gpu=TRAIN["resources"]["gpu"],
+        gpu=TRAIN["resources"]["gpu"] * NUM_NODES,
         mem_mb=TRAIN["resources"]["mem_mb"],
         runtime=TRAIN["resources"]["runtime"],
+        **TRAIN_NODE_RESOURCES,
     conda:
         TRAIN_ENV
     script:
@@ -79,7 +81,7 @@ rule pilot:
         R("benchmarks/pilot/{variant}.tsv")
     threads: TRAIN["threads"]
     resources:
-        gpu=TRAIN["resources"]["gpu"],
+        gpu=ONE_GPU,
         mem_mb=TRAIN["resources"]["mem_mb"],
         runtime=TRAIN["resources"]["runtime"],
     conda:

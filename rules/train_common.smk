@@ -3,6 +3,20 @@
 TRAIN = config["train"]
 OFFLINE = TRAIN.get("offline_teacher", {}).get("enabled", False)
 PILOT = TRAIN["pilot"]
+NUM_NODES = TRAIN.get("num_nodes", 1)
+
+
+# A training across nodes (SLURM) also asks for that many nodes with one task each, and is marked `mpi` so the
+# SLURM jobstep runs the script in the batch shell (not inside `srun -n1`), where the launcher's own srun starts one
+# launcher per node (kept.train.launch); tasks_per_gpu 0 keeps the plugin from adding --ntasks-per-gpu. The train
+# rule's gpu resource is GPUs per node x nodes.
+TRAIN_NODE_RESOURCES = (
+    {"nodes": NUM_NODES, "tasks": NUM_NODES, "tasks_per_gpu": 0, "mpi": "srun"} if NUM_NODES > 1 else {}
+)
+
+
+# the teacher cache and the pilot run in one process: at most one GPU
+ONE_GPU = min(1, TRAIN["resources"]["gpu"])
 
 
 def train_settings(method, seed=None):

@@ -22,6 +22,6 @@ cfg = TrainConfig(
     **p.settings,
 )
 profile = p.accelerate_profile and Path(smk.scriptdir).parent / "profiles" / "accelerate" / f"{p.accelerate_profile}.yaml"
-summary = launch(cfg, launcher=p.launcher, num_processes=p.num_processes,
+summary = launch(cfg, launcher=p.launcher, num_processes=p.num_processes, num_nodes=p.num_nodes,
                  accelerate_config=str(profile) if profile else None, log_file=smk.log[0])
 logging.info("done: %s", summary)

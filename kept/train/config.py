@@ -61,6 +61,10 @@ class TrainConfig:
     stop_kl: float | None = None  # absolute target, nats/token (KL(teacher || student) at T=1)
     stop_kl_share: float | None = None  # target as a share of the KL before training (the starting gap)
     stop_sequences: int = 16  # held-out sequences: the training corpus's last N, never trained on when stop_every > 0
+    sharding: str = "none"  # "fsdp2": torch fully_shard over all ranks (kept.train.fsdp); needs a multi-process
+    # launcher (torchrun). "none": DDP under torchrun, or whatever the accelerate profile sets up
+    collective_timeout_s: int = 600  # multi-process runs: a collective that waits this long fails the job (a rank
+    # that died on another node); the launcher ends a job on its own node's failures at once
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -84,6 +88,10 @@ class TrainConfig:
         for key in ("steps", "batch_size", "grad_accum", "kl_chunk_size", "log_every", "num_shards"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise bad(key, "must be a positive integer")
+        if self.sharding not in ("none", "fsdp2"):
+            raise bad("sharding", "expected 'none' or 'fsdp2'")
+        if not isinstance(self.collective_timeout_s, int) or self.collective_timeout_s < 1:
+            raise bad("collective_timeout_s", "must be a positive integer (seconds)")
         for key in ("warmup_steps", "snapshot_every", "save_state_every", "stop_every"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise bad(key, "must be a non-negative integer")
@@ -138,7 +146,7 @@ class TrainConfig:
         """Hash of every setting that shapes the trajectory (not paths of outputs, logging or checkpoint
         cadence), so resumable state is only reused by a run that would have produced it."""
         skip = {"output", "work_dir", "log_every", "snapshot_every", "save_state_every", "keep_resume",
-                "progress", "num_shards", "export_format"}
+                "progress", "num_shards", "export_format", "collective_timeout_s", "sharding"}
         # where a run stops (stop_every and its targets) does not change the steps it runs, but holding out the
         # corpus tail changes the data order; a run without the check hashes exactly as before these keys existed
         skip |= {"stop_every", "stop_kl", "stop_kl_share", "stop_sequences"}
@@ -163,6 +171,10 @@ def method_settings(train: dict[str, Any], method: str, *, seed: int) -> dict[st
     settings.update({key: train[key] for key in SHARED_KEYS})
     settings["betas"] = list(settings["betas"])
     settings["seed"] = seed
+    if settings.get("sharding") == "none":
+        # the default changes no output: left out, so the train rule's params (and the jobs Snakemake reruns for
+        # them) stay those of runs made before the key existed
+        del settings["sharding"]
     return settings
 
 

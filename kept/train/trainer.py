@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -121,6 +122,7 @@ def student_is_centered(student_dir: str | Path) -> bool:
 def _new_accelerator(cfg: TrainConfig) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState, PartialState
+    from accelerate.utils import InitProcessGroupKwargs
 
     # No cpu=True here: accelerate picks the CPU by itself on a host without a GPU, and cpu=True would silently
     # replace a launcher's DeepSpeed set-up with plain multi-CPU data parallelism. A torchrun job on CPUs gets
@@ -129,11 +131,32 @@ def _new_accelerator(cfg: TrainConfig) -> Any:
         # several runs in one process (tests, the pilot after a run): start from a clean accelerate state
         AcceleratorState._reset_state()
         GradientState._reset_state()
+    # a collective that waits longer than collective_timeout_s (a peer on another node died) raises instead of
+    # hanging; the launcher ends a job whose rank dies on its own node at once
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.collective_timeout_s))
     return Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the world size
+        kwargs_handlers=[timeout],
     )
+
+
+def rank_world(accelerator: Any) -> tuple[int, int]:
+    """(rank, world size) of this process: torch.distributed's where a process group exists, since accelerate 1.15
+    reports one process (rank 0 on every rank) under DeepSpeed's CPU accelerator, which would give every rank the
+    same batch and make each of them the main process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return accelerator.process_index, accelerator.num_processes
+
+
+def _mean_over_ranks(value: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= world
+    return value
 
 
 def _check_pair(student: nn.Module, teacher: nn.Module, cfg: TrainConfig) -> None:
@@ -162,7 +185,7 @@ def configure_deepspeed(accelerator: Any, cfg: TrainConfig) -> dict[str, Any] | 
     ds = plugin.deepspeed_config
     ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
     ds["gradient_accumulation_steps"] = cfg.grad_accum
-    ds["train_batch_size"] = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    ds["train_batch_size"] = cfg.batch_size * cfg.grad_accum * rank_world(accelerator)[1]
     ds["gradient_clipping"] = cfg.max_grad_norm  # DeepSpeed clips inside its step; 0 disables it
     return ds
 
@@ -221,7 +244,8 @@ def fit(
     if export:
         check_output(cfg.output, inputs=[cfg.student])  # before training, not after it (kept.atomic's rule)
     accelerator = _new_accelerator(cfg)
-    main = accelerator.is_main_process
+    rank, world = rank_world(accelerator)
+    main = rank == 0
     set_seed(cfg.seed)
     device = accelerator.device
 
@@ -266,19 +290,31 @@ def fit(
     module = StudentObjective(student, objective=cfg.objective, temperature=cfg.temperature,
                               chunk=cfg.kl_chunk_size, recompute=cfg.kl_recompute, centered=centered)
     _register_head_for_zero3(accelerator, module)
+    fsdp2 = cfg.sharding == "fsdp2"
+    if fsdp2:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+                accelerator.distributed_type.value not in ("MULTI_CPU", "MULTI_GPU"):
+            raise ConfigError(f"train config: sharding 'fsdp2' needs the torchrun launcher (a process group without "
+                              f"accelerate's own wrapping), this run is {accelerator.distributed_type.value}")
+        from kept.train.fsdp import shard
+
+        # sharded before the optimizer is built: the optimizer must hold the sharded parameters
+        shard(module, list(student.model.layers), device_type=device.type, mixed_precision=cfg.mixed_precision)
     optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, LRSchedule(warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)
     )
-    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    if not fsdp2:
+        module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    # under fsdp2 accelerate keeps the process group, RNG state, gradient-accumulation scaling and clipping; the
+    # weights, optimizer and scheduler state are saved sharded by kept.train.fsdp
     parity = None
     if cfg.stop_every:
         from kept.train.parity import ParityCheck
 
         parity = ParityCheck(cfg, corpus, length=length, device=device)
     schedule = BatchSchedule(corpus, seed=cfg.seed, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                             world_size=accelerator.num_processes, rank=accelerator.process_index,
-                             limit=None if parity is None else int(parity.indices[0]))
+                             world_size=world, rank=rank, limit=None if parity is None else int(parity.indices[0]))
     tokens_per_step = schedule.global_batch * length
 
     # ---- resume ----------------------------------------------------------------------------------------------
@@ -291,7 +327,23 @@ def fit(
     found = resume.latest()
     if found is not None:
         state_dir, meta = found
+        if meta.get("sharding", "none") != cfg.sharding:
+            raise CheckpointError(f"{state_dir}: resume state saved with sharding {meta.get('sharding', 'none')!r}, "
+                                  f"this run has {cfg.sharding!r}; delete {resume.root} to start over")
+        saved_world = meta.get("world_size")  # absent in states written before it was recorded: not checked
+        if saved_world is not None and int(saved_world) != world:
+            # the data order, the per-rank RNG files and (FSDP2 / ZeRO) the optimizer shards are those of the saved
+            # world size; resharding them is not supported, so say so rather than continue on another trajectory
+            raise CheckpointError(
+                f"{state_dir}: resume state saved by {saved_world} processes, this run has "
+                f"{world}; rerun with {saved_world} processes, or delete {resume.root} to "
+                "start over"
+            )
         accelerator.load_state(str(state_dir))
+        if fsdp2:
+            from kept.train.fsdp import load_sharded
+
+            load_sharded(state_dir, module, optimizer, scheduler)
         start_step, elapsed_before = int(meta["step"]), float(meta.get("elapsed_s", 0.0))
         kl0 = meta.get("stop_kl0")
         stopped_at = meta.get("stopped_at")  # a kept state of a run that already stopped: nothing left to run
@@ -323,8 +375,15 @@ def fit(
                   "teacher_cache": cfg.teacher_cache, "steps": cfg.steps, "centered_teacher_stream": centered,
                   "config": cfg.to_dict()}  # the recipe, for the model card
 
+    def gathered_state() -> dict[str, torch.Tensor]:
+        if fsdp2:
+            from kept.train.fsdp import full_state_dict
+
+            return full_state_dict(module)
+        return accelerator.get_state_dict(module)
+
     def write_snapshot(step: int) -> None:
-        state = accelerator.get_state_dict(module)
+        state = gathered_state()
         if main:
             state = {k.removeprefix("student."): v for k, v in state.items()}
             out = snapshots / f"step-{step}"
@@ -340,10 +399,16 @@ def fit(
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        if fsdp2:
+            from kept.train.fsdp import save_sharded
+
+            save_sharded(tmp, module, optimizer, scheduler, main=main)
+        accelerator.wait_for_everyone()  # every rank's files (its RNG state, its shards) are in tmp before the rename
         if main:
             shutil.copyfile(log_path, tmp / "train_log.jsonl")
             write_json(tmp / "trainer_state.json",
                        {"step": step, "fingerprint": resume.fingerprint, "elapsed_s": elapsed,
+                        "world_size": world, "sharding": cfg.sharding,
                         "tokens": step * tokens_per_step, "stop_kl0": kl0, "stopped_at": stopped_at})
             final = resume.root / f"step-{step}"
             shutil.rmtree(final, ignore_errors=True)
@@ -395,12 +460,14 @@ def fit(
 
             heldout_kl = None
             if parity is not None and (done % cfg.stop_every == 0 or done == cfg.steps):
-                heldout_kl = measure_parity()
+                heldout_kl = measure_parity()  # every rank: the same weights and data give the same decision
                 if heldout_kl <= target:
                     stopped_at = done
             if done == 1 or done % cfg.log_every == 0 or done == cfg.steps or heldout_kl is not None:
-                loss = accelerator.reduce(loss_sum / cfg.grad_accum, "mean").item()
-                value = accelerator.reduce(metric_sum / cfg.grad_accum, "mean").item()
+                loss = _mean_over_ranks(loss_sum / cfg.grad_accum, world).item()
+                value = _mean_over_ranks(metric_sum / cfg.grad_accum, world).item()
+                if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+                    grad_norm = grad_norm.full_tensor()
                 gn = float(grad_norm) if grad_norm is not None else None  # clipped-before norm (same on all ranks)
                 now = time.perf_counter()
                 extra = on_log(done, accelerator.unwrap_model(module).student) if on_log else None
@@ -453,15 +520,15 @@ def fit(
         "tokens": steps_done * tokens_per_step, "seconds": seconds,
         "tokens_per_s": max(0, steps_done - start_step) * tokens_per_step / max(seconds - elapsed_before, 1e-9),
         "first_logged_loss": first_loss, "final_loss": last_loss, f"final_{metric}": last_metric,
-        "world_size": accelerator.num_processes, "output": cfg.output if export else None,
-        "distributed_type": accelerator.distributed_type.value,  # e.g. NO, MULTI_GPU, DEEPSPEED, FSDP
+        "world_size": world, "output": cfg.output if export else None,
+        "distributed_type": "FSDP2" if fsdp2 else accelerator.distributed_type.value,  # NO, MULTI_GPU, DEEPSPEED
         "zero_stage": getattr(getattr(accelerator.state, "deepspeed_plugin", None), "zero_stage", None),
         "steps_ceiling": cfg.steps, "tokens_ceiling": cfg.steps * tokens_per_step,
         "stop": stop,  # stop at parity: why and when the run ended (None: the check was off)
     }
     extra_info["steps"] = steps_done
     if export:
-        state = accelerator.get_state_dict(module)
+        state = gathered_state()
         if main:
             state = {k.removeprefix("student."): v for k, v in state.items()}
             export_model(accelerator.unwrap_model(module).student, cfg.output, student_dir=cfg.student,
