@@ -55,8 +55,18 @@ def source_kind(variant):
     return variant_cfg(variant)["source"]["kind"]
 
 
+def variant_family(variant):
+    """The source family a variant declares: a toy variant's is its teacher recipe's (world.teachers.<name>.family,
+    the one source of truth; variants.<name>.source.family may only repeat it, rules/data_common.smk); a hub or
+    local variant's is variants.<name>.source.family, or None (detected from config.json at conversion)."""
+    source = variant_cfg(variant)["source"]
+    if source["kind"] == "toy":
+        return config["world"]["teachers"].get(variant, {}).get("family", "orion")
+    return source.get("family")
+
+
 def teacher_dir(variant):
-    """The Orion checkpoint directory of a variant's teacher."""
+    """The checkpoint directory of a variant's teacher (Orion's format or another family's own layout)."""
     kind = source_kind(variant)
     if kind == "toy":
         return R("teachers", variant)

@@ -3,12 +3,14 @@
 import logging
 
 from kept.convert import convert_checkpoint
+from kept.convert.families import check_family
 from kept.smk import log_to_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 log_to_rule(smk)
 
 p = smk.params
+check_family(smk.input.teacher, p.family, key=f"variants.{smk.wildcards.variant}.source.family")
 report = convert_checkpoint(
     source=smk.input.teacher,
     output=smk.output.model,
