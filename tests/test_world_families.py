@@ -100,3 +100,30 @@ def test_family_recipe_errors(data):
         _cfg(data, "olmo", role="chat", init_from="x")
     with pytest.raises(ConfigError, match="not GPTNeoXConfig settings"):
         pretrain_teacher(_cfg(data, "gpt_neox", family_options={"no_such_key": 1}, output=str(data / "bad")))
+
+
+@pytest.mark.parametrize("objective", ["xkd_h", "xkd_z"])
+def test_converted_student_distils_from_a_gpt_neox_teacher(data, objective):
+    """XKD-h and XKD-z of a converted (sequential, SiLU) student against its parallel GELU GPT-NeoX teacher, through
+    the shared trainer; the first step's loss is the conversion's error at the boundaries / in the logits."""
+    from kept.train import TrainConfig, train
+    from kept.world.pretrain import pack_pretraining
+
+    teacher = data / "gpt_neox"
+    if not teacher.is_dir():
+        pretrain_teacher(_cfg(data, "gpt_neox"))
+    student = data / "gpt_neox-paper"
+    if not student.is_dir():
+        convert_checkpoint(source=teacher, output=student, norm="paper", fidelity_tokens=0)
+    corpus = data / "neox-corpus"
+    if not corpus.is_dir():
+        pack_pretraining(_cfg(data, "gpt_neox"), corpus)
+    out = data / f"neox-{objective}"
+    summary = train(TrainConfig(objective=objective, student=str(student), teacher=str(teacher), corpus=str(corpus),
+                                output=str(out), work_dir=str(data / f"neox-{objective}-work"), steps=2,
+                                batch_size=2, lr=1e-3, warmup_steps=1, log_every=1, progress=False))
+    log = [json.loads(line) for line in (data / f"neox-{objective}-work" / "train_log.jsonl").read_text().splitlines()]
+    metric = "mse" if objective == "xkd_h" else "kl"
+    losses = [row[metric] for row in log if metric in row]
+    assert losses and all(0 < v < 1e3 for v in losses)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama" and summary["steps"] == 2

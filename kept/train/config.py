@@ -22,11 +22,11 @@ class TrainConfig:
     the same settings share data order, steps, batch and learning-rate schedule."""
 
     objective: str  # "ut" | "xkd_h" | "xkd_z"
-    student: str  # initial model dir: Orion format (toy-teacher pretraining) or stock Llama (converted student)
+    student: str  # initial model dir: a toy teacher's start (Orion format or another family's) or stock Llama
     corpus: str  # packed corpus dir (manifest.json + shards/*.npy)
     output: str  # final model dir, written atomically
     work_dir: str  # snapshots/step-N/, resume/, train_log.jsonl
-    teacher: str | None = None  # Orion dir; required by xkd_h / xkd_z unless teacher_cache is given
+    teacher: str | None = None  # teacher dir, any family; required by xkd_h / xkd_z unless teacher_cache is given
     steps: int = 100  # optimizer steps
     batch_size: int = 8  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
