@@ -1,4 +1,4 @@
-# Data stage: the offline toy world (world -> tokenizer -> eval suites, toy teachers pretrained in Orion's format)
+# Data stage: the offline toy world (world -> tokenizer -> eval suites, toy teachers of any source family)
 # and the packed transfer corpus (world passages in the toy config, MIRACL streamed through `datasets` in the
 # paper config; one rule, one code path: kept.corpus).
 
