@@ -127,3 +127,23 @@ def test_converted_student_distils_from_a_gpt_neox_teacher(data, objective):
     losses = [row[metric] for row in log if metric in row]
     assert losses and all(0 < v < 1e3 for v in losses)
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama" and summary["steps"] == 2
+
+
+def test_teacher_topk_cache_reads_a_gpt_neox_head(data):
+    """The offline XKD-z cache projects through GPT-NeoX's own head (embed_out) and final norm: its top-k equal the
+    model's own log-probs."""
+    import transformers
+
+    from kept.train.cache import teacher_topk
+
+    out = data / "gpt_neox"
+    if not out.is_dir():
+        pretrain_teacher(_cfg(data, "gpt_neox"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=False).eval()
+    ids = torch.tensor([[1, 5, 9, 30, 7, 2]])
+    idx, lp, rest = teacher_topk(model, ids, k=4)
+    with torch.no_grad():
+        ref_lp, ref_idx = torch.log_softmax(model(ids).logits.float(), dim=-1).topk(4, dim=-1)
+    assert torch.equal(idx.long(), ref_idx)
+    torch.testing.assert_close(lp, ref_lp, rtol=1e-5, atol=1e-5)
+    assert torch.all(rest < 0)
