@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from kept.grid import parse as parse_trained, row_name, trained as trained_model
+from kept.smk import declared_family
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -56,13 +57,9 @@ def source_kind(variant):
 
 
 def variant_family(variant):
-    """The source family a variant declares: a toy variant's is its teacher recipe's (world.teachers.<name>.family,
-    the one source of truth; variants.<name>.source.family may only repeat it, rules/data_common.smk); a hub or
-    local variant's is variants.<name>.source.family, or None (detected from config.json at conversion)."""
-    source = variant_cfg(variant)["source"]
-    if source["kind"] == "toy":
-        return config["world"]["teachers"].get(variant, {}).get("family", "orion")
-    return source.get("family")
+    """The source family a variant declares (kept.smk.declared_family: toy = its recipe's; hub/local =
+    variants.<name>.source.family or None, detected at conversion)."""
+    return declared_family(config, variant)
 
 
 def teacher_dir(variant):

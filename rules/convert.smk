@@ -18,7 +18,6 @@ rule convert:
         fidelity_tokens=CONVERT["fidelity_tokens"],
         fit_tokens=CONVERT["fit_tokens"],
         chat=lambda w: variant_cfg(w.variant).get("chat_format") is not None,
-        family=lambda w: variant_family(w.variant),
         device=CONVERT["device"],
     log:
         R("logs/convert/{variant}-{norm}.log"),

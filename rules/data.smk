@@ -97,7 +97,7 @@ rule pretrain_teacher:
     output:
         teacher=directory(R("teachers", "{variant}")),
     params:
-        settings=lambda w: {k: v for k, v in teacher_recipe(w.variant).items() if k not in ("threads", "init_from")},
+        settings=lambda w: teacher_settings(w.variant),
         seed=config["seed"],
         work_dir=lambda w: R("teachers", f".work-{w.variant}"),
     log:

@@ -29,6 +29,15 @@ def teacher_recipe(variant):
     return WORLD["teachers"][variant]
 
 
+def teacher_settings(variant):
+    """The recipe's settings as pretrain_teacher's params: without threads and init_from (not output-defining), and
+    without family / family_options at their defaults (orion, {}), so an Orion teacher's params, and so its
+    outputs, are what they were before families existed."""
+    recipe = teacher_recipe(variant)
+    return {k: v for k, v in recipe.items() if k not in ("threads", "init_from")
+            and not (k == "family" and v == "orion") and not (k == "family_options" and not v)}
+
+
 def teacher_init_input(wildcards):
     recipe = teacher_recipe(wildcards.variant)
     return {"init": teacher_dir(recipe["init_from"])} if recipe["role"] != "base" else {}
