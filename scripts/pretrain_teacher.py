@@ -1,4 +1,4 @@
-"""Snakemake script (rules/data.smk): pretrain one toy teacher (Orion or another family) through kept.train."""
+"""Snakemake script (rules/data.smk): pretrain one toy teacher in Orion's format (through kept.train)."""
 
 import logging
 
