@@ -18,7 +18,8 @@ from kept.world.tokenizer import load_sp, train_tokenizer
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128,
             seq_len=32, steps=2, batch_size=2, lr=1e-3, warmup_steps=1, embed_offset=0.3, norm_bias_std=0.2)
-CLASSES = {"olmo": "OlmoForCausalLM", "gpt_neox": "GPTNeoXForCausalLM"}
+CLASSES = {"olmo": "OlmoForCausalLM", "gpt_neox": "GPTNeoXForCausalLM", "stablelm": "StableLmForCausalLM",
+           "phi": "PhiForCausalLM"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def _cfg(data, family, **kw) -> PretrainConfig:
     return PretrainConfig(**{**settings, **kw})
 
 
-@pytest.mark.parametrize("family", ["olmo", "gpt_neox"])
+@pytest.mark.parametrize("family", ["olmo", "gpt_neox", "stablelm", "phi"])
 def test_family_teacher_layout_loads_and_converts(data, family):
     import transformers
 
@@ -69,7 +70,9 @@ def test_family_teacher_layout_loads_and_converts(data, family):
     ids = torch.tensor([sp.encode(text)])
     with torch.no_grad():
         lt, ls = model(ids).logits, llama(ids).logits
-    tol = 1e-4 if family == "olmo" else 0.5  # olmo converts exactly; gpt_neox (parallel, GELU -> SiLU) approximately
+    # olmo converts exactly; stablelm up to the final norm's logit offset; gpt_neox and phi (parallel residual,
+    # GELU -> SiLU) approximately
+    tol = 1e-4 if family == "olmo" else 0.5
     assert (lt - ls).abs().max().item() < tol
 
 
@@ -147,3 +150,22 @@ def test_teacher_topk_cache_reads_a_gpt_neox_head(data):
     assert torch.equal(idx.long(), ref_idx)
     torch.testing.assert_close(lp, ref_lp, rtol=1e-5, atol=1e-5)
     assert torch.all(rest < 0)
+
+
+def test_head_inputs_apply_a_head_bias_exactly():
+    """Phi's LM head has a bias: the chunked losses get [hidden, 1] and [weight, bias], whose product is the head's
+    own output, and a UT step on them moves the bias."""
+    import transformers
+
+    from kept.train.objectives import head_inputs
+
+    model = transformers.PhiForCausalLM(transformers.PhiConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2))
+    with torch.no_grad():
+        model.lm_head.bias.normal_()
+    hidden = torch.randn(2, 3, 16)
+    h, w = head_inputs(model, hidden)
+    assert h.shape == (2, 3, 17) and w.shape == (50, 17)
+    torch.testing.assert_close(h @ w.T, model.lm_head(hidden))
+    (h @ w.T).logsumexp(-1).sum().backward()
+    assert model.lm_head.bias.grad is not None and model.lm_head.bias.grad.abs().sum() > 0

@@ -243,13 +243,21 @@ def decoder(model: nn.Module) -> nn.Module:
 
 
 def head_weight(model: nn.Module) -> torch.Tensor:
-    """The (V, d) LM-head weight of a causal LM of any family (``lm_head``, GPT-NeoX's ``embed_out``). The chunked
-    losses project with the weight alone, so a head with a bias (Phi) is refused with one line."""
+    """The (V, d) LM-head weight of a causal LM of any family (``lm_head``, GPT-NeoX's ``embed_out``)."""
+    return model.get_output_embeddings().weight
+
+
+def head_inputs(model: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hidden, weight)`` for the chunked head losses, which project with ``hidden @ weight.T`` alone: the head's
+    own weight, or, for a head with a bias (Phi), ``[hidden, 1]`` and ``[weight, bias]``, whose product is
+    ``hidden @ weight.T + bias`` exactly and passes gradients to both weight and bias."""
     head = model.get_output_embeddings()
-    if getattr(head, "bias", None) is not None:
-        raise ValueError(f"{type(model).__name__}: the LM head has a bias, which the chunked head losses do not "
-                         "apply; convert the model first (the converted Llama student folds it away)")
-    return head.weight
+    bias = getattr(head, "bias", None)
+    if bias is None:
+        return hidden, head.weight
+    ones = torch.ones(*hidden.shape[:-1], 1, dtype=hidden.dtype, device=hidden.device)
+    weight = torch.cat([head.weight, bias.unsqueeze(1).to(head.weight.dtype)], dim=1)
+    return torch.cat([hidden, ones], dim=-1), weight
 
 
 class StreamCapture:
@@ -309,8 +317,7 @@ class StudentObjective(nn.Module):
         finally:
             if self.capture is not None:
                 self.capture.armed = False
-        hidden = out.last_hidden_state  # (B, T, d), after the final norm
-        weight = head_weight(self.student)  # (V, d)
+        hidden, weight = head_inputs(self.student, out.last_hidden_state)  # (B, T, d) after the final norm, (V, d)
         if self.objective == "ut":
             labels = next_token_labels(input_ids).reshape(-1)
             n_valid = float(input_ids.shape[0] * (input_ids.shape[1] - 1))
@@ -346,7 +353,8 @@ def teacher_outputs(teacher: nn.Module, input_ids: torch.Tensor, *, objective: s
     if objective == "xkd_h":
         assert capture is not None
         return {"slots": capture.take()}
-    return {"hidden": out.last_hidden_state, "weight": head_weight(teacher)}
+    hidden, weight = head_inputs(teacher, out.last_hidden_state)
+    return {"hidden": hidden, "weight": weight}
 
 
 def perplexity(ce: float) -> float:

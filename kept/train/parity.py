@@ -19,7 +19,7 @@ from torch import nn
 from kept.errors import ConfigError
 from kept.train.config import TrainConfig
 from kept.train.data import PackedCorpus
-from kept.train.objectives import (TeacherTarget, TopKTarget, chunked_head_loss, decoder, head_weight,
+from kept.train.objectives import (TeacherTarget, TopKTarget, chunked_head_loss, decoder, head_inputs,
                                    teacher_outputs)
 
 
@@ -63,7 +63,8 @@ class ParityCheck:
                 idx = self.indices[start : start + self.cfg.batch_size]
                 ids = self.corpus.get(idx, length=self.length).to(self.device)
                 with autocast():
-                    hidden = decoder(student)(input_ids=ids, use_cache=False).last_hidden_state
+                    out_s = decoder(student)(input_ids=ids, use_cache=False)
+                    hidden, weight = head_inputs(student, out_s.last_hidden_state)
                     if cache is not None:
                         i, lp, lr = cache.get(idx, length=self.length, device=self.device)
                         target: Any = TopKTarget(i.reshape(-1, i.shape[-1]), lp.reshape(-1, lp.shape[-1]),
@@ -73,7 +74,7 @@ class ParityCheck:
                         th = out["hidden"]
                         target = TeacherTarget(th.reshape(-1, th.shape[-1]), out["weight"], temperature=t)
                 n = ids.numel()
-                kl = chunked_head_loss(hidden, head_weight(student), target, chunk=self.cfg.kl_chunk_size,
+                kl = chunked_head_loss(hidden, weight, target, chunk=self.cfg.kl_chunk_size,
                                        normalizer=1.0, recompute=True)
                 total += float(kl) / (t**2)
                 tokens += n
