@@ -20,7 +20,7 @@ converts that with llama.cpp's own ``convert_hf_to_gguf.py`` (f32), and compares
   (``kept.convert.tiny.make_checkpoint``), converted with ``exact`` and then by ``convert_hf_to_gguf.py`` (f32):
   max |log p| difference llama.cpp vs transformers' ``LlamaForCausalLM`` on the same converted checkpoint, over
   random id sequences. Their toy byte-level BPE has a pre-tokenizer hash llama.cpp cannot know, so the GGUF
-  conversion pins the pre-tokenizer to ``gpt2`` (the GPT-2 regex that ``ByteLevel`` uses; checked against the
+  conversion pins the pre-tokenizer to ``gpt-2`` (the GPT-2 regex that ``ByteLevel`` uses; checked against the
   tokenizers library on the tokenizer's own lines) -- the only step of llama.cpp's converter that is replaced.
 
 Needs llama-cpp-python built from source and the llama.cpp tree of its sdist (bench/requirements-llamacpp.txt says
@@ -79,8 +79,12 @@ import llama_cpp
 mode, gguf = sys.argv[1], sys.argv[2]
 arg = json.loads(sys.argv[3])
 QUIET = llama_cpp.llama_log_callback(lambda *a: None)  # kept referenced: libllama calls it
-llama_cpp.llama_log_set(QUIET, ctypes.c_void_p(0))
-if mode == "tokenize":
+if mode != "load":
+    llama_cpp.llama_log_set(QUIET, ctypes.c_void_p(0))
+if mode == "load":  # libllama's own log on stderr: why a model does not load
+    llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=True)
+    print("null")
+elif mode == "tokenize":
     llm = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
     print(json.dumps(llm.tokenize(arg.encode("utf-8"), add_bos=False, special=False)))
 elif mode == "chat":
@@ -240,7 +244,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def _gguf_bpe(found: dict[str, Any], model: Path, out: Path, *, pre: str = "gpt2") -> tuple[Path | None, str]:
+def _gguf_bpe(found: dict[str, Any], model: Path, out: Path, *, pre: str = "gpt-2") -> tuple[Path | None, str]:
     """f32 GGUF of a converted checkpoint with a tokenizers BPE; (path or None, what happened)."""
     cmd = [sys.executable, "-c", GGUF_PINNED_PRE, str(found["tree"]), pre, str(model), "--outtype", "f32",
            "--outfile", str(out)]
@@ -289,6 +293,30 @@ FAMILY_CASES = [
     ("phi, mlp_target runtimes", "phi", {}, "runtimes", "same model (SiLU-gated MLP)"),
 ]
 FAMILY_SEQ_LEN = 40
+# kept.convert.tiny.train_bpe's default (96) is below the byte-level alphabet (256 + 3 specials): that tokenizer has
+# no merges, which libllama refuses to load. The family cases train the same tokenizer with room for merges.
+FAMILY_BPE_VOCAB = 320
+
+
+def _tiny_checkpoint(directory: Path, family: str, **overrides: Any) -> Path:
+    """kept.convert.tiny.make_checkpoint with a BPE vocabulary of FAMILY_BPE_VOCAB (so it has merges)."""
+    from kept.convert.tiny import new_model, train_bpe, write_checkpoint
+
+    vocab = train_bpe(directory, vocab_size=FAMILY_BPE_VOCAB)
+    return write_checkpoint(new_model(family, vocab_size=vocab, **overrides), directory)
+
+
+def cfg_vocab(model: Path) -> int:
+    return int(json.loads((model / "config.json").read_text())["vocab_size"])
+
+
+def _load_error(gguf: Path) -> str:
+    """libllama's error line when a GGUF does not load (empty if it loads)."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, "load", str(gguf), "null"], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return ""
+    errs = [ln.strip() for ln in proc.stderr.splitlines() if "error loading model" in ln]
+    return errs[-1] if errs else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
 
 
 def _family_lp(model_dir: Path, seqs: list[list[int]], *, auto: bool = False) -> list[Any]:
@@ -313,12 +341,23 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
 
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
+    # make_checkpoint as it is (its tokenizer has no merges): does llama.cpp take it?
+    src = make_checkpoint(work / "src-olmo-default-tokenizer", "olmo")
+    merges = len(json.loads((src / "tokenizer.json").read_text())["model"]["merges"])
+    out = work / "llama-olmo-default-tokenizer"
+    convert_checkpoint(source=src, output=out, norm="exact", fidelity_tokens=0)
+    gguf, how = _gguf_bpe(found, out, work / "olmo-default-tokenizer.gguf")
+    err = _load_error(gguf) if gguf is not None else "-"
+    notes.append(f"kept.convert.tiny.make_checkpoint's own tokenizer (train_bpe vocab_size 96 < the 259-symbol "
+                 f"byte-level alphabet: {merges} merges), olmo: llama.cpp GGUF conversion {how}; libllama "
+                 + (f"refuses to load it: `{err}`" if err else "loads it")
+                 + f". The family cases below therefore train the same tokenizer with vocab_size {FAMILY_BPE_VOCAB}.")
     sources: dict[tuple[str, str], Path] = {}
     tok_checked = False
     for label, family, overrides, mlp_target, expect in FAMILY_CASES:
         key = (family, json.dumps(overrides, sort_keys=True))
         if key not in sources:
-            sources[key] = make_checkpoint(work / f"src-{family}-{len(sources)}", family, **overrides)
+            sources[key] = _tiny_checkpoint(work / f"src-{family}-{len(sources)}", family, **overrides)
         src = sources[key]
         out = work / f"llama-{family}-{mlp_target}"
         convert_checkpoint(source=src, output=out, norm="exact", mlp_target=mlp_target, fidelity_tokens=0)
@@ -332,7 +371,9 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
             rc, got = _child("tokenize_many", gguf, TEXT)
             hf = [tok.encode(t, add_special_tokens=False).ids for t in TEXT]
             same = sum(g == h for g, h in zip(got, hf)) if rc == 0 else 0
-            notes.append(f"Families' tokenizer (kept.convert.tiny byte-level BPE, pre-tokenizer pinned to 'gpt2'): "
+            notes.append(f"Families' tokenizer (kept.convert.tiny byte-level BPE, vocab {cfg_vocab(out)}, "
+                         f"{len(json.loads((out / 'tokenizer.json').read_text())['model']['merges'])} merges; "
+                         f"pre-tokenizer pinned to 'gpt-2'): "
                          f"llama_tokenize equals the tokenizers library on {same}/{len(TEXT)} of its training lines"
                          + ("" if rc == 0 else f" (llama.cpp exit {rc})") + ".")
             tok_checked = True
@@ -359,7 +400,7 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
                 row["max |Δ log p| llama.cpp vs transformers Llama"] = f"{max(diffs):.2e}"
         row["expected of llama.cpp"] = expect
         rows.append(row)
-    notes.append(f"Families: kept.convert.tiny.make_checkpoint (transformers' own class, perturbed norms and biases), "
+    notes.append(f"Families: kept.convert.tiny (transformers' own class, perturbed norms and biases), "
                  f"convert_checkpoint(norm='exact', fidelity_tokens=0), llama.cpp's convert_hf_to_gguf.py --outtype "
                  f"f32, libllama forward with f32 KV cache; {len(seqs)} random sequence(s) of {FAMILY_SEQ_LEN} ids "
                  f"per case (seed 0), no BOS. 'vs source class' is the converted checkpoint in transformers against "
