@@ -380,16 +380,16 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
                  + f". The family cases below therefore train the same tokenizer with vocab_size {FAMILY_BPE_VOCAB}.")
     sources: dict[tuple[str, str], Path] = {}
     tok_checked = False
-    for label, family, overrides, mlp_target, expect in FAMILY_CASES:
+    for n, (label, family, overrides, mlp_target, expect) in enumerate(FAMILY_CASES):
         key = (family, json.dumps(overrides, sort_keys=True))
         if key not in sources:
             sources[key] = _tiny_checkpoint(work / f"src-{family}-{len(sources)}", family, **overrides)
         src = sources[key]
-        out = work / f"llama-{family}-{mlp_target}"
+        out = work / f"llama-{n}-{family}-{mlp_target}"
         convert_checkpoint(source=src, output=out, norm="exact", mlp_target=mlp_target, fidelity_tokens=0)
         conv = json.loads((out / "conversion.json").read_text())
         cfg = json.loads((out / "config.json").read_text())
-        gguf, how = _gguf_bpe(found, out, work / f"{family}-{mlp_target}.gguf")
+        gguf, how = _gguf_bpe(found, out, work / f"{n}-{family}-{mlp_target}.gguf")
         row = {"case": label, "exactness (kept)": conv["exactness"], "hidden_act": cfg["hidden_act"],
                "rope": cfg["rope_parameters"]["rope_type"], "llama.cpp GGUF conversion": how}
         if gguf is not None and not tok_checked:  # the pinned pre-tokenizer, checked on the module's texts
