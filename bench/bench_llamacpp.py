@@ -14,7 +14,14 @@ converts that with llama.cpp's own ``convert_hf_to_gguf.py`` (f32), and compares
   repeated spaces, for that tokenizer and for one with SentencePiece's defaults (nmt_nfkc, extra-whitespace
   removal, no byte fallback), whose conversion warns about exactly these (each text in its own process: an
   unencodable character aborts llama.cpp);
-* logits -- max |log p| difference of the ``exact`` model, llama.cpp (f32 weights and KV cache) vs transformers.
+* logits -- max |log p| difference of the ``exact`` model, llama.cpp (f32 weights and KV cache) vs transformers;
+* other source families -- tiny OLMo, StableLM (partial rotary, qkv bias), GPT-NeoX (Pythia-like: parallel
+  residual, GELU MLP; ``mlp_target`` ``runtimes`` and ``transformers``) and Phi checkpoints
+  (``kept.convert.tiny.make_checkpoint``), converted with ``exact`` and then by ``convert_hf_to_gguf.py`` (f32):
+  max |log p| difference llama.cpp vs transformers' ``LlamaForCausalLM`` on the same converted checkpoint, over
+  random id sequences. Their toy byte-level BPE has a pre-tokenizer hash llama.cpp cannot know, so the GGUF
+  conversion pins the pre-tokenizer to ``gpt-2`` (the GPT-2 regex that ``ByteLevel`` uses; checked against the
+  tokenizers library on the tokenizer's own lines) -- the only step of llama.cpp's converter that is replaced.
 
 Needs llama-cpp-python built from source and the llama.cpp tree of its sdist (bench/requirements-llamacpp.txt says
 how); without them it reports "skipped". ``KEPT_LLAMA_CPP_DIR`` (the llama.cpp tree) and ``KEPT_LLAMA_CPP_LIB``
@@ -72,8 +79,12 @@ import llama_cpp
 mode, gguf = sys.argv[1], sys.argv[2]
 arg = json.loads(sys.argv[3])
 QUIET = llama_cpp.llama_log_callback(lambda *a: None)  # kept referenced: libllama calls it
-llama_cpp.llama_log_set(QUIET, ctypes.c_void_p(0))
-if mode == "tokenize":
+if mode != "load":
+    llama_cpp.llama_log_set(QUIET, ctypes.c_void_p(0))
+if mode == "load":  # libllama's own log on stderr: why a model does not load
+    llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=True)
+    print("null")
+elif mode == "tokenize":
     llm = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
     print(json.dumps(llm.tokenize(arg.encode("utf-8"), add_bos=False, special=False)))
 elif mode == "chat":
@@ -95,6 +106,9 @@ elif mode == "chat":
         ids = llm.tokenize(res.prompt.encode(), add_bos=not res.added_special, special=True)
         out.append({"c_api": c_api, "handler": {"prompt": res.prompt, "ids": ids}})
     print(json.dumps(out))
+elif mode == "tokenize_many":
+    llm = llama_cpp.Llama(model_path=gguf, vocab_only=True, verbose=False)
+    print(json.dumps([llm.tokenize(t.encode("utf-8"), add_bos=False, special=False) for t in arg]))
 elif mode == "logits":
     llm = llama_cpp.Llama(model_path=gguf, n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=1,
                           type_k=0, type_v=0)  # GGML_TYPE_F32 KV cache
@@ -209,6 +223,39 @@ def _gguf(found: dict[str, Any], model: Path, out: Path, *, vocab_only: bool = F
     return out
 
 
+# convert_hf_to_gguf.py with one change: a byte-level BPE vocabulary whose pre-tokenizer hash llama.cpp does not
+# know (get_vocab_base_pre raises NotImplementedError: it hashes the ids of a check text, so every toy vocabulary is
+# "unknown") gets the pre-tokenizer type given here instead. Only that step is replaced; a known hash still wins.
+GGUF_PINNED_PRE = r"""
+import runpy, sys
+tree, pre = sys.argv[1], sys.argv[2]
+sys.argv = [tree + "/convert_hf_to_gguf.py", *sys.argv[3:]]
+sys.path[:0] = [tree, tree + "/gguf-py"]
+from conversion.base import TextModel
+known = TextModel.get_vocab_base_pre
+def pinned(self, tokenizer):
+    try:
+        return known(self, tokenizer)
+    except NotImplementedError:
+        print(f"KEPT-PINNED-PRE {pre}", file=sys.stderr, flush=True)
+        return pre
+TextModel.get_vocab_base_pre = pinned
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _gguf_bpe(found: dict[str, Any], model: Path, out: Path, *, pre: str = "gpt-2") -> tuple[Path | None, str]:
+    """f32 GGUF of a converted checkpoint with a tokenizers BPE; (path or None, what happened)."""
+    cmd = [sys.executable, "-c", GGUF_PINNED_PRE, str(found["tree"]), pre, str(model), "--outtype", "f32",
+           "--outfile", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1:] or [f"exit {proc.returncode}"]
+        return None, f"failed: {last[0][:200]}"
+    return out, (f"ok (pre-tokenizer hash unknown, pinned to {pre!r})" if "KEPT-PINNED-PRE" in proc.stderr
+                 else "ok")
+
+
 def _child(mode: str, gguf: Path, arg: Any) -> tuple[int, Any]:
     proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(gguf), json.dumps(arg)], capture_output=True,
                           text=True)
@@ -230,6 +277,167 @@ def _hf_chat_ids(model: Path) -> tuple[list[list[int]], list[str]]:
 def _agree(want: list[list[int]], got: list[Any]) -> str:
     same = sum(isinstance(g, list) and g == w for w, g in zip(want, got))
     return f"{same}/{len(want)}"
+
+
+# Tiny checkpoints of the other source families (kept.convert.tiny), converted with norm="exact": (label, family,
+# config overrides, mlp_target, what llama.cpp is expected to do). The two GPT-NeoX cases share one source.
+FAMILY_CASES = [
+    ("olmo", "olmo", {}, "runtimes", "same model (exact conversion; bias-free, full rotary)"),
+    ("stablelm, partial rotary 0.25, qkv bias", "stablelm", {"partial_rotary_factor": 0.25, "use_qkv_bias": True},
+     "runtimes", "same model (partial rotary as llama3 rope_freqs with frozen channels)"),
+    ("gpt_neox (Pythia-like), mlp_target runtimes", "gpt_neox",
+     {"use_parallel_residual": True, "hidden_act": "gelu"}, "runtimes", "same model (SiLU-gated MLP)"),
+    ("gpt_neox (Pythia-like), mlp_target transformers", "gpt_neox",
+     {"use_parallel_residual": True, "hidden_act": "gelu"}, "transformers",
+     "a different model: its Llama graph applies SiLU where config.json says gelu"),
+    ("gpt_neox, sequential residual, mlp_target transformers", "gpt_neox",
+     {"use_parallel_residual": False, "hidden_act": "gelu"}, "transformers",
+     "a different model: its Llama graph applies SiLU where config.json says gelu"),
+    ("phi, mlp_target runtimes", "phi", {}, "runtimes", "same model (SiLU-gated MLP)"),
+]
+FAMILY_SEQ_LEN = 40
+# kept.convert.tiny.train_bpe's default (96) is below the byte-level alphabet (256 + 3 specials): that tokenizer has
+# no merges, which libllama refuses to load. The family cases train the same tokenizer with room for merges.
+FAMILY_BPE_VOCAB = 320
+
+
+def _tiny_checkpoint(directory: Path, family: str, **overrides: Any) -> Path:
+    """kept.convert.tiny.make_checkpoint with a BPE vocabulary of FAMILY_BPE_VOCAB (so it has merges)."""
+    from kept.convert.tiny import new_model, train_bpe, write_checkpoint
+
+    vocab = train_bpe(directory, vocab_size=FAMILY_BPE_VOCAB)
+    return write_checkpoint(new_model(family, vocab_size=vocab, **overrides), directory)
+
+
+def cfg_vocab(model: Path) -> int:
+    return int(json.loads((model / "config.json").read_text())["vocab_size"])
+
+
+def _load_error(gguf: Path) -> str:
+    """libllama's error line when a GGUF does not load (empty if it loads)."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, "load", str(gguf), "null"], capture_output=True, text=True)
+    if proc.returncode == 0:
+        return ""
+    errs = [ln.strip() for ln in proc.stderr.splitlines() if "error loading model" in ln]
+    return errs[-1] if errs else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+
+
+def _family_lp(model_dir: Path, seqs: list[list[int]], *, auto: bool = False) -> list[Any]:
+    """transformers log-probs (float64 log_softmax of float32 logits): LlamaForCausalLM, or the source's own class."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    cls = AutoModelForCausalLM if auto else LlamaForCausalLM
+    model = cls.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return [torch.log_softmax(model(torch.tensor([s])).logits[0].double(), -1) for s in seqs]
+
+
+def _logit_offset(source: Path) -> Any:
+    """head @ final beta (+ head bias): the per-vocab logit offset a Llama cannot hold (kept.convert.ops), from the
+    source's tensors, float64."""
+    import torch
+    from safetensors.torch import load_file
+
+    from kept.convert.families import read_source
+
+    family, arch, _ = read_source(source)
+    sd = {k: v for f in sorted(source.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    def get(logical: str) -> Any:
+        return next(sd[n] for n in family.tensors[logical] if n in sd).double()
+
+    head = get("embed") if arch.tied else get("head.w")
+    offset = torch.zeros(head.shape[0], dtype=torch.float64)
+    if arch.norm_bias:
+        offset += head @ get("final.b")
+    if arch.head_bias:
+        offset += get("head.b")
+    return offset
+
+
+def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """The other source families: kept's conversion -> llama.cpp's GGUF conversion -> log-probs, llama.cpp vs
+    transformers' LlamaForCausalLM on the same converted checkpoint (and, for context, vs the source's class)."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from kept.convert import convert_checkpoint
+    from kept.convert.tiny import TEXT, make_checkpoint
+
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    # make_checkpoint as it is (its tokenizer has no merges): does llama.cpp take it?
+    src = make_checkpoint(work / "src-olmo-default-tokenizer", "olmo")
+    merges = len(json.loads((src / "tokenizer.json").read_text())["model"]["merges"])
+    out = work / "llama-olmo-default-tokenizer"
+    convert_checkpoint(source=src, output=out, norm="exact", fidelity_tokens=0)
+    gguf, how = _gguf_bpe(found, out, work / "olmo-default-tokenizer.gguf")
+    err = _load_error(gguf) if gguf is not None else "-"
+    notes.append(f"kept.convert.tiny.make_checkpoint's own tokenizer (train_bpe vocab_size 96 < the 259-symbol "
+                 f"byte-level alphabet: {merges} merges), olmo: llama.cpp GGUF conversion {how}; libllama "
+                 + (f"refuses to load it: `{err}`" if err else "loads it")
+                 + f". The family cases below therefore train the same tokenizer with vocab_size {FAMILY_BPE_VOCAB}.")
+    sources: dict[tuple[str, str], Path] = {}
+    tok_checked = False
+    for n, (label, family, overrides, mlp_target, expect) in enumerate(FAMILY_CASES):
+        key = (family, json.dumps(overrides, sort_keys=True))
+        if key not in sources:
+            sources[key] = _tiny_checkpoint(work / f"src-{family}-{len(sources)}", family, **overrides)
+        src = sources[key]
+        out = work / f"llama-{n}-{family}-{mlp_target}"
+        convert_checkpoint(source=src, output=out, norm="exact", mlp_target=mlp_target, fidelity_tokens=0)
+        conv = json.loads((out / "conversion.json").read_text())
+        cfg = json.loads((out / "config.json").read_text())
+        gguf, how = _gguf_bpe(found, out, work / f"{n}-{family}-{mlp_target}.gguf")
+        row = {"case": label, "exactness (kept)": conv["exactness"], "hidden_act": cfg["hidden_act"],
+               "rope": cfg["rope_parameters"]["rope_type"], "llama.cpp GGUF conversion": how}
+        if gguf is not None and not tok_checked:  # the pinned pre-tokenizer, checked on the module's texts
+            tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+            rc, got = _child("tokenize_many", gguf, TEXT)
+            hf = [tok.encode(t, add_special_tokens=False).ids for t in TEXT]
+            same = sum(g == h for g, h in zip(got, hf)) if rc == 0 else 0
+            notes.append(f"Families' tokenizer (kept.convert.tiny byte-level BPE, vocab {cfg_vocab(out)}, "
+                         f"{len(json.loads((out / 'tokenizer.json').read_text())['model']['merges'])} merges; "
+                         f"pre-tokenizer pinned to 'gpt-2'): "
+                         f"llama_tokenize equals the tokenizers library on {same}/{len(TEXT)} of its training lines"
+                         + ("" if rc == 0 else f" (llama.cpp exit {rc})") + ".")
+            tok_checked = True
+        vocab = cfg["vocab_size"]
+        g = torch.Generator().manual_seed(0)
+        seqs = torch.randint(0, vocab, (1 if quick else 2, FAMILY_SEQ_LEN), generator=g).tolist()
+        ref = _family_lp(out, seqs)
+        srcs = _family_lp(src, seqs, auto=True)
+        off = _logit_offset(src) if conv["exactness"] != "exact" else None
+        restored = ref if off is None else [torch.log_softmax(r + off, -1) for r in ref]
+        row["max |Δ log p| transformers Llama (+ logit offset) vs source class"] = (
+            f"{max(float((a - b).abs().max()) for a, b in zip(restored, srcs)):.2e}")
+        if gguf is None:
+            row["max |Δ log p| llama.cpp vs transformers Llama"] = "-"
+        else:
+            diffs = []
+            for seq, r in zip(seqs, ref):
+                rc, scores = _child("logits", gguf, seq)
+                if rc != 0:
+                    diffs = None
+                    row["max |Δ log p| llama.cpp vs transformers Llama"] = f"llama.cpp failed (exit {rc}): {scores}"
+                    break
+                got = torch.log_softmax(torch.tensor(scores, dtype=torch.float64), -1)
+                diffs.append(float((got - r).abs().max()))
+            if diffs is not None:
+                row["max |Δ log p| llama.cpp vs transformers Llama"] = f"{max(diffs):.2e}"
+        row["expected of llama.cpp"] = expect
+        rows.append(row)
+    notes.append(f"Families: kept.convert.tiny (transformers' own class, perturbed norms and biases), "
+                 f"convert_checkpoint(norm='exact', fidelity_tokens=0), llama.cpp's convert_hf_to_gguf.py --outtype "
+                 f"f32, libllama forward with f32 KV cache; {len(seqs)} random sequence(s) of {FAMILY_SEQ_LEN} ids "
+                 f"per case (seed 0), no BOS. 'vs source class': the converted checkpoint in transformers, with the "
+                 f"per-vocabulary logit offset that stock Llama cannot hold (head @ final beta + head bias, which "
+                 f"kept reports) added back, against the source in its own transformers class: float error for the "
+                 f"exact classes; the approximate class (parallel residual made sequential, SiLU-gated MLP) "
+                 f"measures the approximation. The llama.cpp column compares the converted checkpoint as it is, "
+                 f"without any offset, in both runtimes.")
+    return rows, notes
 
 
 def run(*, quick: bool = False) -> dict:
@@ -320,7 +528,18 @@ def run(*, quick: bool = False) -> dict:
              "Equal ids = transformers `apply_chat_template(..., tokenize=True)` ids equal llama.cpp's, for the "
              f"{len(CONVERSATIONS)} conversations in the module (multi-turn, system, CJK, code with newlines)."]
     notes += examples
-    return {"title": title, "rows": rows, "notes": "\n".join(f"- {n}" for n in notes)}
+    fam_rows, fam_notes = _families(found, WORK, quick=quick)
+    notes += fam_notes
+    fam_table = _markdown(fam_rows)
+    return {"title": title, "rows": rows, "family_rows": fam_rows,
+            "notes": "\n".join(f"- {n}" for n in notes) + "\n\n### Other source families: log-probs, llama.cpp vs "
+            "transformers\n\n" + fam_table}
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows).to_markdown(index=False) if rows else "(no rows)"
 
 
 def _write(path: Path, obj: Any) -> str:

@@ -96,6 +96,24 @@ REPORT_ARTIFACTS = {
 # MT-Bench and those of the teacher and the full-budget students of the same method (the train log is its own
 # detail).
 REPORT_ARTIFACTS["table_fast_path"] = ("table", "fast_path", fast_path_items())
+# The divergence study (issue 19): per variant (its source family) and init mapping, the mapping's class and
+# fidelity beside the H6 (and MT-Bench) of the teacher, the mapping and the matched-budget students -- the H6 and
+# MT-Bench tables' own inputs, plus each init's model dir (fidelity.json, conversion.json; its own detail).
+# A variant enters where H6 evaluates its matched-budget students (not in config/fast.yaml, which has no grid).
+DIVERGENCE_VARIANTS = [
+    v for v in VARIANTS if any(parse_trained(m) and not parse_trained(m).stop for m in eval_models(v, "h6"))
+]
+REPORT_ARTIFACTS["table_divergence"] = (
+    "table",
+    "divergence",
+    [((v, m, "h6"), p, d) for (v, m, _), p, d in REPORT_ARTIFACTS["table_h6"][2] if v in DIVERGENCE_VARIANTS]
+    + [
+        ((v, f"init-{n}", "fidelity"), model_dir(v, f"init-{n}"), model_dir(v, f"init-{n}"))
+        for v in DIVERGENCE_VARIANTS
+        for n in TRAIN_INITS
+    ]
+    + [((v, m, f"mtbench-{f}"), p, d) for (v, m, f), p, d in REPORT_ARTIFACTS["table_mtbench"][2] if v in DIVERGENCE_VARIANTS],
+)
 REPORT_ARTIFACTS["figure_longctx"] = ("figure", "longctx", REPORT_ARTIFACTS["table_transfer_longctx"][2])
 REPORT_ARTIFACTS["figure_mtbench_categories"] = (
     "figure",
@@ -142,6 +160,7 @@ localrules:
     report_table_transfer_longctx,
     report_table_fidelity,
     report_table_fast_path,
+    report_table_divergence,
     report_figure_longctx,
     report_figure_mtbench_categories,
     report_figure_train_loss,
@@ -403,6 +422,43 @@ rule report_table_fast_path:
         **REPORT_PARAMS["table_fast_path"],
     log:
         R("logs/report/table_fast_path.log"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule report_table_divergence:
+    input:
+        summaries=REPORT_INPUTS["table_divergence"]["summaries"],
+        details=REPORT_INPUTS["table_divergence"]["details"],
+    output:
+        csv=report(
+            REPORT_OUTPUTS["table_divergence"]["csv"],
+            caption="../report/table_divergence.rst",
+            category="Tables",
+            labels={"table": "Divergence: cost of conversion per source family", "format": "CSV"},
+        ),
+        md=report(
+            REPORT_OUTPUTS["table_divergence"]["md"],
+            caption="../report/table_divergence.rst",
+            category="Tables",
+            labels={"table": "Divergence: cost of conversion per source family", "format": "Markdown"},
+        ),
+        tex=report(
+            REPORT_OUTPUTS["table_divergence"]["tex"],
+            caption="../report/table_divergence.rst",
+            category="Tables",
+            labels={"table": "Divergence: cost of conversion per source family", "format": "LaTeX"},
+        ),
+    params:
+        **REPORT_PARAMS["table_divergence"],
+    log:
+        R("logs/report/table_divergence.log"),
     threads: 1
     resources:
         mem_mb=2000,

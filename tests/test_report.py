@@ -443,3 +443,35 @@ def test_spread_legend_stays_off_the_data(tmp_path, monkeypatch):
     for ax in fig.axes:
         assert not box.overlaps(ax.get_window_extent(renderer)), "legend over a panel"
     assert {t.get_text() for t in fig.legends[0].get_texts()} == {"teacher (H6 average)", "floor"}
+
+
+def test_divergence_table(tmp_path):
+    """One row per variant and init: class and changed modules in the label, fidelity, H6 of teacher / mapping /
+    each method, and the share of the margin regained with its error; a margin within noise gives no share."""
+    from kept.report.tables import divergence_table
+
+    values = {("base", "teacher"): [0.8] * 6, ("base", "init-paper"): [0.3] * 6, ("base", "ut"): [0.6] * 6,
+              ("base", "xkd_h"): [0.7] * 6, ("base", "xkd_z"): [0.75] * 6,
+              ("neox", "teacher"): [0.8] * 6, ("neox", "init-paper"): [0.8] * 6, ("neox", "ut"): [0.7] * 6,
+              ("neox", "xkd_h"): [0.78] * 6, ("neox", "xkd_z"): [0.8] * 6}
+    items = [Item(variant=i.variant, model=i.model, path=i.path, detail=i.detail, tag="h6")
+             for i in h6_items(tmp_path, values)]
+    for v, family, cls, div in (("base", "orion", "approximate", [{"module": "norm", "change": "x"}]),
+                                ("neox", "gpt_neox", "approximate", [{"module": "norm", "change": "x"},
+                                                                     {"module": "residual", "change": "y"}])):
+        d = tmp_path / v / "init-paper" / "model"
+        fidelity(d, norm="paper", kl=0.5, top1=0.4)
+        _dump(d / "conversion.json", {"family": family, "exactness": cls, "divergences": div})
+        items.append(Item(variant=v, model="init-paper", path=str(d), detail=str(d), tag="fidelity"))
+    table = divergence_table(items=items, train_init="paper")
+    f = table.frame.set_index("Variant")
+    assert f.at["neox", "Model"] == "gpt_neox -> Llama, OPM: approximate (changed: norm, residual)"
+    assert f.at["base", "H6 teacher"] == pytest.approx(80.0) and f.at["base", "H6 mapping"] == pytest.approx(30.0)
+    assert f.at["base", "XKD-z regained (%)"] == pytest.approx(90.0)  # (75 - 30) / (80 - 30)
+    assert f.at["base", "UT regained (%)"] == pytest.approx(60.0)
+    se = table.se.set_index(table.frame["Variant"])
+    assert 0 < se.at["base", "UT regained (%)"] < 20
+    assert math.isnan(f.at["neox", "UT regained (%)"])  # no margin to regain: no share
+    assert f.at["neox", "KL"] == pytest.approx(0.5)
+    md = render_markdown(table)
+    assert "±" in md and "gpt_neox -> Llama" in md

@@ -36,7 +36,7 @@ TEXT = ["The quick brown fox jumps over the lazy dog.", "Language models predict
         "It costs $12.50 (about 15,000 won) in 2024."]
 
 
-def train_bpe(directory: Path, *, vocab_size: int = 96) -> int:
+def train_bpe(directory: Path, *, vocab_size: int = 320) -> int:
     """A byte-level BPE ``tokenizer.json`` (+ ``tokenizer_config.json`` with a chat template) trained on a few
     lines, with ``<|pad|>``=0 ... as the first ids; returns its vocabulary size."""
     import json

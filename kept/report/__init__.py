@@ -20,6 +20,7 @@ TABLES = {
     "transfer_longctx": tables.longctx_table,
     "fidelity": tables.fidelity_table,
     "fast_path": tables.fast_path_table,
+    "divergence": tables.divergence_table,
 }
 PAPER_TABLES = {"h6", "mtbench", "kommlu"}  # the tables the paper reports numbers for
 

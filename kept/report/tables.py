@@ -670,3 +670,99 @@ def fast_path_table(*, items: list[Item], train_init: str) -> Table:
     out.seeds = [seeds[k] for k in keys]
     out.samples = [samples[k] for k in keys]
     return out
+
+
+# ---- the divergence study (issue 19) -------------------------------------------------------------------------
+
+DIVERGENCE_METHODS = ("ut", "xkd_h", "xkd_z")
+
+
+def _conversion(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / "conversion.json"
+    obj = read_json(path)
+    return {"family": obj.get("family", "orion"), "exactness": obj.get("exactness"),
+            "modules": [d.get("module") for d in obj.get("divergences") or []]}
+
+
+def _regained(s: float, s_se: float, m: float, m_se: float, t: float, t_se: float) -> tuple[float, float]:
+    """Share of the teacher's margin over the mapping that a student regains, ``(S - M) / (T - M)`` in percent, with
+    its delta-method standard error (the three scores' errors taken as independent); nan where the margin
+    ``T - M`` is not distinguishable from zero (within two of its standard errors)."""
+    margin, margin_se = t - m, math.hypot(t_se if t_se == t_se else 0.0, m_se if m_se == m_se else 0.0)
+    if not margin or abs(margin) <= 2 * margin_se:
+        return math.nan, math.nan
+    r = (s - m) / margin
+    parts = [(s_se, 1 / margin), (m_se, (s - t) / margin**2), (t_se, -(s - m) / margin**2)]
+    se = math.sqrt(sum((e * d) ** 2 for e, d in parts if e == e))
+    return 100.0 * r, 100.0 * se
+
+
+def divergence_table(*, items: list[Item], train_init: str) -> Table:
+    """The divergence study: one row per variant (its source family -> Llama) and init mapping: the mapping's
+    exactness class and changed modules (in the row label), its fidelity before training (KL, top-1), the H6
+    average of the teacher, of the mapping alone and of UT / XKD-h / XKD-z trained from it at the matched budget,
+    and the share of the teacher's margin each regains; with MT-Bench items, the same averages per chat format.
+
+    ``items``: tag ``h6`` (the H6 table's inputs), ``fidelity`` (each init's model dir: fidelity.json and
+    conversion.json) and ``mtbench-<format>`` (the MT-Bench table's inputs). Seeds are pooled as in the H6 table.
+    """
+    from dataclasses import replace
+
+    h6_items = [replace(it, tag="") for it in items if it.tag == "h6"]
+    fid_items = [replace(it, tag="") for it in items if it.tag == "fidelity"]
+    mt_items = [replace(it, tag=it.tag.removeprefix("mtbench-")) for it in items if it.tag.startswith("mtbench-")]
+    unknown = sorted({it.tag for it in items} - {"h6", "fidelity"} - {f"mtbench-{f}" for f in FORMAT_NAMES})
+    if unknown or not h6_items or not fid_items:
+        raise KeptError(f"divergence table: needs h6 and fidelity inputs (tags found: "
+                        f"{sorted({it.tag for it in items})}, unknown {unknown})")
+    h6 = h6_table(items=h6_items, train_init=train_init, paper_reference=False)
+    fid = fidelity_table(items=fid_items, train_init=train_init)
+    mt = mtbench_table(items=mt_items, train_init=train_init, paper_reference=False) if mt_items else None
+    mt_cols = [c for c in (mt.value_columns if mt else []) if c.startswith("Avg")]
+
+    def cell(table: Table, variant: str, label: str, col: str) -> tuple[float, float]:
+        frame = table.frame
+        hit = frame.index[(frame["Variant"] == variant) & (frame["Model"] == label)]
+        if not len(hit):
+            return math.nan, math.nan
+        return float(frame.at[hit[0], col]), float(table.se.at[hit[0], col])
+
+    columns = ["KL", "Top-1 (%)", "H6 teacher", "H6 mapping"] + [f"H6 {METHOD_NAMES[m]}" for m in DIVERGENCE_METHODS]
+    columns += [f"{METHOD_NAMES[m]} regained (%)" for m in DIVERGENCE_METHODS]
+    for c in mt_cols:
+        columns += [f"MT {c.removeprefix('Avg ')} {who}" for who in ("teacher", "mapping")]
+        columns += [f"MT {c.removeprefix('Avg ')} {METHOD_NAMES[m]}" for m in DIVERGENCE_METHODS]
+    rows, ses = [], []
+    for it in fid_items:
+        init = it.model.removeprefix("init-")
+        conv = _conversion(it.path)
+        mapping, teacher = INIT_NAMES.get(init, init), model_label("teacher", train_init=train_init)
+        changed = ", ".join(m for m in dict.fromkeys(conv["modules"]) if m) or "none"
+        label = f"{conv['family']} -> Llama, {mapping}: {conv['exactness'] or '?'} (changed: {changed})"
+        vals, err = {}, {}
+        vals["KL"], err["KL"] = cell(fid, it.variant, mapping, "KL mean")
+        vals["Top-1 (%)"], err["Top-1 (%)"] = cell(fid, it.variant, mapping, "Top-1 agreement")
+        t = cell(h6, it.variant, teacher, "Average")
+        m = cell(h6, it.variant, mapping, "Average")
+        vals["H6 teacher"], err["H6 teacher"] = t
+        vals["H6 mapping"], err["H6 mapping"] = m
+        for meth in DIVERGENCE_METHODS:
+            name = f"{mapping} + {METHOD_NAMES[meth]}"
+            s = cell(h6, it.variant, name, "Average")
+            vals[f"H6 {METHOD_NAMES[meth]}"], err[f"H6 {METHOD_NAMES[meth]}"] = s
+            key = f"{METHOD_NAMES[meth]} regained (%)"
+            vals[key], err[key] = _regained(*s, *m, *t) if not math.isnan(s[0]) else (math.nan, math.nan)
+        for c in mt_cols:
+            fmt = c.removeprefix("Avg ")
+            for who, lab in (("teacher", teacher), ("mapping", mapping)):
+                vals[f"MT {fmt} {who}"], err[f"MT {fmt} {who}"] = cell(mt, it.variant, lab, c)
+            for meth in DIVERGENCE_METHODS:
+                col = f"MT {fmt} {METHOD_NAMES[meth]}"
+                vals[col], err[col] = cell(mt, it.variant, f"{mapping} + {METHOD_NAMES[meth]}", c)
+        rows.append({"Variant": it.variant, "Model": label, **vals})
+        ses.append(err)
+    frame = pd.DataFrame(rows, columns=list(LABELS) + columns)
+    formats = {c: ".1f" for c in columns} | {"KL": ".3g", "Top-1 (%)": ".1f"}
+    formats |= {c: ".2f" for c in columns if c.startswith("MT ")}
+    return Table(frame=frame, better={}, formats=formats, contender=[False] * len(frame),
+                 se=pd.DataFrame(ses, columns=columns, index=frame.index))
