@@ -38,9 +38,9 @@ NORM_TEXT = {
 }
 OBJECTIVE_TEXT = {
     "ut": "uptraining (UT): next-token cross-entropy on the transfer corpus",
-    "xkd_h": "cross-architecture distillation on hidden states (XKD-h): MSE to the Orion teacher's residual "
+    "xkd_h": "cross-architecture distillation on hidden states (XKD-h): MSE to the source teacher's residual "
              "stream after every layer",
-    "xkd_z": "cross-architecture distillation on logits (XKD-z): KL divergence to the Orion teacher's "
+    "xkd_z": "cross-architecture distillation on logits (XKD-z): KL divergence to the source teacher's "
              "next-token distribution",
 }
 EVAL_TEXT = {"h6": "H6 (lm-eval)", "kommlu": "KoMMLU (lm-eval)", "code": "code probe", "longctx": "long context",

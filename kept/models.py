@@ -1,4 +1,4 @@
-"""Load any model of the grid — an Orion teacher or a converted/trained Llama student — the same way."""
+"""Load any model of the grid (a teacher of any family, a converted or trained Llama student) the same way."""
 
 from __future__ import annotations
 

@@ -89,3 +89,13 @@ def hf_environment(*, network: bool, hf_cache: str | None = None) -> None:
     if hf_cache:
         os.environ["HF_HUB_CACHE"] = str(Path(hf_cache, "hub").resolve())
         os.environ["HF_DATASETS_CACHE"] = str(Path(hf_cache, "datasets").resolve())
+
+
+def declared_family(config: dict[str, Any], variant: str) -> str | None:
+    """The source family a variant declares: a toy variant's is its teacher recipe's (``world.teachers.<name>.family``,
+    default ``orion``: the one source of truth; ``variants.<name>.source.family`` may only repeat it); a hub or local
+    variant's is ``variants.<name>.source.family``, or None (detected from config.json at conversion)."""
+    source = config["variants"][variant]["source"]
+    if source.get("kind", "toy") == "toy":
+        return (config.get("world", {}).get("teachers", {}).get(variant) or {}).get("family", "orion")
+    return source.get("family")

@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from kept.grid import parse as parse_trained, row_name, trained as trained_model
+from kept.smk import declared_family
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -55,8 +56,14 @@ def source_kind(variant):
     return variant_cfg(variant)["source"]["kind"]
 
 
+def variant_family(variant):
+    """The source family a variant declares (kept.smk.declared_family: toy = its recipe's; hub/local =
+    variants.<name>.source.family or None, detected at conversion)."""
+    return declared_family(config, variant)
+
+
 def teacher_dir(variant):
-    """The Orion checkpoint directory of a variant's teacher."""
+    """The checkpoint directory of a variant's teacher (Orion's format or another family's own layout)."""
     kind = source_kind(variant)
     if kind == "toy":
         return R("teachers", variant)

@@ -1,4 +1,4 @@
-# Data stage: the offline toy world (world -> tokenizer -> eval suites, toy teachers pretrained in Orion's format)
+# Data stage: the offline toy world (world -> tokenizer -> eval suites, toy teachers of any source family)
 # and the packed transfer corpus (world passages in the toy config, MIRACL streamed through `datasets` in the
 # paper config; one rule, one code path: kept.corpus).
 
@@ -97,7 +97,7 @@ rule pretrain_teacher:
     output:
         teacher=directory(R("teachers", "{variant}")),
     params:
-        settings=lambda w: {k: v for k, v in teacher_recipe(w.variant).items() if k not in ("threads", "init_from")},
+        settings=lambda w: teacher_settings(w.variant),
         seed=config["seed"],
         work_dir=lambda w: R("teachers", f".work-{w.variant}"),
     log:

@@ -8,6 +8,17 @@ TOY_VARIANTS = [v for v in VARIANTS if source_kind(v) == "toy"]
 for _v in TOY_VARIANTS:
     if _v not in WORLD["teachers"]:
         raise ValueError(f"variant {_v!r} has source kind 'toy' but world.teachers has no recipe for it")
+    _family = WORLD["teachers"][_v].get("family", "orion")
+    _declared = variant_cfg(_v)["source"].get("family")
+    if _declared is not None and _declared != _family:
+        raise ValueError(f"variants.{_v}.source.family {_declared!r} disagrees with world.teachers.{_v}.family "
+                         f"{_family!r} (the recipe decides a toy teacher's family; drop the variant's key or match it)")
+    if _family != "orion" and WORLD["teachers"][_v]["role"] != "base":
+        raise ValueError(f"world.teachers.{_v}.family {_family!r}: non-Orion toy teachers are base recipes only "
+                         f"(role {WORLD['teachers'][_v]['role']!r})")
+    if _family != "orion" and variant_cfg(_v).get("chat_format") is not None:
+        raise ValueError(f"variants.{_v}.chat_format must be null for a {_family!r} toy teacher (only Orion "
+                         "teachers carry a chat format)")
     _init = WORLD["teachers"][_v].get("init_from")
     if WORLD["teachers"][_v]["role"] != "base" and _init not in TOY_VARIANTS:
         raise ValueError(f"world.teachers.{_v}.init_from must name a toy variant, found {_init!r}")
@@ -16,6 +27,15 @@ for _v in TOY_VARIANTS:
 def teacher_recipe(variant):
     """The pretraining settings of a toy variant's teacher (world.teachers.<variant>)."""
     return WORLD["teachers"][variant]
+
+
+def teacher_settings(variant):
+    """The recipe's settings as pretrain_teacher's params: without threads and init_from (not output-defining), and
+    without family / family_options at their defaults (orion, {}), so an Orion teacher's params, and so its
+    outputs, are what they were before families existed."""
+    recipe = teacher_recipe(variant)
+    return {k: v for k, v in recipe.items() if k not in ("threads", "init_from")
+            and not (k == "family" and v == "orion") and not (k == "family_options" and not v)}
 
 
 def teacher_init_input(wildcards):

@@ -5,6 +5,12 @@ OFFLINE = TRAIN.get("offline_teacher", {}).get("enabled", False)
 PILOT = TRAIN["pilot"]
 NUM_NODES = TRAIN.get("num_nodes", 1)
 
+# the pilot reads the teacher's LayerNorm gammas under Orion's parameter names (kept.train.pilot)
+for _v in PILOT.get("variants", []):
+    if _v in VARIANTS and variant_family(_v) not in ("orion", None):
+        raise ValueError(f"train.pilot.variants: {_v!r} is a {variant_family(_v)!r} variant; the pilot reads Orion "
+                         "LayerNorm gammas and runs on Orion variants only")
+
 
 # A training across nodes (SLURM) also asks for that many nodes with one task each, and is marked `mpi` so the
 # SLURM jobstep runs the script in the batch shell (not inside `srun -n1`), where the launcher's own srun starts one

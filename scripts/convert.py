@@ -3,12 +3,16 @@
 import logging
 
 from kept.convert import convert_checkpoint
-from kept.smk import log_to_rule
+from kept.convert.families import check_family
+from kept.smk import declared_family, log_to_rule
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 log_to_rule(smk)
 
 p = smk.params
+# not a param (it defines nothing in the output): the declared family is checked against the detected one
+check_family(smk.input.teacher, declared_family(smk.config, smk.wildcards.variant),
+             key=f"variants.{smk.wildcards.variant}.source.family")
 report = convert_checkpoint(
     source=smk.input.teacher,
     output=smk.output.model,

@@ -14,7 +14,7 @@ from snakemake.utils import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "schemas" / "config.schema.yaml"
-CONFIGS = ["config.yaml", "config/smoke.yaml", "config/paper.yaml"]
+CONFIGS = ["config.yaml", "config/smoke.yaml", "config/paper.yaml", "config/fast.yaml", "config/families.yaml"]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
@@ -115,3 +115,25 @@ def test_bad_config_stops_the_workflow_before_any_job(tmp_path):
     out = proc.stdout + proc.stderr
     assert "dpii" in out and "ValidationError" in out, out[-3000:]
     assert not (tmp_path / "results").exists()  # nothing ran
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, needle", [
+    (lambda c: c["variants"]["neox"]["source"].update(family="olmo"),
+     "variants.neox.source.family 'olmo' disagrees with world.teachers.neox.family 'gpt_neox'"),
+    (lambda c: c["variants"]["neox"].update(chat_format="orion"), "variants.neox.chat_format must be null"),
+    (lambda c: c["train"]["pilot"].update(variants=["base", "neox"]), "train.pilot.variants: 'neox' is a 'gpt_neox'"),
+])
+def test_family_keys_are_checked_before_any_job(tmp_path, change, needle):
+    """A toy variant's family is its recipe's: a disagreeing variant key, a chat format or the (Orion-only) pilot on
+    a non-Orion variant stops a dry run with one line naming the keys."""
+    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    change(config)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([SNAKEMAKE, "-n", "--configfile", str(bad), "--directory", str(tmp_path),
+                           "--snakefile", str(ROOT / "Snakefile"), "--config", f"results={tmp_path / 'results'}"],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert needle in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]

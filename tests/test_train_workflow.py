@@ -27,8 +27,9 @@ def test_killed_training_job_resumes_on_rerun(tmp_path):
     make_corpus(results / "corpus", n=16, length=16)
     cfg = {
         "results": str(results),
-        # every variant local (the merged configs keep chat/longchat): no toy world is built
-        "variants": {v: {"source": {"kind": "local", "path": str(teacher)}} for v in ("base", "chat", "longchat")},
+        # every variant local (the merged configs keep chat/longchat/neox): no toy world is built
+        "variants": {v: {"source": {"kind": "local", "path": str(teacher)}}
+                     for v in ("base", "chat", "longchat", "neox")},
         "convert": {"norms": ["paper"]},
         "train": {"steps": 150, "batch_size": 2, "snapshot_every": 50, "save_state_every": 10,
                   "common": {"lr": 1e-3, "log_every": 10}, "pilot": {"variants": []},

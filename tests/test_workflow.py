@@ -112,7 +112,8 @@ def smoke(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("configfile", ["config.yaml", "config/smoke.yaml", "config/paper.yaml", "config/fast.yaml"])
+@pytest.mark.parametrize("configfile", ["config.yaml", "config/smoke.yaml", "config/paper.yaml", "config/fast.yaml",
+                                        "config/families.yaml"])
 def test_dry_run_of_shipped_config(workflow_copy, configfile):
     jobs = parse_jobs(ok(snakemake("-n", "--configfile", configfile, cwd=workflow_copy)))
     rules = {j["rule"] for j in jobs}

@@ -108,9 +108,11 @@ def cache_teacher(cfg: CacheConfig) -> dict[str, Any]:
 def teacher_topk(teacher: torch.nn.Module, ids: torch.Tensor, *, k: int, temperature: float = 1.0,
                  chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(indices (B, T, k), log-probs (B, T, k), log rest mass (B, T)) of the teacher at ``temperature``."""
-    hidden = teacher.model(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, d)
+    from kept.train.objectives import decoder, head_inputs
+
+    hidden, w = head_inputs(teacher, decoder(teacher)(input_ids=ids, use_cache=False).last_hidden_state)  # (B, T, d)
     flat = hidden.reshape(-1, hidden.shape[-1])
-    w = teacher.lm_head.weight.to(flat.dtype)
+    w = w.to(flat.dtype)
     idx_parts, lp_parts, lr_parts = [], [], []
     for s in range(0, flat.shape[0], chunk):
         logp = torch.log_softmax((flat[s : s + chunk] @ w.T).float() / temperature, dim=-1)  # (C, V)

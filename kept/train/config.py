@@ -11,7 +11,7 @@ from typing import Any
 from kept.errors import ConfigError
 
 OBJECTIVES = ("ut", "xkd_h", "xkd_z")
-EXPORT_FORMATS = ("llama", "orion")
+EXPORT_FORMATS = ("llama", "orion", "source")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -22,11 +22,11 @@ class TrainConfig:
     the same settings share data order, steps, batch and learning-rate schedule."""
 
     objective: str  # "ut" | "xkd_h" | "xkd_z"
-    student: str  # initial model dir: Orion format (toy-teacher pretraining) or stock Llama (converted student)
+    student: str  # initial model dir: a toy teacher's start (Orion format or another family's) or stock Llama
     corpus: str  # packed corpus dir (manifest.json + shards/*.npy)
     output: str  # final model dir, written atomically
     work_dir: str  # snapshots/step-N/, resume/, train_log.jsonl
-    teacher: str | None = None  # Orion dir; required by xkd_h / xkd_z unless teacher_cache is given
+    teacher: str | None = None  # teacher dir, any family; required by xkd_h / xkd_z unless teacher_cache is given
     steps: int = 100  # optimizer steps
     batch_size: int = 8  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -39,7 +39,7 @@ class TrainConfig:
     seed: int = 0  # data order and any randomness of the run
     snapshot_every: int = 0  # stock-Llama snapshots for recovery curves (0 = none)
     save_state_every: int = 0  # resumable state (0 = only at the end)
-    export_format: str = "llama"  # "orion" for toy teachers
+    export_format: str = "llama"  # "orion" / "source" (the student's own family layout) for toy teachers
     mixed_precision: str = "no"  # accelerate autocast: "no" | "bf16" | "fp16"
     gradient_checkpointing: bool = False
     temperature: float = 1.0  # XKD-z: KL between softmax(z/T) distributions, scaled by T^2

@@ -46,8 +46,10 @@ def export_model(model: nn.Module, out_dir: str | Path, *, student_dir: str | Pa
 
     fmt "llama": ``save_pretrained`` safetensors (loads with stock transformers, ``trust_remote_code=False``) plus the
     student dir's tokenizer files and conversion.json, and a model card (README.md, :mod:`kept.card`). fmt "orion":
-    :func:`kept.orion.save_orion_checkpoint` with the student's ``tokenizer.model`` and chat format. ``extra`` is
-    written as ``training.json``.
+    :func:`kept.orion.save_orion_checkpoint` with the student's ``tokenizer.model`` and chat format. fmt "source":
+    the model's own class's ``save_pretrained`` (a toy teacher of an HF family: config.json with its ``model_type``,
+    safetensors) plus the student dir's tokenizer files, without a model card (a card describes a conversion).
+    ``extra`` is written as ``training.json``.
     """
     student_dir = Path(student_dir)
     state = state_dict if state_dict is not None else model.state_dict()
@@ -74,7 +76,8 @@ def export_model(model: nn.Module, out_dir: str | Path, *, student_dir: str | Pa
             shutil.copyfile(path, tmp / path.name)
         if extra:
             (tmp / "training.json").write_text(json.dumps(extra, indent=2, sort_keys=True) + "\n")
-        write_model_card(tmp, fidelity_dir=student_dir)  # fidelity of the conversion it was trained from
+        if fmt == "llama":
+            write_model_card(tmp, fidelity_dir=student_dir)  # fidelity of the conversion it was trained from
         for path in tmp.iterdir():
             os.chmod(path, 0o644)  # save_pretrained writes 0600
     return Path(out_dir)

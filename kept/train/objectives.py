@@ -236,16 +236,42 @@ def hidden_mse(student_slots: list[torch.Tensor], teacher_slots: list[torch.Tens
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def decoder(model: nn.Module) -> nn.Module:
+    """The decoder stack of a causal LM of any family (``model.model`` for Llama/StableLm/OLMo/Phi, ``gpt_neox`` for
+    GPT-NeoX): transformers' ``base_model``, whose output ``last_hidden_state`` is after the final norm."""
+    return model.base_model
+
+
+def head_weight(model: nn.Module) -> torch.Tensor:
+    """The (V, d) LM-head weight of a causal LM of any family (``lm_head``, GPT-NeoX's ``embed_out``)."""
+    return model.get_output_embeddings().weight
+
+
+def head_inputs(model: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hidden, weight)`` for the chunked head losses, which project with ``hidden @ weight.T`` alone: the head's
+    own weight, or, for a head with a bias (Phi), ``[hidden, 1]`` and ``[weight, bias]``, whose product is
+    ``hidden @ weight.T + bias`` exactly and passes gradients to both weight and bias."""
+    head = model.get_output_embeddings()
+    bias = getattr(head, "bias", None)
+    if bias is None:
+        return hidden, head.weight
+    ones = torch.ones(*hidden.shape[:-1], 1, dtype=hidden.dtype, device=hidden.device)
+    weight = torch.cat([head.weight, bias.unsqueeze(1).to(head.weight.dtype)], dim=1)
+    return torch.cat([hidden, ones], dim=-1), weight
+
+
 class StreamCapture:
     """Forward hooks recording the residual stream at the L+1 slots: the embedding output and the raw output of
-    every decoder layer (HF's ``output_hidden_states`` replaces the last slot by the final-normed state)."""
+    every decoder layer (HF's ``output_hidden_states`` replaces the last slot by the final-normed state). Any
+    family: the hooks sit on ``get_input_embeddings()`` and ``base_model.layers`` (docs/architecture.md, "How each
+    family's residual slots line up")."""
 
     def __init__(self, model: nn.Module) -> None:
-        base = model.model
+        base = decoder(model)
         self.num_slots = len(base.layers) + 1
         self._out: list[torch.Tensor | None] = [None] * self.num_slots
         self.armed = False  # record only during the forward passes we ask for (not gradient-checkpoint recomputes)
-        self._handles = [base.embed_tokens.register_forward_hook(self._hook(0))]
+        self._handles = [model.get_input_embeddings().register_forward_hook(self._hook(0))]
         for i, layer in enumerate(base.layers):
             self._handles.append(layer.register_forward_hook(self._hook(i + 1)))
 
@@ -287,12 +313,11 @@ class StudentObjective(nn.Module):
         if self.capture is not None:
             self.capture.armed = True
         try:
-            out = self.student.model(input_ids=input_ids, use_cache=False)
+            out = decoder(self.student)(input_ids=input_ids, use_cache=False)
         finally:
             if self.capture is not None:
                 self.capture.armed = False
-        hidden = out.last_hidden_state  # (B, T, d), after the final norm
-        weight = self.student.lm_head.weight  # (V, d)
+        hidden, weight = head_inputs(self.student, out.last_hidden_state)  # (B, T, d) after the final norm, (V, d)
         if self.objective == "ut":
             labels = next_token_labels(input_ids).reshape(-1)
             n_valid = float(input_ids.shape[0] * (input_ids.shape[1] - 1))
@@ -321,14 +346,15 @@ def teacher_outputs(teacher: nn.Module, input_ids: torch.Tensor, *, objective: s
     if capture is not None:
         capture.armed = True
     try:
-        out = teacher.model(input_ids=input_ids, use_cache=False)
+        out = decoder(teacher)(input_ids=input_ids, use_cache=False)
     finally:
         if capture is not None:
             capture.armed = False
     if objective == "xkd_h":
         assert capture is not None
         return {"slots": capture.take()}
-    return {"hidden": out.last_hidden_state, "weight": teacher.lm_head.weight}
+    hidden, weight = head_inputs(teacher, out.last_hidden_state)
+    return {"hidden": hidden, "weight": weight}
 
 
 def perplexity(ce: float) -> float:

@@ -19,7 +19,8 @@ from torch import nn
 from kept.errors import ConfigError
 from kept.train.config import TrainConfig
 from kept.train.data import PackedCorpus
-from kept.train.objectives import TeacherTarget, TopKTarget, chunked_head_loss, teacher_outputs
+from kept.train.objectives import (TeacherTarget, TopKTarget, chunked_head_loss, decoder, head_inputs,
+                                   teacher_outputs)
 
 
 def heldout_indices(num_sequences: int, count: int, *, where: str) -> np.ndarray:
@@ -62,7 +63,8 @@ class ParityCheck:
                 idx = self.indices[start : start + self.cfg.batch_size]
                 ids = self.corpus.get(idx, length=self.length).to(self.device)
                 with autocast():
-                    hidden = student.model(input_ids=ids, use_cache=False).last_hidden_state
+                    out_s = decoder(student)(input_ids=ids, use_cache=False)
+                    hidden, weight = head_inputs(student, out_s.last_hidden_state)
                     if cache is not None:
                         i, lp, lr = cache.get(idx, length=self.length, device=self.device)
                         target: Any = TopKTarget(i.reshape(-1, i.shape[-1]), lp.reshape(-1, lp.shape[-1]),
@@ -72,7 +74,7 @@ class ParityCheck:
                         th = out["hidden"]
                         target = TeacherTarget(th.reshape(-1, th.shape[-1]), out["weight"], temperature=t)
                 n = ids.numel()
-                kl = chunked_head_loss(hidden, student.lm_head.weight, target, chunk=self.cfg.kl_chunk_size,
+                kl = chunked_head_loss(hidden, weight, target, chunk=self.cfg.kl_chunk_size,
                                        normalizer=1.0, recompute=True)
                 total += float(kl) / (t**2)
                 tokens += n

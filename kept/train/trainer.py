@@ -23,7 +23,8 @@ from kept.errors import CheckpointError, ConfigError
 from kept.train.config import TrainConfig
 from kept.train.data import BatchSchedule, PackedCorpus
 from kept.train.export import export_model, link_tree
-from kept.train.objectives import OBJECTIVE_METRIC, StreamCapture, StudentObjective, teacher_outputs
+from kept.train.objectives import (OBJECTIVE_METRIC, StreamCapture, StudentObjective, decoder, head_weight,
+                                   teacher_outputs)
 from kept.train.parity import parity_target
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -198,7 +199,7 @@ def _register_head_for_zero3(accelerator: Any, module: StudentObjective) -> None
         return
     import deepspeed  # type: ignore[import-not-found]
 
-    deepspeed.zero.register_external_parameter(module, module.student.lm_head.weight)
+    deepspeed.zero.register_external_parameter(module, head_weight(module.student))
 
 
 class _Resume:
@@ -255,6 +256,9 @@ def fit(
         raise ConfigError(f"{cfg.student}: an Orion-format student can only be exported with export_format 'orion'")
     if cfg.export_format == "orion" and not is_orion:
         raise ConfigError(f"{cfg.student}: export_format 'orion' needs an Orion-format student")
+    if cfg.export_format == "source" and is_orion:
+        raise ConfigError(f"{cfg.student}: export_format 'source' writes save_pretrained's layout; an Orion-format "
+                          "student needs export_format 'orion'")
     if cfg.trainable == "norms" and is_orion:
         raise ConfigError(f"{cfg.student}: trainable 'norms' (the pilot) needs a stock-Llama student")
     configure_deepspeed(accelerator, cfg)
@@ -299,7 +303,7 @@ def fit(
         from kept.train.fsdp import shard
 
         # sharded before the optimizer is built: the optimizer must hold the sharded parameters
-        shard(module, list(student.model.layers), device_type=device.type, mixed_precision=cfg.mixed_precision)
+        shard(module, list(decoder(student).layers), device_type=device.type, mixed_precision=cfg.mixed_precision)
     optimizer = torch.optim.AdamW(param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, LRSchedule(warmup=cfg.warmup_steps, total=cfg.steps, min_ratio=cfg.min_lr_ratio)

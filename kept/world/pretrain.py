@@ -1,4 +1,7 @@
-"""Pretrain the toy teachers in Orion's format through the shared trainer (``kept.train``, objective "ut").
+"""Pretrain the toy teachers through the shared trainer (``kept.train``, objective "ut"), in Orion's format or, with
+``family`` set, as a model of another source family (olmo, stablelm, gpt_neox, phi: transformers' own class of the
+family, written with its ``save_pretrained``, the family's on-disk layout) on the same world text, tokenizer and
+budget, so that differences between families come from the architecture alone.
 
 - base: a fresh Orion model (LayerNorm with bias) trained on a mixture of all world domains;
 - chat: base, marked with Orion's chat format, further trained mostly on dialogues;
@@ -10,7 +13,12 @@ and non-trivial LayerNorm biases, which is what makes the paper's OPM (g = gamma
 lossy. A toy trained for minutes develops neither, so the base teacher starts with a shared offset added to every
 embedding row (``embed_offset``: a constant in every channel, a pure mean component that every LayerNorm removes,
 so it costs the teacher nothing) and LayerNorm biases drawn from N(0, ``norm_bias_std``^2); the trainer does not
-decay biases, so they stay.
+decay biases, so they stay. The same shaping applies to every family (OLMo's LayerNorm has no parameters: only the
+offset).
+
+Non-Orion families are base teachers only (no chat format of their own in the toy world); ``family_options`` are
+extra keyword arguments of the family's config class over :data:`FAMILY_DEFAULTS` (``partial_rotary_factor`` goes
+into ``rope_parameters`` with ``rope_theta``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,20 @@ from kept.jsonl import read_jsonl
 from kept.world.render import DOMAINS
 
 ROLES = ("base", "chat", "longchat")
+FAMILIES = ("orion", "olmo", "stablelm", "gpt_neox", "phi")
+# transformers' config and model classes of each HF family (as kept.convert.tiny), and the options the toy teachers
+# use unless family_options overrides them: each family's own published defaults for the choices that matter to the
+# conversion (gpt_neox: parallel residual, partial rotary 0.25, GELU; stablelm: sequential, partial rotary 0.25,
+# no qkv bias; phi: partial rotary 0.5, gelu_new; olmo: bias-free, non-parametric LayerNorm, SwiGLU)
+FAMILY_CLASSES = {"olmo": ("OlmoConfig", "OlmoForCausalLM"), "stablelm": ("StableLmConfig", "StableLmForCausalLM"),
+                  "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"), "phi": ("PhiConfig", "PhiForCausalLM")}
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "olmo": {"hidden_act": "silu", "clip_qkv": None},
+    "stablelm": {"partial_rotary_factor": 0.25, "use_parallel_residual": False, "use_qkv_bias": False,
+                 "qk_layernorm": False, "hidden_act": "silu"},
+    "gpt_neox": {"partial_rotary_factor": 0.25, "use_parallel_residual": True, "hidden_act": "gelu"},
+    "phi": {"partial_rotary_factor": 0.5, "hidden_act": "gelu_new"},
+}
 
 
 @dataclass
@@ -44,6 +66,8 @@ class PretrainConfig:
     output: str  # teacher directory (Orion format)
     work_dir: str  # packed pretraining data, initial checkpoint, train log
     init_from: str | None = None  # the base teacher (chat, longchat)
+    family: str = "orion"  # FAMILIES: the architecture and on-disk layout of the teacher
+    family_options: dict[str, Any] = field(default_factory=dict)  # config kwargs over FAMILY_DEFAULTS[family]
     # architecture (base; chat keeps base's, longchat changes only the two rope/position keys)
     hidden_size: int = 128
     num_layers: int = 2
@@ -70,6 +94,14 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ConfigError(f"pretrain: role {self.role!r} must be one of {ROLES}")
+        if self.family not in FAMILIES:
+            raise ConfigError(f"pretrain: family {self.family!r} must be one of {FAMILIES}")
+        if self.family != "orion" and self.role != "base":
+            raise ConfigError(f"pretrain: family {self.family!r} teachers are base teachers only (role "
+                              f"{self.role!r} needs family 'orion')")
+        if self.family == "orion" and self.family_options:
+            raise ConfigError(f"pretrain: family_options {sorted(self.family_options)} apply to HF families only, "
+                              "not to family 'orion'")
         if self.role != "base" and not self.init_from:
             raise ConfigError(f"pretrain: role {self.role!r} needs init_from (the base teacher)")
         unknown = sorted(set(self.mixture) - set(DOMAINS))
@@ -129,6 +161,48 @@ def shape_regime(model: torch.nn.Module, *, embed_offset: float, norm_bias_std: 
                 module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * norm_bias_std)
 
 
+def new_family_model(cfg: PretrainConfig, *, vocab_size: int, special_ids: dict[str, int | None]) -> torch.nn.Module:
+    """A fresh float32 model of ``cfg.family`` (transformers' own classes) at the recipe's sizes."""
+    import transformers
+
+    cfg_name, model_name = FAMILY_CLASSES[cfg.family]
+    cfg_cls, model_cls = getattr(transformers, cfg_name), getattr(transformers, model_name)
+    options = {**FAMILY_DEFAULTS[cfg.family], **cfg.family_options}
+    rope = {"rope_type": "default", "rope_theta": float(cfg.rope_theta)}
+    if "partial_rotary_factor" in options:
+        rope["partial_rotary_factor"] = float(options.pop("partial_rotary_factor"))
+    known = set(cfg_cls().to_dict())
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"pretrain: family_options {unknown} are not {cfg_name} settings")
+    config = cfg_cls(vocab_size=vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                     num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                     max_position_embeddings=cfg.max_position_embeddings, rope_parameters=rope,
+                     tie_word_embeddings=False, **special_ids, **options)
+    if "num_key_value_heads" in known and "num_key_value_heads" not in options:
+        config.num_key_value_heads = cfg.num_heads
+    torch.manual_seed(cfg.seed)
+    return model_cls(config).float()
+
+
+def initial_family_checkpoint(cfg: PretrainConfig, out: Path, *, vocab_size: int) -> Path:
+    """A fresh shaped model of an HF family, in its own layout (``save_pretrained``), with the world's tokenizer
+    (``tokenizer.json`` + ``tokenizer.model`` + ``tokenizer_config.json``, :func:`kept.tokenizer.write_tokenizer`)."""
+    from kept.atomic import atomic_dir
+    from kept.tokenizer import write_tokenizer
+    from kept.world.tokenizer import load_sp
+
+    sp = load_sp(cfg.tokenizer)
+    ids = {"bos_token_id": sp.bos_id(), "eos_token_id": sp.eos_id(),
+           "pad_token_id": sp.pad_id() if sp.pad_id() >= 0 else None}
+    model = new_family_model(cfg, vocab_size=vocab_size, special_ids=ids)
+    shape_regime(model, embed_offset=cfg.embed_offset, norm_bias_std=cfg.norm_bias_std, seed=cfg.seed)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        write_tokenizer(model_file=cfg.tokenizer, output=tmp, model_max_length=cfg.max_position_embeddings)
+    return out
+
+
 def initial_checkpoint(cfg: PretrainConfig, out: Path, *, vocab_size: int) -> Path:
     """The starting point of the run, in Orion format: a fresh shaped model (base) or the base teacher
     (chat: same weights, chat format; longchat: same weights, new position settings)."""
@@ -158,7 +232,8 @@ def initial_checkpoint(cfg: PretrainConfig, out: Path, *, vocab_size: int) -> Pa
 
 
 def pretrain_teacher(cfg: PretrainConfig) -> dict[str, Any]:
-    """Pack the data, build the initial checkpoint and train it with ``kept.train`` (UT, Orion export)."""
+    """Pack the data, build the initial checkpoint and train it with ``kept.train`` (UT; Orion export, or the
+    family's own layout)."""
     from kept.train import TrainConfig, train
     from kept.world.tokenizer import load_sp
 
@@ -166,12 +241,15 @@ def pretrain_teacher(cfg: PretrainConfig) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     vocab = load_sp(cfg.tokenizer).get_piece_size()
     manifest = pack_pretraining(cfg, work / "data")
-    init = initial_checkpoint(cfg, work / "init", vocab_size=vocab)
+    if cfg.family == "orion":
+        init = initial_checkpoint(cfg, work / "init", vocab_size=vocab)
+    else:
+        init = initial_family_checkpoint(cfg, work / "init", vocab_size=vocab)
     summary = train(TrainConfig(
         objective="ut", student=str(init), corpus=str(work / "data"), output=cfg.output,
         work_dir=str(work / "train"), steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
         min_lr_ratio=cfg.min_lr_ratio, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-        seed=cfg.seed, export_format="orion", num_shards=2, log_every=10,
+        seed=cfg.seed, export_format="orion" if cfg.family == "orion" else "source", num_shards=2, log_every=10,
         kl_recompute=False, kl_chunk_size=4096,  # fewer LM-head matmuls; the (V, d) buffer is tiny here
     ))
     summary["tokens_per_group"] = manifest["tokens_per_group"]

@@ -15,7 +15,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (orion.FAMILY, olmo.FAMILY, st
 _BY_ARCH = {"OrionForCausalLM": "orion", "OlmoForCausalLM": "olmo", "StableLmForCausalLM": "stablelm",
             "GPTNeoXForCausalLM": "gpt_neox", "PhiForCausalLM": "phi"}
 
-__all__ = ["Arch", "Family", "Runtime", "FAMILIES", "detect", "read_source"]
+__all__ = ["Arch", "Family", "Runtime", "FAMILIES", "check_family", "detect", "read_source"]
 
 
 def detect(cfg: dict[str, Any], path: str | Path) -> Family:
@@ -40,3 +40,12 @@ def read_source(directory: str | Path) -> tuple[Family, Arch, dict[str, Any]]:
     cfg = read_config(directory)
     fam = detect(cfg, path)
     return fam, fam.read_arch(cfg, path), cfg
+
+
+def check_family(directory: str | Path, expected: str | None, *, key: str) -> Family:
+    """The detected family of ``directory``; with ``expected`` (a configured family, named by ``key``) a
+    mismatch is refused with one line naming both."""
+    fam = detect(read_config(directory), Path(directory) / "config.json")
+    if expected is not None and fam.name != expected:
+        raise CheckpointError(f"{key}: {expected!r}, but {directory}/config.json is a {fam.name!r} checkpoint")
+    return fam
