@@ -92,12 +92,13 @@ def test_default_config_eval_jobs(wd):
           if j["rule"] == "eval_harness" and j["wildcards"].get("suite") == "h6"}
     # H6 on the whole grid of base and chat: teacher, 4 mappings, 3 methods from each of 2 inits, 2 ablations
     students = {f"{m}{i}" for m in ("ut", "xkd_h", "xkd_z") for i in ("", "@exact")} | {"ut+broad", "xkd_z+broad"}
+    students |= {"xkd_z@exact-parity"}  # the fast path (train.fast): H6 and MT-Bench only
     assert h6 == {(v, m) for v in ("base", "chat") for m in {"teacher", "init-paper", "init-centered", "init-exact",
                                                               "init-fit"} | students}
-    assert count["eval_harness"] == 26 + 5  # KoMMLU on base: teacher, OPM and the paper's three students
+    assert count["eval_harness"] == 28 + 5  # KoMMLU on base: teacher, OPM and the paper's three students
     assert count["eval_code"] == 2 * 10 + 8 and count["eval_longctx"] == 8
-    assert count["mtbench_answer_teacher"] == 2 and count["mtbench_answer_student"] == 2 * 9
-    assert count["mtbench_judge"] == 2 * (2 + 2 * 9) and count["eval_recovery"] == 6 * 3  # 6 students x 3 snapshots
+    assert count["mtbench_answer_teacher"] == 2 and count["mtbench_answer_student"] == 2 * 10
+    assert count["mtbench_judge"] == 2 * (2 + 2 * 10) and count["eval_recovery"] == 6 * 3  # 6 students x 3 snapshots
     collect = [o for j in jobs if j["rule"] == "mtbench_collect" for o in j["output"]]
     assert len(collect) == 2 and all(o.endswith("toy-judge_single.jsonl") for o in collect)
     assert not any(j["resources"].get("gpu") == "1" for j in jobs if j["rule"].startswith(("eval_", "mtbench_")))
