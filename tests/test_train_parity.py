@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from kept.errors import ConfigError
 from kept.train import TrainConfig
-from kept.train.data import BatchSchedule, PackedCorpus
+from kept.train.data import BatchSchedule
 from kept.train.parity import heldout_indices, parity_target
 from kept.train.trainer import fit, train
 from test_train_helpers import tiny_world  # noqa: F401  (fixture)
+from test_train_run import _log, _weights
 
 CEILING = 40
 
@@ -27,16 +27,6 @@ def _cfg(world, tmp_path, name, **kw):
                 stop_every=2, stop_kl_share=0.65, stop_sequences=4)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def _log(work_dir) -> list[dict]:
-    return [json.loads(line) for line in Path(work_dir, "train_log.jsonl").read_text().splitlines()]
-
-
-def _weights(model_dir) -> dict[str, torch.Tensor]:
-    from kept.models import load_model
-
-    return load_model(model_dir).state_dict()
 
 
 def test_run_stops_at_the_first_check_that_reaches_the_target(tiny_world, tmp_path):
