@@ -83,6 +83,20 @@ def fast_names(variant=None, *, seeds=None):
     ]
 
 
+def variant_methods(variant=None):
+    """Methods trained in a variant: its own variants.<name>.train.methods (a subset of train.methods), else
+    train.methods (every variant's, for None)."""
+    if variant is None:
+        return METHODS
+    own = (config["variants"][variant].get("train") or {}).get("methods")
+    if own is None:
+        return METHODS
+    if not set(own) <= set(METHODS):
+        raise ValueError(f"variants.{variant}.train.methods: {sorted(set(own) - set(METHODS))} are not in "
+                         f"train.methods {METHODS}")
+    return [m for m in METHODS if m in own]
+
+
 def trained_names(variant=None, *, seeds=None, ablations=True, fast=True):
     """Trained students of a variant (every variant if None): each method from each init with each seed (all
     seeds unless `seeds` is given), then the corpus ablations of train.ablations that name the variant, then the
@@ -91,7 +105,7 @@ def trained_names(variant=None, *, seeds=None, ablations=True, fast=True):
     names = [
         trained_model(m, init=i, corpus=None, seed=s, primary_init=TRAIN_INIT, primary_seed=SEEDS[0]).name
         for i in TRAIN_INITS
-        for m in METHODS
+        for m in variant_methods(variant)
         for s in seeds
     ]
     if ablations:

@@ -47,10 +47,31 @@ def recovery_variants():
     return [v for v in variants_with("h6") if chosen is None or v in chosen]
 
 
-def recovery_models():
-    """Trained students with recovery curves: every method from every init, primary seed, transfer corpus (not the
-    fast path: a run that stops at parity has snapshots only up to its stop, which the static DAG cannot know)."""
-    return trained_names(seeds=SEEDS[:1], ablations=False, fast=False)
+def recovery_models(variant):
+    """Trained students of a variant with recovery curves: every method from every init, primary seed, transfer
+    corpus (not the fast path: a run that stops at parity has snapshots only up to its stop, which the static DAG
+    cannot know)."""
+    return trained_names(variant, seeds=SEEDS[:1], ablations=False, fast=False)
+
+
+def recovery_steps(variant, model):
+    """Snapshot steps of a student evaluated on the recovery subset: every snapshot, less the last when it is the
+    final model and H6 evaluates that model in full (the curves read its h6 summary there: final_recovery_items)."""
+    steps = snapshot_steps()
+    if len(steps) > 1 and steps[-1] == config["train"]["steps"] and model in eval_models(variant, "h6"):
+        return steps[:-1]
+    return steps
+
+
+def recovery_curve_items(variant, model, tag):
+    """(label, summary, detail) of a student's recovery curve: the recovery summary of every evaluated snapshot,
+    and the final model's h6 summary at the last step where that one stands in for the last snapshot. ``tag``
+    formats the step into the label's tag ("{step}" for the figure)."""
+    steps = recovery_steps(variant, model)
+    out = [((variant, model, tag.format(step=s)), R(variant, "recovery", model, f"step-{s}.json")) for s in steps]
+    out += [((variant, model, tag.format(step=s)), R(variant, "eval", model, "h6.json"))
+            for s in snapshot_steps() if s not in steps]
+    return out
 
 
 def model_seed(wildcards):

@@ -102,6 +102,6 @@ TARGETS.extend(
     R(v, "eval", m, f"{suite}.json") for suite in ("h6", "kommlu") for v in VARIANTS for m in eval_models(v, suite)
 )
 TARGETS.extend(
-    R(v, "recovery", m, f"step-{s}.json") for v in recovery_variants() for m in recovery_models() for s in snapshot_steps()
+    R(v, "recovery", m, f"step-{s}.json") for v in recovery_variants() for m in recovery_models(v) for s in recovery_steps(v, m)
 )
 TARGETS.extend(R(v, "eval", m, "code.json") for v in VARIANTS for m in eval_models(v, "code"))

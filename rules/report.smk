@@ -69,12 +69,7 @@ REPORT_ARTIFACTS = {
     "figure_recovery": (
         "figure",
         "recovery",
-        [
-            ((v, m, str(step)), R(v, "recovery", m, f"step-{step}.json"))
-            for v in recovery_variants()
-            for m in recovery_models()
-            for step in snapshot_steps()
-        ]
+        [entry for v in recovery_variants() for m in recovery_models(v) for entry in recovery_curve_items(v, m, "{step}")]
         + [
             ((v, m, ""), R(v, "eval", m, "h6.json"))
             for v in recovery_variants()
@@ -99,6 +94,7 @@ REPORT_ARTIFACTS["table_fast_path"] = ("table", "fast_path", fast_path_items())
 # The divergence study (issue 19): per variant (its source family) and init mapping, the mapping's class and
 # fidelity beside the H6 (and MT-Bench) of the teacher, the mapping and the matched-budget students -- the H6 and
 # MT-Bench tables' own inputs, plus each init's model dir (fidelity.json, conversion.json; its own detail).
+# Where the variant has recovery curves, the snapshots and train logs of its students (tokens to 0.99 of the teacher).
 # A variant enters where H6 evaluates its matched-budget students (not in config/fast.yaml, which has no grid).
 DIVERGENCE_VARIANTS = [
     v for v in VARIANTS if any(parse_trained(m) and not parse_trained(m).stop for m in eval_models(v, "h6"))
@@ -112,7 +108,15 @@ REPORT_ARTIFACTS["table_divergence"] = (
         for v in DIVERGENCE_VARIANTS
         for n in TRAIN_INITS
     ]
-    + [((v, m, f"mtbench-{f}"), p, d) for (v, m, f), p, d in REPORT_ARTIFACTS["table_mtbench"][2] if v in DIVERGENCE_VARIANTS],
+    + [((v, m, f"mtbench-{f}"), p, d) for (v, m, f), p, d in REPORT_ARTIFACTS["table_mtbench"][2] if v in DIVERGENCE_VARIANTS]
+    # tokens to 0.99 of the teacher: the recovery curves (their own detail) and each student's train log
+    + [
+        (label, path, path)
+        for v in DIVERGENCE_VARIANTS
+        if v in recovery_variants()
+        for m in recovery_models(v)
+        for label, path in [((v, m, "train"), R(v, m, "train_log.jsonl"))] + recovery_curve_items(v, m, "recovery-{step}")
+    ],
 )
 REPORT_ARTIFACTS["figure_longctx"] = ("figure", "longctx", REPORT_ARTIFACTS["table_transfer_longctx"][2])
 REPORT_ARTIFACTS["figure_mtbench_categories"] = (
@@ -699,6 +703,8 @@ FINDINGS_ITEMS = (
     + [((v, m, "code"), p, d) for (v, m, _), p, d in REPORT_ARTIFACTS["table_transfer_code"][2]]
     + [((v, m, "longctx"), p, p) for (v, m, _), p in REPORT_ARTIFACTS["table_transfer_longctx"][2]]
     + [((v, "pilot", "pilot"), p, p) for (v, _, _), p in REPORT_ARTIFACTS["figure_pilot"][2]]
+    # each family's class (conversion.json in the init's model dir, its own detail): the divergence claim (L3)
+    + [((v, m, "conversion"), p, p) for (v, m, t), p, _ in REPORT_ARTIFACTS["table_divergence"][2] if t == "fidelity"]
 )
 if FINDINGS_ITEMS:
     TARGETS.append(R("report", "findings.md"))

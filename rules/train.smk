@@ -47,9 +47,9 @@ rule cache_teacher:
         logprob_dtype=TRAIN["offline_teacher"].get("logprob_dtype", "float16"),
         batch_size=TRAIN["offline_teacher"].get("batch_size", 8),
         device=TRAIN["offline_teacher"].get("device", "cpu"),
-        temperature=train_settings("xkd_z")["temperature"],
-        teacher_dtype=train_settings("xkd_z")["teacher_dtype"],
-        chunk_size=train_settings("xkd_z")["kl_chunk_size"],
+        temperature=lambda w: train_settings("xkd_z", variant=w.variant)["temperature"],
+        teacher_dtype=lambda w: train_settings("xkd_z", variant=w.variant)["teacher_dtype"],
+        chunk_size=lambda w: train_settings("xkd_z", variant=w.variant)["kl_chunk_size"],
     log:
         R("logs/cache_teacher/{variant}.log"),
     benchmark:

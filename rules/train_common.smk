@@ -25,12 +25,14 @@ TRAIN_NODE_RESOURCES = (
 ONE_GPU = min(1, TRAIN["resources"]["gpu"])
 
 
-def train_settings(method, seed=None):
-    """kept.train.TrainConfig fields of one method: common + per-method overrides + the shared budget, with the
-    student's seed (data order and any randomness of the run; default the primary seed)."""
+def train_settings(method, seed=None, variant=None):
+    """kept.train.TrainConfig fields of one method: common + per-method overrides (train.per_method, then the
+    variant's own variants.<name>.train.per_method) + the shared budget, with the student's seed (data order and
+    any randomness of the run; default the primary seed)."""
     from kept.train.config import method_settings
 
-    return method_settings(TRAIN, method, seed=SEEDS[0] if seed is None else seed)
+    variant_train = config["variants"][variant].get("train") if variant is not None else None
+    return method_settings(TRAIN, method, seed=SEEDS[0] if seed is None else seed, variant_train=variant_train)
 
 
 def pilot_settings():
@@ -48,9 +50,11 @@ def student_settings(wildcards):
     """train_settings of the trained student named by {method} (kept.grid: method, init, corpus, seed), plus the
     stop-at-parity settings of train.fast for a fast-path student (`-parity`)."""
     method, _, _, seed = trained_spec(wildcards.method)
-    settings = train_settings(method, seed)
+    settings = train_settings(method, seed, wildcards.variant)
     if parse_trained(wildcards.method).stop:
         settings.update({key: FAST[key] for key in FAST_STOP_KEYS})
+        if FAST.get("lr") is not None:
+            settings["lr"] = FAST["lr"]
     return settings
 
 

@@ -90,15 +90,23 @@ def test_default_config_eval_jobs(wd):
     count = collections.Counter(j["rule"] for j in jobs)
     h6 = {(j["wildcards"]["variant"], j["wildcards"]["model"]) for j in jobs
           if j["rule"] == "eval_harness" and j["wildcards"].get("suite") == "h6"}
-    # H6 on the whole grid of base and chat: teacher, 4 mappings, 3 methods from each of 2 inits, 2 ablations
-    students = {f"{m}{i}" for m in ("ut", "xkd_h", "xkd_z") for i in ("", "@exact")} | {"ut+broad", "xkd_z+broad"}
-    students |= {"xkd_z@exact-parity"}  # the fast path (train.fast): H6 and MT-Bench only
-    assert h6 == {(v, m) for v in ("base", "chat") for m in {"teacher", "init-paper", "init-centered", "init-exact",
-                                                              "init-fit"} | students}
-    assert count["eval_harness"] == 28 + 5  # KoMMLU on base: teacher, OPM and the paper's three students
-    assert count["eval_code"] == 2 * 10 + 8 and count["eval_longctx"] == 8
-    assert count["mtbench_answer_teacher"] == 2 and count["mtbench_answer_student"] == 2 * 10
-    assert count["mtbench_judge"] == 2 * (2 + 2 * 10) and count["eval_recovery"] == 6 * 3  # 6 students x 3 snapshots
+    # H6 on the whole grid of base and chat: teacher, 3 mappings, 3 methods from each of 2 inits, the fast path
+    students = {f"{m}{i}" for m in ("ut", "xkd_h", "xkd_z") for i in ("", "@exact")}
+    fast = {"xkd_z@exact-parity"}  # the fast path (train.fast): H6 and MT-Bench only
+    inits = {"init-paper", "init-exact"}  # the two inits trained from (the other configs convert all four)
+    expected = {(v, m) for v in ("base", "chat") for m in {"teacher"} | inits | students | fast}
+    expected |= {("chat", "ut+broad"), ("chat", "xkd_z+broad")}  # the corpus-breadth ablation: Chat only
+    expected |= {("neox", m) for m in {"teacher"} | inits | students}  # the approximate family: the init x method grid
+    assert h6 == expected
+    assert count["eval_harness"] == 31 + 5  # KoMMLU on base: teacher, OPM and the paper's three students
+    # code: teacher, OPM and XKD-z on base, chat, longchat; longctx: + XKD-z from the exact mapping (LongChat
+    # trains XKD-z only: variants.longchat.train.methods)
+    assert count["eval_code"] == 3 * 3 and count["eval_longctx"] == 4
+    assert count["train"] == 7 + 9 + 6 + 2  # base 6 + fast, chat 6 + fast + 2 ablations, neox 6, longchat 2
+    assert count["mtbench_answer_teacher"] == 2 and count["mtbench_answer_student"] == 8 + 10  # neox: H6 only
+    assert count["mtbench_judge"] == 2 * 2 + 2 * 18
+    # 6 students x 2 snapshots on base and neox (the last snapshot is the final model, which H6 evaluates in full)
+    assert count["eval_recovery"] == 2 * 6 * 2
     collect = [o for j in jobs if j["rule"] == "mtbench_collect" for o in j["output"]]
     assert len(collect) == 2 and all(o.endswith("toy-judge_single.jsonl") for o in collect)
     assert not any(j["resources"].get("gpu") == "1" for j in jobs if j["rule"].startswith(("eval_", "mtbench_")))

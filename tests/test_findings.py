@@ -85,3 +85,30 @@ def test_findings_bad_input(tmp_path):
     items[0] = Item("base", "teacher", items[0].path, "bogus")
     with pytest.raises(KeptError, match="unknown findings input kind 'bogus'"):
         collect_findings(items, train_init="paper")
+
+
+def test_findings_divergence_claim(tmp_path):
+    """L3 per approximate family against an exactly converted one, from the exact mapping: the mapping alone and
+    after XKD-z from it, each the difference of the shares of the teacher's margin kept, with its interval."""
+    h6 = {("base", "teacher"): [0.9] * 6, ("base", "init-exact"): [0.88] * 6, ("base", "xkd_z@exact"): [0.9] * 6,
+          ("neox", "teacher"): [0.9] * 6, ("neox", "init-exact"): [0.4] * 6, ("neox", "xkd_z@exact"): [0.9] * 6}
+    items = [Item(it.variant, it.model, it.path, "h6", it.detail) for it in h6_items(tmp_path / "h6", h6)]
+    for v, family, cls, modules in (("base", "orion", "exact up to a logit offset", ["norm"]),
+                                    ("neox", "gpt_neox", "approximate", ["norm", "residual", "mlp"])):
+        d = tmp_path / v / "init-exact" / "model"
+        d.mkdir(parents=True)
+        (d / "conversion.json").write_text(json.dumps({"family": family, "exactness": cls,
+                                                       "divergences": [{"module": m} for m in modules]}))
+        items.append(Item(v, "init-exact", str(d), "conversion"))
+    rows = {(r.claim, r.variant): r for r in collect_findings(items, train_init="paper")}
+    alone = rows[("Cost grows with divergence: the more divergent family keeps less of its teacher (Exact alone)",
+                  "neox vs base")]
+    assert alone.verdict == "agrees" and "difference +0.74" in alone.toy  # (88.3-25)/65 - (40-25)/65 (53/60 items)
+    assert "gpt_neox, approximate" in alone.toy and "beyond base's: mlp, residual" in alone.criterion
+    after = rows[("Cost grows with divergence: the more divergent family keeps less of its teacher (after Exact + "
+                  "XKD-z at the matched budget)", "neox vs base")]
+    assert after.verdict == "disagrees" and "difference +0.00" in after.toy  # both recover fully: no separation
+    assert not after.tests  # no alternative arms for a cross-family claim
+    # without an exactly converted family there is no pair to compare
+    only = [it for it in items if it.variant == "neox"]
+    assert not any(r.claim.startswith("Cost grows") for r in collect_findings(only, train_init="paper"))

@@ -348,11 +348,21 @@ def test_recovery_figure(tmp_path):
             v = min(0.3 + slope * step, 1.0)
             items.append(Item("base", m, harness(tmp_path / m / f"step-{step}.json", variant="base", model=m,
                                                  values=[v, v], names=sub, suite="recovery"), str(step)))
+    # the last step of a student H6 evaluates in full: its h6 summary, scored on the variant's subset
+    items.append(Item("base", "xkd_z", harness(tmp_path / "xkd_z-h6.json", variant="base", model="xkd_z",
+                                               values=[0.8, 0.9, 0, 0, 0, 0]), "300"))
     frame = recovery_figure(items=items, train_init="paper", png=tmp_path / "f.png", pdf=tmp_path / "f.pdf")
     assert _is_png_pdf(tmp_path / "f")
     xkd = frame[frame.method == "OPM + XKD-z"]
-    assert xkd.step.tolist() == [0, 100, 200]
-    assert xkd.score.tolist() == pytest.approx([30.0, 50.0, 70.0])  # step 0 = init mean over ARC, HellaSwag
+    assert xkd.step.tolist() == [0, 100, 200, 300]
+    assert xkd.score.tolist() == pytest.approx([30.0, 50.0, 70.0, 85.0])  # step 0 = init mean over ARC, HellaSwag
+    assert xkd.se.tolist()[-1] == pytest.approx(100 * math.sqrt(2) * 0.01 / 2)
+    with pytest.raises(KeptError, match="has no recovery summary"):
+        recovery_figure(items=[items[0], items[-1]], train_init="paper", png=tmp_path / "h.png",
+                        pdf=tmp_path / "h.pdf")
+    items.pop()
+    frame = recovery_figure(items=items, train_init="paper", png=tmp_path / "f.png", pdf=tmp_path / "f.pdf")
+    xkd = frame[frame.method == "OPM + XKD-z"]
     assert xkd.se.tolist() == pytest.approx([100 * math.sqrt(2) * 0.01 / 2] * 3)  # two columns' stderr, propagated
     with pytest.raises(KeptError, match="recovery subset"):
         bad = harness(tmp_path / "b.json", variant="base", model="teacher", values=[0.9] * 2, names=H6[2:4])
@@ -475,3 +485,26 @@ def test_divergence_table(tmp_path):
     assert f.at["neox", "KL"] == pytest.approx(0.5)
     md = render_markdown(table)
     assert "±" in md and "gpt_neox -> Llama" in md
+    assert not any(c.startswith("Tokens to") for c in table.frame.columns)  # no recovery curves: no column
+
+    # recovery curves (subset ARC + HellaSwag; teacher 80, base's mapping 30): XKD-z reaches 0.99 x 80 = 79.2 at
+    # step 20, XKD-h only at step 40, UT never; 100 tokens per step (train log)
+    sub = H6[:2]
+    curves = {"ut": {20: 0.5, 40: 0.6}, "xkd_h": {20: 0.7, 40: 0.795}, "xkd_z": {20: 0.8, 40: 0.8}}
+    for m, curve in curves.items():
+        log = tmp_path / "base" / m / "train_log.jsonl"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(json.dumps({"step": s, "loss": 1.0, "tokens": 100 * s}) + "\n" for s in (5, 40)))
+        items.append(Item("base", m, str(log), "train", str(log)))
+        for step, v in curve.items():
+            path = harness(tmp_path / "base" / "recovery" / m / f"step-{step}.json", variant="base", model=m,
+                           values=[v, v], names=sub, suite="recovery")
+            items.append(Item("base", m, path, f"recovery-{step}", path))
+    table = divergence_table(items=items, train_init="paper")
+    f = table.frame.set_index("Variant")
+    assert f.at["base", "Tokens to 0.99 XKD-z"] == pytest.approx(2000)
+    assert f.at["base", "Tokens to 0.99 XKD-h"] == pytest.approx(4000)
+    assert math.isinf(f.at["base", "Tokens to 0.99 UT"])
+    assert math.isnan(f.at["neox", "Tokens to 0.99 UT"])  # no curve for that variant: no figure, never invented
+    md = render_markdown(table)
+    assert "not within budget" in md and "2e+03" in md

@@ -335,6 +335,47 @@ def test_changing_xkd_z_lr_reruns_only_xkd_z_and_dependants(smoke, tmp_path):
 
 
 @pytest.mark.slow
+def test_changing_one_familys_xkd_z_lr_reruns_only_that_family(smoke, tmp_path):
+    """variants.<name>.train.per_method: one family's (the smoke's GPT-NeoX variant's) XKD-z learning rate reruns
+    that variant's XKD-z students and what depends on them, and nothing of another variant but the report."""
+    def change(cfg):
+        lr = cfg["train"]["common"]["lr"]
+        cfg["variants"]["neox"]["train"] = {"per_method": {"xkd_z": {"lr": 0.5 * float(lr)}}}
+
+    jobs = _changed_run(smoke, tmp_path, change)
+    roots = [j for j in jobs if DEPENDANT not in j["reason"]]
+    assert {(j["rule"], j["wildcards"]["variant"]) for j in roots} == {("train", "neox")}, roots
+    assert {_models(j) == {"xkd_z"} for j in roots} == {True}
+    assert all("Params have changed" in j["reason"] for j in roots)
+    for job in jobs:
+        assert job["wildcards"].get("variant", "neox") == "neox" and _models(job) <= {"xkd_z"}, (
+            f"{job['rule']} {job['wildcards']} reruns ({job['reason']})")
+    assert any(j["rule"].startswith("report_") for j in jobs) and any(j["rule"] == "eval_harness" for j in jobs)
+
+
+@pytest.mark.slow
+def test_fast_path_lr_reruns_only_the_fast_path(smoke, tmp_path):
+    """train.fast.lr is the fast-path students' own rate: it reruns their trainings (params) and what depends on
+    them, nothing of the matched-budget grid."""
+    def change(cfg):
+        cfg["train"]["fast"]["lr"] = 1.0e-4
+
+    from kept.grid import parse
+
+    def fast(name: str) -> bool:
+        return bool(parse(name) and parse(name).stop)
+
+    jobs = _changed_run(smoke, tmp_path, change)
+    roots = [j for j in jobs if DEPENDANT not in j["reason"]]
+    assert roots and all(j["rule"] == "train" and fast(j["wildcards"]["method"]) for j in roots), roots
+    assert {j["wildcards"]["method"] for j in roots} == {"xkd_z@exact-parity", "xkd_z@exact-parity.s1235"}
+    assert all("Params have changed" in j["reason"] for j in roots)
+    for job in jobs:
+        names = {job["wildcards"][k] for k in ("model", "method") if k in job["wildcards"]}
+        assert all(fast(n) for n in names), f"{job['rule']} {job['wildcards']} reruns ({job['reason']})"
+
+
+@pytest.mark.slow
 def test_adding_a_variant_adds_only_its_jobs(smoke, tmp_path):
     def change(cfg):
         first = next(iter(cfg["variants"]))

@@ -26,7 +26,7 @@ from kept.errors import KeptError  # noqa: E402
 from kept.report import stats, units  # noqa: E402
 from kept.report.inputs import Item, check_labels, check_number, get, number, read_json, read_jsonl  # noqa: E402
 from kept.report.tables import (  # noqa: E402
-    FORMAT_NAMES, h6_table, judged, model_label, mtbench_table, read_longctx,
+    FORMAT_NAMES, h6_table, judged, model_label, mtbench_table, read_longctx, recovery_points, subset_score,
 )
 
 
@@ -52,24 +52,6 @@ def _require(items: list[Item], what: str) -> None:
         raise KeptError(f"{what}: no input files in the grid")
 
 
-def _subset_score(obj: dict, names: list[str], *, path: str) -> tuple[float, float]:
-    """Mean (percent) of the named H6 columns of a harness summary, and its standard error propagated from the
-    columns' lm-eval stderr (nan if a column has none)."""
-    by_name = {}
-    for i, col in enumerate(get(obj, "columns", path=path, kind=list)):
-        where = f"{path} columns[{i}]"
-        se = col.get("stderr")
-        by_name[get(col, "name", path=where, kind=str)] = (
-            number(col, "value", path=where, lo=0.0, hi=1.0),
-            float("nan") if se is None else check_number(se, where=f"{where}: key 'stderr'", lo=0.0))
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise KeptError(f"{path}: no column(s) {missing} needed by the recovery subset")
-    value = 100.0 * sum(by_name[n][0] for n in names) / len(names)
-    se = 100.0 * stats.propagate([by_name[n][1] for n in names], [1 / len(names)] * len(names))
-    return value, se
-
-
 def recovery_frame(*, items: list[Item], train_init: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(curve points, teacher levels). Curves: recovery files (``tag`` = step) per trained student; an
     ``init-*`` h6 file adds step 0 to every curve that starts from that mapping; a ``teacher`` h6 file gives the
@@ -77,24 +59,16 @@ def recovery_frame(*, items: list[Item], train_init: str) -> tuple[pd.DataFrame,
     from kept.grid import parse
 
     _require(items, "recovery figure")
-    subset: dict[str, list[str]] = {}
-    points, refs, starts = [], [], []
+    refs, starts = [], []
     init_of: dict[tuple[str, str], str] = {}
-    for it in items:
-        if it.model == "teacher" or it.model.startswith("init-"):
-            continue
-        obj = read_json(it.path)
-        check_labels(obj, it, path=it.path)
-        names = [get(c, "name", path=it.path, kind=str) for c in get(obj, "columns", path=it.path, kind=list)]
-        if not names:
-            raise KeptError(f"{it.path}: key 'columns' is empty")
-        if subset.setdefault(it.variant, names) != names:
-            raise KeptError(f"{it.path}: recovery columns {names} differ from {subset[it.variant]}")
-        step = int(check_number(int(it.tag) if it.tag.isdigit() else it.tag, where=f"{it.path}: step", lo=0))
+    steps = [(it, int(check_number(int(it.tag) if it.tag.isdigit() else it.tag, where=f"{it.path}: step", lo=0)))
+             for it in items if not (it.model == "teacher" or it.model.startswith("init-"))]
+    subset, found = recovery_points(steps)
+    points = []
+    for it, step, score, se in found:
         label = model_label(it.model, train_init=train_init)
         t = parse(it.model)
         init_of[(it.variant, label)] = (t.init if t and t.init else train_init)
-        score, se = _subset_score(obj, names, path=it.path)
         points.append({"variant": it.variant, "method": label, "step": step, "score": score, "se": se})
     if not points:
         raise KeptError("recovery figure: no recovery step files among the inputs")
@@ -105,7 +79,7 @@ def recovery_frame(*, items: list[Item], train_init: str) -> tuple[pd.DataFrame,
             raise KeptError(f"{it.path}: variant {it.variant!r} has no recovery curve")
         obj = read_json(it.path)
         check_labels(obj, it, path=it.path)
-        score, se = _subset_score(obj, subset[it.variant], path=it.path)
+        score, se = subset_score(obj, subset[it.variant], path=it.path)
         if it.model == "teacher":
             refs.append({"variant": it.variant, "score": score, "se": se})
         else:

@@ -82,6 +82,13 @@ def _band(lo: float, hi: float, threshold: float, *, above: bool) -> str:
     return "agrees" if hi < threshold else "disagrees" if lo >= threshold else "not separable"
 
 
+def _strictly_positive(lo: float, hi: float) -> str:
+    """Verdict of "the quantity is > 0" from its 95% interval (an interval at or below zero disagrees)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "no data"
+    return "agrees" if lo > 0 else "disagrees" if hi <= 0 else "not separable"
+
+
 def _direction(diff: float, p: float, *, expected: int) -> str:
     """Verdict of "a > b" (expected = +1) from the paired difference a - b and its permutation p-value."""
     if not math.isfinite(diff) or p is None:
@@ -100,10 +107,14 @@ class RunResults:
         self.code: dict[tuple[str, str], list[stats.Sample]] = {}
         self.longctx: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
         self.pilot: dict[str, list[dict]] = {}
+        self.conversion: dict[tuple[str, str], dict] = {}  # (variant, init) -> conversion.json
         for it in items:
             key = (it.variant, row_name(it.model))
             if it.tag == "pilot":
                 self.pilot[it.variant] = list(read_jsonl(it.path))
+                continue
+            if it.tag == "conversion":  # an init's model directory
+                self.conversion[(it.variant, it.model.removeprefix("init-"))] = read_json(Path(it.path) / "conversion.json")
                 continue
             obj = read_json(it.path)
             check_labels(obj, it, path=it.path)
@@ -414,6 +425,38 @@ class Checker:
                             "perplexity within a small margin of the teacher's at ~10x the XKD length",
                             f"ratio < {LONGCTX_MARGIN} (95% interval)", measure)
 
+    def divergence_cost(self, ref: str, variant: str, init: str, *, trained: bool) -> Finding:
+        """L3: the conversion of a more divergent family (``variant``, approximate) keeps less of its teacher's H6
+        margin over chance than that of a family the mapping converts exactly (``ref``), both from the same
+        mapping ``init`` -- the mapping alone, or (``trained``) after XKD-z from it at the matched budget."""
+        r = self.run
+        model = ("xkd_z" + ("" if init == self.train_init else f"@{init}")) if trained else f"init-{init}"
+        chance = r.h6_chance(variant)
+        cls = {v: r.conversion[(v, init)] for v in (ref, variant)}
+
+        def measure(_: Arm) -> tuple[str, str]:
+            samples = [r.h6_avg(ref, model), r.h6_avg(ref, "teacher"), r.h6_avg(variant, model),
+                       r.h6_avg(variant, "teacher")]
+            point, lo, hi = _joint(samples, lambda a, ta, b, tb: _share(a, ta, chance) - _share(b, tb, chance))
+            kept = [_share(samples[i].value(), samples[i + 1].value(), chance) if samples[i] and samples[i + 1]
+                    else math.nan for i in (0, 2)]
+            return (f"{self.label(model)} keeps {_fmt(kept[0], '.2f')} of the teacher's margin over chance for "
+                    f"{ref} ({cls[ref].get('family', 'orion')}, {cls[ref].get('exactness')}) vs {_fmt(kept[1], '.2f')} "
+                    f"for {variant} ({cls[variant].get('family')}, {cls[variant].get('exactness')}); difference "
+                    f"{_fmt(point, '+.2f')} {_ci(lo, hi, '+.2f')}", _strictly_positive(lo, hi))
+
+        changed = sorted({d.get("module") for d in cls[variant].get("divergences") or [] if d.get("module")}
+                         - {d.get("module") for d in cls[ref].get("divergences") or [] if d.get("module")})
+        when = f"after {self.label(model)} at the matched budget" if trained else f"{self.label(model)} alone"
+        toy, verdict = measure(PAPER)  # one arm: the alternatives of self.arms are other inits and corpora
+        return Finding(
+            f"Cost grows with divergence: the more divergent family keeps less of its teacher ({when})",
+            f"{variant} vs {ref}",
+            "cost grows with architectural divergence; OPM removes one module of divergence (L3; one pair tested)",
+            toy, verdict,
+            f"difference of the shares kept > 0 (95% interval); modules changed beyond {ref}'s: "
+            f"{', '.join(changed) or 'none'}")
+
     def pilot(self, variant: str) -> Finding:
         recs = self.run.pilot[variant]
         first, last = recs[0], recs[-1]
@@ -467,7 +510,26 @@ def collect_findings(items: list[Item], *, train_init: str) -> list[Finding]:
             rows.append(found)
     for v in run.pilot:
         rows.append(c.pilot(v))
+    rows += divergence_rows(run, c)
     return [r for r in rows if r.verdict != "no data"]  # claims whose models this run did not evaluate
+
+
+EXACT_CLASSES = ("exact", "exact up to a logit offset")
+
+
+def divergence_rows(run: RunResults, c: Checker) -> list[Finding]:
+    """The divergence claim (L3) for every approximate variant against the first variant the same mapping converts
+    exactly, from the family's best mapping in the run (``exact`` where trained from, else ``train.init``): the
+    mapping alone, then after XKD-z from it."""
+    inits = {i for (_, i) in run.conversion}
+    init = "exact" if "exact" in inits else c.train_init
+    by_class = {v: conv.get("exactness") for (v, i), conv in run.conversion.items() if i == init}
+    refs = [v for v, cls in by_class.items() if cls in EXACT_CLASSES]
+    rows = []
+    for v in [v for v, cls in by_class.items() if cls == "approximate"]:
+        for ref in refs[:1]:
+            rows += [c.divergence_cost(ref, v, init, trained=False), c.divergence_cost(ref, v, init, trained=True)]
+    return rows
 
 
 def findings_markdown(rows: list[Finding], *, header: str = "") -> str:

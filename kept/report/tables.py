@@ -104,6 +104,7 @@ class Table:
     sd: pd.DataFrame | None = None
     seeds: list[int] = field(default_factory=list)
     samples: list[dict[str, stats.Sample | None]] = field(default_factory=list)
+    inf_text: dict[str, str] = field(default_factory=dict)  # column -> what an infinite value means there
 
     def __post_init__(self) -> None:
         n = len(self.frame)
@@ -494,6 +495,8 @@ def cell_text(table: Table, i: int, col: str, *, pm: str = "±") -> str:
     """``value ± se`` (``(sd x)`` added for a row over several seeds); "–" for a missing value."""
     spec = table.formats[col]
     value = table.frame.at[i, col]
+    if col in table.inf_text and math.isinf(value):
+        return table.inf_text[col]
     text = _fmt(value, spec)
     if math.isnan(value):
         return text
@@ -674,7 +677,28 @@ def fast_path_table(*, items: list[Item], train_init: str) -> Table:
 
 # ---- the divergence study (issue 19) -------------------------------------------------------------------------
 
+def subset_score(obj: dict, names: list[str], *, path: str) -> tuple[float, float]:
+    """Mean (percent) of the named H6 columns of a harness summary, and its standard error propagated from the
+    columns' lm-eval stderr (nan if a column has none)."""
+    by_name = {}
+    for i, col in enumerate(get(obj, "columns", path=path, kind=list)):
+        where = f"{path} columns[{i}]"
+        se = col.get("stderr")
+        by_name[get(col, "name", path=where, kind=str)] = (
+            number(col, "value", path=where, lo=0.0, hi=1.0),
+            float("nan") if se is None else check_number(se, where=f"{where}: key 'stderr'", lo=0.0))
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise KeptError(f"{path}: no column(s) {missing} needed by the recovery subset")
+    value = 100.0 * sum(by_name[n][0] for n in names) / len(names)
+    se = 100.0 * stats.propagate([by_name[n][1] for n in names], [1 / len(names)] * len(names))
+    return value, se
+
+
+
 DIVERGENCE_METHODS = ("ut", "xkd_h", "xkd_z")
+PARITY_SHARE = 0.99  # "reaches the teacher": this share of the teacher's recovery-subset score
+NOT_REACHED = "not within budget"
 
 
 def _conversion(model_dir: str | Path) -> dict[str, Any]:
@@ -697,21 +721,76 @@ def _regained(s: float, s_se: float, m: float, m_se: float, t: float, t_se: floa
     return 100.0 * r, 100.0 * se
 
 
+def recovery_points(items: list[tuple[Item, int]]) -> tuple[dict[str, list[str]], list[tuple[Item, int, float, float]]]:
+    """Each (item, step)'s score on its variant's recovery subset, ``(subsets, [(item, step, score, se)])``. A
+    recovery summary (suite "recovery") defines its variant's subset (every one of a variant must name the same
+    columns); a full H6 summary at a step (a student's final model, evaluated in full: the last snapshot is not
+    evaluated twice) is scored on the subset of its variant's recovery summaries."""
+    subsets: dict[str, list[str]] = {}
+    points, full = [], []
+    for it, step in items:
+        obj = read_json(it.path)
+        check_labels(obj, it, path=it.path)
+        if obj.get("suite") == "h6":
+            full.append((it, step, obj))
+            continue
+        names = [get(c, "name", path=it.path, kind=str) for c in get(obj, "columns", path=it.path, kind=list)]
+        if not names:
+            raise KeptError(f"{it.path}: key 'columns' is empty")
+        if subsets.setdefault(it.variant, names) != names:
+            raise KeptError(f"{it.path}: recovery columns {names} differ from {subsets[it.variant]}")
+        points.append((it, step, *subset_score(obj, names, path=it.path)))
+    for it, step, obj in full:
+        if it.variant not in subsets:
+            raise KeptError(f"{it.path}: an H6 summary on a recovery curve, but variant {it.variant!r} has no "
+                            "recovery summary to take the subset's columns from")
+        points.append((it, step, *subset_score(obj, subsets[it.variant], path=it.path)))
+    return subsets, points
+
+
+def tokens_per_step(path: str | Path) -> float:
+    """Tokens one optimizer step reads (global batch x length), from a train log's ``tokens`` and ``step``."""
+    from kept.jsonl import read_jsonl
+
+    for line in read_jsonl(path):
+        if "tokens" in line and line.get("step"):
+            return check_number(line["tokens"], where=f"{path}: key 'tokens'", lo=0) / line["step"]
+    raise KeptError(f"{path}: no train-log line with 'tokens' and 'step'")
+
+
+def tokens_to_parity(curve: dict[int, float], target: float, per_step: float) -> float:
+    """Tokens at the first point of a recovery curve (step -> score) at or above ``target``; inf if none is."""
+    for step in sorted(curve):
+        if curve[step] >= target:
+            return step * per_step
+    return math.inf
+
+
 def divergence_table(*, items: list[Item], train_init: str) -> Table:
     """The divergence study: one row per variant (its source family -> Llama) and init mapping: the mapping's
     exactness class and changed modules (in the row label), its fidelity before training (KL, top-1), the H6
     average of the teacher, of the mapping alone and of UT / XKD-h / XKD-z trained from it at the matched budget,
     and the share of the teacher's margin each regains; with MT-Bench items, the same averages per chat format.
 
+    Where the variant has recovery curves, the tokens each student needed to reach :data:`PARITY_SHARE` of the
+    teacher's score on the recovery subset of H6: the first snapshot (step 0: the mapping itself) at or above it,
+    times the tokens of one step; "not within budget" if none is. Its resolution is one snapshot interval.
+
     ``items``: tag ``h6`` (the H6 table's inputs), ``fidelity`` (each init's model dir: fidelity.json and
-    conversion.json) and ``mtbench-<format>`` (the MT-Bench table's inputs). Seeds are pooled as in the H6 table.
+    conversion.json), ``mtbench-<format>`` (the MT-Bench table's inputs), ``recovery-<step>`` (a student's
+    recovery summary at that step, primary seed) and ``train`` (its train log, for the tokens of a step). Seeds
+    are pooled as in the H6 table.
     """
     from dataclasses import replace
 
     h6_items = [replace(it, tag="") for it in items if it.tag == "h6"]
     fid_items = [replace(it, tag="") for it in items if it.tag == "fidelity"]
     mt_items = [replace(it, tag=it.tag.removeprefix("mtbench-")) for it in items if it.tag.startswith("mtbench-")]
-    unknown = sorted({it.tag for it in items} - {"h6", "fidelity"} - {f"mtbench-{f}" for f in FORMAT_NAMES})
+    rec_items = [it for it in items if it.tag.startswith("recovery-") and it.tag[len("recovery-"):].isdigit()]
+    logs = {(it.variant, model_label(row_name(it.model), train_init=train_init)): it.path
+            for it in items if it.tag == "train"}
+    unknown = sorted({it.tag for it in items} - {"h6", "fidelity", "train"} - {it.tag for it in rec_items}
+                     - {f"mtbench-{f}" for f in FORMAT_NAMES})
     if unknown or not h6_items or not fid_items:
         raise KeptError(f"divergence table: needs h6 and fidelity inputs (tags found: "
                         f"{sorted({it.tag for it in items})}, unknown {unknown})")
@@ -727,8 +806,20 @@ def divergence_table(*, items: list[Item], train_init: str) -> Table:
             return math.nan, math.nan
         return float(frame.at[hit[0], col]), float(table.se.at[hit[0], col])
 
+    # recovery curves: (variant, row label) -> {step: subset score}; the subset's columns per variant
+    curves: dict[tuple[str, str], dict[int, float]] = {}
+    subset, points = recovery_points([(it, int(it.tag[len("recovery-"):])) for it in rec_items])
+    for it, step, score, _ in points:
+        curves.setdefault((it.variant, model_label(row_name(it.model), train_init=train_init)), {})[step] = score
+    h6_paths = {(it.variant, model_label(row_name(it.model), train_init=train_init)): it.path for it in h6_items}
+
+    def subset_of(variant: str, label: str) -> float:
+        path = h6_paths.get((variant, label))
+        return math.nan if path is None else subset_score(read_json(path), subset[variant], path=path)[0]
+
+    parity_cols = [f"Tokens to {PARITY_SHARE:g} {METHOD_NAMES[m]}" for m in DIVERGENCE_METHODS] if curves else []
     columns = ["KL", "Top-1 (%)", "H6 teacher", "H6 mapping"] + [f"H6 {METHOD_NAMES[m]}" for m in DIVERGENCE_METHODS]
-    columns += [f"{METHOD_NAMES[m]} regained (%)" for m in DIVERGENCE_METHODS]
+    columns += [f"{METHOD_NAMES[m]} regained (%)" for m in DIVERGENCE_METHODS] + parity_cols
     for c in mt_cols:
         columns += [f"MT {c.removeprefix('Avg ')} {who}" for who in ("teacher", "mapping")]
         columns += [f"MT {c.removeprefix('Avg ')} {METHOD_NAMES[m]}" for m in DIVERGENCE_METHODS]
@@ -752,6 +843,14 @@ def divergence_table(*, items: list[Item], train_init: str) -> Table:
             vals[f"H6 {METHOD_NAMES[meth]}"], err[f"H6 {METHOD_NAMES[meth]}"] = s
             key = f"{METHOD_NAMES[meth]} regained (%)"
             vals[key], err[key] = _regained(*s, *m, *t) if not math.isnan(s[0]) else (math.nan, math.nan)
+            if parity_cols:
+                col = f"Tokens to {PARITY_SHARE:g} {METHOD_NAMES[meth]}"
+                vals[col], err[col] = math.nan, math.nan
+                curve = curves.get((it.variant, name))
+                if curve and (it.variant, name) in logs:
+                    curve = {0: subset_of(it.variant, mapping), **curve}
+                    target = PARITY_SHARE * subset_of(it.variant, teacher)
+                    vals[col] = tokens_to_parity(curve, target, tokens_per_step(logs[(it.variant, name)]))
         for c in mt_cols:
             fmt = c.removeprefix("Avg ")
             for who, lab in (("teacher", teacher), ("mapping", mapping)):
@@ -763,6 +862,7 @@ def divergence_table(*, items: list[Item], train_init: str) -> Table:
         ses.append(err)
     frame = pd.DataFrame(rows, columns=list(LABELS) + columns)
     formats = {c: ".1f" for c in columns} | {"KL": ".3g", "Top-1 (%)": ".1f"}
-    formats |= {c: ".2f" for c in columns if c.startswith("MT ")}
+    formats |= {c: ".2f" for c in columns if c.startswith("MT ")} | {c: ".3g" for c in parity_cols}
     return Table(frame=frame, better={}, formats=formats, contender=[False] * len(frame),
-                 se=pd.DataFrame(ses, columns=columns, index=frame.index))
+                 se=pd.DataFrame(ses, columns=columns, index=frame.index),
+                 inf_text=dict.fromkeys(parity_cols, NOT_REACHED))

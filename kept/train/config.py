@@ -161,13 +161,16 @@ class TrainConfig:
 SHARED_KEYS = ("steps", "batch_size", "grad_accum", "max_length", "snapshot_every", "save_state_every")
 
 
-def method_settings(train: dict[str, Any], method: str, *, seed: int) -> dict[str, Any]:
+def method_settings(train: dict[str, Any], method: str, *, seed: int,
+                    variant_train: dict[str, Any] | None = None) -> dict[str, Any]:
     """TrainConfig fields of one method from the workflow config's ``train`` section: ``common``, then the
-    method's non-null ``per_method`` overrides, then the shared budget (:data:`SHARED_KEYS`) and ``seed``. The
-    train rule and the width-faithful rehearsal (bench/bench_rehearsal.py) both build their runs with it."""
+    method's non-null ``per_method`` overrides, then those of the variant's own ``variants.<name>.train.per_method``
+    (``variant_train``), then the shared budget (:data:`SHARED_KEYS`) and ``seed``. The train rule and the
+    width-faithful rehearsal (bench/bench_rehearsal.py) both build their runs with it."""
     settings = dict(train["common"])
-    overrides = (train.get("per_method") or {}).get(method) or {}
-    settings.update({key: value for key, value in overrides.items() if value is not None})
+    for section in (train, variant_train or {}):
+        overrides = (section.get("per_method") or {}).get(method) or {}
+        settings.update({key: value for key, value in overrides.items() if value is not None})
     settings.update({key: train[key] for key in SHARED_KEYS})
     settings["betas"] = list(settings["betas"])
     settings["seed"] = seed
