@@ -675,8 +675,6 @@ def fast_path_table(*, items: list[Item], train_init: str) -> Table:
     return out
 
 
-# ---- the divergence study (issue 19) -------------------------------------------------------------------------
-
 def subset_score(obj: dict, names: list[str], *, path: str) -> tuple[float, float]:
     """Mean (percent) of the named H6 columns of a harness summary, and its standard error propagated from the
     columns' lm-eval stderr (nan if a column has none)."""
@@ -695,6 +693,7 @@ def subset_score(obj: dict, names: list[str], *, path: str) -> tuple[float, floa
     return value, se
 
 
+# ---- the divergence study (issue 19) -------------------------------------------------------------------------
 
 DIVERGENCE_METHODS = ("ut", "xkd_h", "xkd_z")
 PARITY_SHARE = 0.99  # "reaches the teacher": this share of the teacher's recovery-subset score
@@ -837,6 +836,8 @@ def divergence_table(*, items: list[Item], train_init: str) -> Table:
         m = cell(h6, it.variant, mapping, "Average")
         vals["H6 teacher"], err["H6 teacher"] = t
         vals["H6 mapping"], err["H6 mapping"] = m
+        if it.variant in subset:  # the curves' start (the mapping) and the parity target, read once per row
+            start, target = subset_of(it.variant, mapping), PARITY_SHARE * subset_of(it.variant, teacher)
         for meth in DIVERGENCE_METHODS:
             name = f"{mapping} + {METHOD_NAMES[meth]}"
             s = cell(h6, it.variant, name, "Average")
@@ -848,9 +849,7 @@ def divergence_table(*, items: list[Item], train_init: str) -> Table:
                 vals[col], err[col] = math.nan, math.nan
                 curve = curves.get((it.variant, name))
                 if curve and (it.variant, name) in logs:
-                    curve = {0: subset_of(it.variant, mapping), **curve}
-                    target = PARITY_SHARE * subset_of(it.variant, teacher)
-                    vals[col] = tokens_to_parity(curve, target, tokens_per_step(logs[(it.variant, name)]))
+                    vals[col] = tokens_to_parity({0: start, **curve}, target, tokens_per_step(logs[(it.variant, name)]))
         for c in mt_cols:
             fmt = c.removeprefix("Avg ")
             for who, lab in (("teacher", teacher), ("mapping", mapping)):
