@@ -118,6 +118,8 @@ REPORT_ARTIFACTS["table_divergence"] = (
         for label, path in [((v, m, "train"), R(v, m, "train_log.jsonl"))] + recovery_curve_items(v, m, "recovery-{step}")
     ],
 )
+# Its figure: each family's gap to its teacher, the mapping alone and each method, per init mapping.
+REPORT_ARTIFACTS["figure_divergence"] = ("figure", "divergence", REPORT_ARTIFACTS["table_divergence"][2])
 REPORT_ARTIFACTS["figure_longctx"] = ("figure", "longctx", REPORT_ARTIFACTS["table_transfer_longctx"][2])
 REPORT_ARTIFACTS["figure_mtbench_categories"] = (
     "figure",
@@ -149,548 +151,66 @@ REPORT_PARAMS = {
     for a, (kind, name, items) in REPORT_ARTIFACTS.items()
 }
 
-# An artifact with no inputs in this grid (e.g. no variant runs kommlu) is not built.
+# What the report calls each artifact (its caption is report/<kind>_<name>.rst). One rule per artifact, named
+# report_<artifact>; an artifact with no inputs in this grid (e.g. no variant runs kommlu) has no rule and no target.
+REPORT_TITLES = {
+    "table_h6": "Table 3: H6 ablation",
+    "table_mtbench": "Table 4: MT-Bench",
+    "table_kommlu": "KoMMLU",
+    "table_transfer_code": "Zero-shot transfer: code",
+    "table_transfer_longctx": "Zero-shot transfer: long context",
+    "table_fidelity": "Fidelity before training",
+    "table_fast_path": "The fast path: stopped at parity",
+    "table_divergence": "Divergence: cost of conversion per source family",
+    "figure_divergence": "Divergence: each family's gap to its teacher (± SE)",
+    "figure_longctx": "Figure 4: long-context perplexity",
+    "figure_mtbench_categories": "MT-Bench by category",
+    "figure_train_loss": "Training loss (UT, XKD-h, XKD-z)",
+    "figure_recovery": "Figure 2: recovery curves",
+    "figure_pilot": "Appendix A: pilot (RMSNorm weights vs LayerNorm weights)",
+    "figure_mtbench_spread": "MT-Bench spread of the students (± SE)",
+    "figure_h6_spread": "H6 average of the init x method grid (± SE)",
+}
+REPORT_FORMATS = {"csv": "CSV", "md": "Markdown", "tex": "LaTeX", "png": "PNG", "pdf": "PDF"}
 TARGETS.extend(
     path for a, (_, _, items) in REPORT_ARTIFACTS.items() if items for path in REPORT_OUTPUTS[a].values()
 )
 
 
-# Small pandas/seaborn jobs: run them on the submitting host, not as cluster jobs.
-localrules:
-    report_table_h6,
-    report_table_mtbench,
-    report_table_kommlu,
-    report_table_transfer_code,
-    report_table_transfer_longctx,
-    report_table_fidelity,
-    report_table_fast_path,
-    report_table_divergence,
-    report_figure_longctx,
-    report_figure_mtbench_categories,
-    report_figure_train_loss,
-    report_figure_recovery,
-    report_figure_pilot,
-    report_figure_mtbench_spread,
-    report_figure_h6_spread,
+for _artifact, (_kind, _name, _items) in REPORT_ARTIFACTS.items():
+    if not _items:
+        continue
 
-
-# ---- tables -------------------------------------------------------------------------------------------------
-
-
-rule report_table_h6:
-    input:
-        summaries=REPORT_INPUTS["table_h6"]["summaries"],
-        details=REPORT_INPUTS["table_h6"]["details"],
-    output:
-        csv=report(
-            REPORT_OUTPUTS["table_h6"]["csv"],
-            caption="../report/table_h6.rst",
-            category="Tables",
-            labels={"table": "Table 3: H6 ablation", "format": "CSV"},
-        ),
-        md=report(
-            REPORT_OUTPUTS["table_h6"]["md"],
-            caption="../report/table_h6.rst",
-            category="Tables",
-            labels={"table": "Table 3: H6 ablation", "format": "Markdown"},
-        ),
-        tex=report(
-            REPORT_OUTPUTS["table_h6"]["tex"],
-            caption="../report/table_h6.rst",
-            category="Tables",
-            labels={"table": "Table 3: H6 ablation", "format": "LaTeX"},
-        ),
-    params:
-        **REPORT_PARAMS["table_h6"],
-    log:
-        R("logs/report/table_h6.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_table_mtbench:
-    input:
-        summaries=REPORT_INPUTS["table_mtbench"]["summaries"],
-        details=REPORT_INPUTS["table_mtbench"]["details"],
-    output:
-        csv=report(
-            REPORT_OUTPUTS["table_mtbench"]["csv"],
-            caption="../report/table_mtbench.rst",
-            category="Tables",
-            labels={"table": "Table 4: MT-Bench", "format": "CSV"},
-        ),
-        md=report(
-            REPORT_OUTPUTS["table_mtbench"]["md"],
-            caption="../report/table_mtbench.rst",
-            category="Tables",
-            labels={"table": "Table 4: MT-Bench", "format": "Markdown"},
-        ),
-        tex=report(
-            REPORT_OUTPUTS["table_mtbench"]["tex"],
-            caption="../report/table_mtbench.rst",
-            category="Tables",
-            labels={"table": "Table 4: MT-Bench", "format": "LaTeX"},
-        ),
-    params:
-        **REPORT_PARAMS["table_mtbench"],
-    log:
-        R("logs/report/table_mtbench.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_table_kommlu:
-    input:
-        summaries=REPORT_INPUTS["table_kommlu"]["summaries"],
-        details=REPORT_INPUTS["table_kommlu"]["details"],
-    output:
-        csv=report(
-            REPORT_OUTPUTS["table_kommlu"]["csv"],
-            caption="../report/table_kommlu.rst",
-            category="Tables",
-            labels={"table": "KoMMLU", "format": "CSV"},
-        ),
-        md=report(
-            REPORT_OUTPUTS["table_kommlu"]["md"],
-            caption="../report/table_kommlu.rst",
-            category="Tables",
-            labels={"table": "KoMMLU", "format": "Markdown"},
-        ),
-        tex=report(
-            REPORT_OUTPUTS["table_kommlu"]["tex"],
-            caption="../report/table_kommlu.rst",
-            category="Tables",
-            labels={"table": "KoMMLU", "format": "LaTeX"},
-        ),
-    params:
-        **REPORT_PARAMS["table_kommlu"],
-    log:
-        R("logs/report/table_kommlu.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_table_transfer_code:
-    input:
-        summaries=REPORT_INPUTS["table_transfer_code"]["summaries"],
-        details=REPORT_INPUTS["table_transfer_code"]["details"],
-    output:
-        csv=report(
-            REPORT_OUTPUTS["table_transfer_code"]["csv"],
-            caption="../report/table_transfer_code.rst",
-            category="Tables",
-            labels={"table": "Zero-shot transfer: code", "format": "CSV"},
-        ),
-        md=report(
-            REPORT_OUTPUTS["table_transfer_code"]["md"],
-            caption="../report/table_transfer_code.rst",
-            category="Tables",
-            labels={"table": "Zero-shot transfer: code", "format": "Markdown"},
-        ),
-        tex=report(
-            REPORT_OUTPUTS["table_transfer_code"]["tex"],
-            caption="../report/table_transfer_code.rst",
-            category="Tables",
-            labels={"table": "Zero-shot transfer: code", "format": "LaTeX"},
-        ),
-    params:
-        **REPORT_PARAMS["table_transfer_code"],
-    log:
-        R("logs/report/table_transfer_code.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_table_transfer_longctx:
-    input:
-        summaries=REPORT_INPUTS["table_transfer_longctx"]["summaries"],
-        details=REPORT_INPUTS["table_transfer_longctx"]["details"],
-    output:
-        csv=report(
-            REPORT_OUTPUTS["table_transfer_longctx"]["csv"],
-            caption="../report/table_transfer_longctx.rst",
-            category="Tables",
-            labels={"table": "Zero-shot transfer: long context", "format": "CSV"},
-        ),
-        md=report(
-            REPORT_OUTPUTS["table_transfer_longctx"]["md"],
-            caption="../report/table_transfer_longctx.rst",
-            category="Tables",
-            labels={"table": "Zero-shot transfer: long context", "format": "Markdown"},
-        ),
-        tex=report(
-            REPORT_OUTPUTS["table_transfer_longctx"]["tex"],
-            caption="../report/table_transfer_longctx.rst",
-            category="Tables",
-            labels={"table": "Zero-shot transfer: long context", "format": "LaTeX"},
-        ),
-    params:
-        **REPORT_PARAMS["table_transfer_longctx"],
-    log:
-        R("logs/report/table_transfer_longctx.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_table_fidelity:
-    input:
-        summaries=REPORT_INPUTS["table_fidelity"]["summaries"],
-        details=REPORT_INPUTS["table_fidelity"]["details"],
-    output:
-        csv=report(
-            REPORT_OUTPUTS["table_fidelity"]["csv"],
-            caption="../report/table_fidelity.rst",
-            category="Tables",
-            labels={"table": "Fidelity before training", "format": "CSV"},
-        ),
-        md=report(
-            REPORT_OUTPUTS["table_fidelity"]["md"],
-            caption="../report/table_fidelity.rst",
-            category="Tables",
-            labels={"table": "Fidelity before training", "format": "Markdown"},
-        ),
-        tex=report(
-            REPORT_OUTPUTS["table_fidelity"]["tex"],
-            caption="../report/table_fidelity.rst",
-            category="Tables",
-            labels={"table": "Fidelity before training", "format": "LaTeX"},
-        ),
-    params:
-        **REPORT_PARAMS["table_fidelity"],
-    log:
-        R("logs/report/table_fidelity.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_table_fast_path:
-    input:
-        summaries=REPORT_INPUTS["table_fast_path"]["summaries"],
-        details=REPORT_INPUTS["table_fast_path"]["details"],
-    output:
-        csv=report(
-            REPORT_OUTPUTS["table_fast_path"]["csv"],
-            caption="../report/table_fast_path.rst",
-            category="Tables",
-            labels={"table": "The fast path: stopped at parity", "format": "CSV"},
-        ),
-        md=report(
-            REPORT_OUTPUTS["table_fast_path"]["md"],
-            caption="../report/table_fast_path.rst",
-            category="Tables",
-            labels={"table": "The fast path: stopped at parity", "format": "Markdown"},
-        ),
-        tex=report(
-            REPORT_OUTPUTS["table_fast_path"]["tex"],
-            caption="../report/table_fast_path.rst",
-            category="Tables",
-            labels={"table": "The fast path: stopped at parity", "format": "LaTeX"},
-        ),
-    params:
-        **REPORT_PARAMS["table_fast_path"],
-    log:
-        R("logs/report/table_fast_path.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_table_divergence:
-    input:
-        summaries=REPORT_INPUTS["table_divergence"]["summaries"],
-        details=REPORT_INPUTS["table_divergence"]["details"],
-    output:
-        csv=report(
-            REPORT_OUTPUTS["table_divergence"]["csv"],
-            caption="../report/table_divergence.rst",
-            category="Tables",
-            labels={"table": "Divergence: cost of conversion per source family", "format": "CSV"},
-        ),
-        md=report(
-            REPORT_OUTPUTS["table_divergence"]["md"],
-            caption="../report/table_divergence.rst",
-            category="Tables",
-            labels={"table": "Divergence: cost of conversion per source family", "format": "Markdown"},
-        ),
-        tex=report(
-            REPORT_OUTPUTS["table_divergence"]["tex"],
-            caption="../report/table_divergence.rst",
-            category="Tables",
-            labels={"table": "Divergence: cost of conversion per source family", "format": "LaTeX"},
-        ),
-    params:
-        **REPORT_PARAMS["table_divergence"],
-    log:
-        R("logs/report/table_divergence.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-# ---- figures ------------------------------------------------------------------------------------------------
-
-
-rule report_figure_longctx:
-    input:
-        summaries=REPORT_INPUTS["figure_longctx"]["summaries"],
-        details=REPORT_INPUTS["figure_longctx"]["details"],
-    output:
-        png=report(
-            REPORT_OUTPUTS["figure_longctx"]["png"],
-            caption="../report/figure_longctx.rst",
-            category="Figures",
-            labels={"figure": "Figure 4: long-context perplexity", "format": "PNG"},
-        ),
-        pdf=report(
-            REPORT_OUTPUTS["figure_longctx"]["pdf"],
-            caption="../report/figure_longctx.rst",
-            category="Figures",
-            labels={"figure": "Figure 4: long-context perplexity", "format": "PDF"},
-        ),
-    params:
-        **REPORT_PARAMS["figure_longctx"],
-    log:
-        R("logs/report/figure_longctx.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_figure_mtbench_categories:
-    input:
-        summaries=REPORT_INPUTS["figure_mtbench_categories"]["summaries"],
-        details=REPORT_INPUTS["figure_mtbench_categories"]["details"],
-    output:
-        png=report(
-            REPORT_OUTPUTS["figure_mtbench_categories"]["png"],
-            caption="../report/figure_mtbench_categories.rst",
-            category="Figures",
-            labels={"figure": "MT-Bench by category", "format": "PNG"},
-        ),
-        pdf=report(
-            REPORT_OUTPUTS["figure_mtbench_categories"]["pdf"],
-            caption="../report/figure_mtbench_categories.rst",
-            category="Figures",
-            labels={"figure": "MT-Bench by category", "format": "PDF"},
-        ),
-    params:
-        **REPORT_PARAMS["figure_mtbench_categories"],
-    log:
-        R("logs/report/figure_mtbench_categories.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_figure_train_loss:
-    input:
-        summaries=REPORT_INPUTS["figure_train_loss"]["summaries"],
-        details=REPORT_INPUTS["figure_train_loss"]["details"],
-    output:
-        png=report(
-            REPORT_OUTPUTS["figure_train_loss"]["png"],
-            caption="../report/figure_train_loss.rst",
-            category="Figures",
-            labels={"figure": "Training loss (UT, XKD-h, XKD-z)", "format": "PNG"},
-        ),
-        pdf=report(
-            REPORT_OUTPUTS["figure_train_loss"]["pdf"],
-            caption="../report/figure_train_loss.rst",
-            category="Figures",
-            labels={"figure": "Training loss (UT, XKD-h, XKD-z)", "format": "PDF"},
-        ),
-    params:
-        **REPORT_PARAMS["figure_train_loss"],
-    log:
-        R("logs/report/figure_train_loss.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_figure_recovery:
-    input:
-        summaries=REPORT_INPUTS["figure_recovery"]["summaries"],
-        details=REPORT_INPUTS["figure_recovery"]["details"],
-    output:
-        png=report(
-            REPORT_OUTPUTS["figure_recovery"]["png"],
-            caption="../report/figure_recovery.rst",
-            category="Figures",
-            labels={"figure": "Figure 2: recovery curves", "format": "PNG"},
-        ),
-        pdf=report(
-            REPORT_OUTPUTS["figure_recovery"]["pdf"],
-            caption="../report/figure_recovery.rst",
-            category="Figures",
-            labels={"figure": "Figure 2: recovery curves", "format": "PDF"},
-        ),
-    params:
-        **REPORT_PARAMS["figure_recovery"],
-    log:
-        R("logs/report/figure_recovery.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_figure_pilot:
-    input:
-        summaries=REPORT_INPUTS["figure_pilot"]["summaries"],
-        details=REPORT_INPUTS["figure_pilot"]["details"],
-    output:
-        png=report(
-            REPORT_OUTPUTS["figure_pilot"]["png"],
-            caption="../report/figure_pilot.rst",
-            category="Figures",
-            labels={"figure": "Appendix A: pilot (RMSNorm weights vs LayerNorm weights)", "format": "PNG"},
-        ),
-        pdf=report(
-            REPORT_OUTPUTS["figure_pilot"]["pdf"],
-            caption="../report/figure_pilot.rst",
-            category="Figures",
-            labels={"figure": "Appendix A: pilot (RMSNorm weights vs LayerNorm weights)", "format": "PDF"},
-        ),
-    params:
-        **REPORT_PARAMS["figure_pilot"],
-    log:
-        R("logs/report/figure_pilot.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_figure_mtbench_spread:
-    input:
-        summaries=REPORT_INPUTS["figure_mtbench_spread"]["summaries"],
-        details=REPORT_INPUTS["figure_mtbench_spread"]["details"],
-    output:
-        png=report(
-            REPORT_OUTPUTS["figure_mtbench_spread"]["png"],
-            caption="../report/figure_mtbench_spread.rst",
-            category="Figures",
-            labels={"figure": "MT-Bench spread of the students (± SE)", "format": "PNG"},
-        ),
-        pdf=report(
-            REPORT_OUTPUTS["figure_mtbench_spread"]["pdf"],
-            caption="../report/figure_mtbench_spread.rst",
-            category="Figures",
-            labels={"figure": "MT-Bench spread of the students (± SE)", "format": "PDF"},
-        ),
-    params:
-        **REPORT_PARAMS["figure_mtbench_spread"],
-    log:
-        R("logs/report/figure_mtbench_spread.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
-
-
-rule report_figure_h6_spread:
-    input:
-        summaries=REPORT_INPUTS["figure_h6_spread"]["summaries"],
-        details=REPORT_INPUTS["figure_h6_spread"]["details"],
-    output:
-        png=report(
-            REPORT_OUTPUTS["figure_h6_spread"]["png"],
-            caption="../report/figure_h6_spread.rst",
-            category="Figures",
-            labels={"figure": "H6 average of the init x method grid (± SE)", "format": "PNG"},
-        ),
-        pdf=report(
-            REPORT_OUTPUTS["figure_h6_spread"]["pdf"],
-            caption="../report/figure_h6_spread.rst",
-            category="Figures",
-            labels={"figure": "H6 average of the init x method grid (± SE)", "format": "PDF"},
-        ),
-    params:
-        **REPORT_PARAMS["figure_h6_spread"],
-    log:
-        R("logs/report/figure_h6_spread.log"),
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/report.yaml"
-    script:
-        "../scripts/report.py"
+    # Small pandas/seaborn jobs: they run on the submitting host, not as cluster jobs.
+    rule:
+        name:
+            f"report_{_artifact}"
+        localrule: True
+        input:
+            summaries=REPORT_INPUTS[_artifact]["summaries"],
+            details=REPORT_INPUTS[_artifact]["details"],
+        output:
+            **{
+                ext: report(
+                    path,
+                    caption=f"../report/{_kind}_{_name}.rst",
+                    category=f"{_kind.capitalize()}s",
+                    labels={_kind: REPORT_TITLES[_artifact], "format": REPORT_FORMATS[ext]},
+                )
+                for ext, path in REPORT_OUTPUTS[_artifact].items()
+            },
+        params:
+            **REPORT_PARAMS[_artifact],
+        log:
+            R(f"logs/report/{_artifact}.log"),
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        conda:
+            "../envs/report.yaml"
+        script:
+            "../scripts/report.py"
 
 
 # docs/findings.md: every claim of the paper against this run (kept.report.findings), from the same result files
@@ -710,16 +230,13 @@ if FINDINGS_ITEMS:
     TARGETS.append(R("report", "findings.md"))
 
 
-localrules:
-    report_findings,
-
-
 rule report_findings:
     input:
         summaries=[path for _, path, _ in FINDINGS_ITEMS],
         details=[detail for _, _, detail in FINDINGS_ITEMS],
     output:
         md=report(R("report", "findings.md"), caption="../report/findings.rst", category="Findings"),
+    localrule: True
     params:
         labels=[list(label) for label, _, _ in FINDINGS_ITEMS],
         train_init=TRAIN_INIT,

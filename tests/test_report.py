@@ -508,3 +508,46 @@ def test_divergence_table(tmp_path):
     assert math.isnan(f.at["neox", "Tokens to 0.99 UT"])  # no curve for that variant: no figure, never invented
     md = render_markdown(table)
     assert "not within budget" in md and "2e+03" in md
+
+
+def test_divergence_figure(tmp_path, monkeypatch):
+    """The divergence figure plots, per variant and init, each student's (and the mapping's) H6 gap to the
+    teacher with the error of the difference, variants ordered by the mapping's KL within each init's panel."""
+    from kept.report import figures
+    from kept.report.figures import divergence_figure
+    from kept.report.tables import divergence_table
+
+    values = {("base", "teacher"): [0.8] * 6, ("base", "init-paper"): [0.3] * 6, ("base", "init-exact"): [0.8] * 6,
+              ("base", "ut"): [0.6] * 6, ("base", "xkd_z"): [0.75] * 6,
+              ("neox", "teacher"): [0.7] * 6, ("neox", "init-paper"): [0.2] * 6, ("neox", "init-exact"): [0.3] * 6,
+              ("neox", "ut"): [0.5] * 6, ("neox", "xkd_z"): [0.6] * 6}
+    items = [Item(variant=i.variant, model=i.model, path=i.path, detail=i.detail, tag="h6")
+             for i in h6_items(tmp_path, values)]
+    for v, family, kl in (("neox", "gpt_neox", 6.0), ("base", "orion", 0.5)):
+        for init in ("paper", "exact"):
+            d = tmp_path / v / f"init-{init}" / "model"
+            fidelity(d, norm=init, kl=kl if init == "paper" else kl / 10, top1=0.4)
+            _dump(d / "conversion.json", {"family": family, "exactness": "approximate", "divergences": []})
+            items.append(Item(variant=v, model=f"init-{init}", path=str(d), detail=str(d), tag="fidelity"))
+    frame = divergence_figure(items=items, train_init="paper", png=tmp_path / "d.png", pdf=tmp_path / "d.pdf", dpi=50)
+    assert _is_png_pdf(tmp_path / "d")
+    table = divergence_table(items=items, train_init="paper")
+    se = table.se.set_index(table.frame["Variant"] + "/" + table.frame["Model"].str.extract(r", (\w+):")[0])
+    g = frame.set_index(["variant", "mapping", "who"])
+    assert g.at[("base", "OPM", "mapping alone"), "gap"] == pytest.approx(-50.0)
+    assert g.at[("neox", "OPM", "XKD-z"), "gap"] == pytest.approx(-10.0)
+    assert g.at[("base", "Exact", "mapping alone"), "gap"] == pytest.approx(0.0)
+    # the error of a difference of two independent scores, each with lm-eval's stderr
+    assert g.at[("base", "OPM", "UT"), "se"] == pytest.approx(math.hypot(se.at["base/OPM", "H6 UT"],
+                                                                          se.at["base/OPM", "H6 teacher"]))
+    assert g.at[("base", "OPM", "UT"), "se"] > 0
+    assert ("base", "Exact", "UT") not in g.index  # the students start from paper only: no invented row
+    assert set(frame.family) == {"orion", "gpt_neox"} and g.at[("neox", "OPM", "UT"), "kl"] == pytest.approx(6.0)
+
+    # each panel orders its variants by the mapping's KL (base 0.5 before neox 6.0, though neox comes first)
+    captured = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, **kw: captured.setdefault("fig", fig))
+    divergence_figure(items=items, train_init="paper", png=tmp_path / "e.png", pdf=tmp_path / "e.pdf", dpi=50)
+    ax = captured["fig"].axes[0]
+    assert ax.get_title() == "init: OPM"
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["base", "neox"]

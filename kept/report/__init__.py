@@ -32,6 +32,7 @@ FIGURES = {
     "pilot": figures.pilot_figure,
     "mtbench_spread": figures.mtbench_spread_figure,
     "h6_spread": figures.h6_spread_figure,
+    "divergence": figures.divergence_figure,
 }
 OUTPUTS = {"table": ("csv", "md", "tex"), "figure": ("png", "pdf")}
 

@@ -9,6 +9,7 @@ or a bootstrap over items, questions or documents; a frame's ``se`` column holds
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ from kept.errors import KeptError  # noqa: E402
 from kept.report import stats, units  # noqa: E402
 from kept.report.inputs import Item, check_labels, check_number, get, number, read_json, read_jsonl  # noqa: E402
 from kept.report.tables import (  # noqa: E402
-    FORMAT_NAMES, h6_table, judged, model_label, mtbench_table, read_longctx, recovery_points, subset_score,
+    DIVERGENCE_METHODS, FORMAT_NAMES, INIT_NAMES, METHOD_NAMES, divergence_table, h6_table, judged, model_label,
+    mtbench_table, read_conversion, read_longctx, recovery_points, subset_score,
 )
 
 
@@ -347,6 +349,69 @@ def h6_spread_figure(*, items: list[Item], train_init: str, png: str | Path, pdf
     table = h6_table(items=items, train_init=train_init, paper_reference=False)
     frame = _spread_frame(table, {"Average": "H6 average"})
     _spread_plot(frame, xlabel="H6 average (%)", floor=None, reference=None, png=png, pdf=pdf, dpi=dpi)
+    return frame
+
+
+def divergence_frame(*, items: list[Item], train_init: str) -> pd.DataFrame:
+    """(variant, family, mapping, kl, who, gap, se) rows from the divergence table (same items): per variant and
+    init mapping, the H6 average of the mapping alone and of each method trained from it minus the teacher's, in
+    points, with the standard error of the difference (the two errors taken as independent, as in the table)."""
+    table = divergence_table(items=items, train_init=train_init)
+    fid = [it for it in items if it.tag == "fidelity"]
+    frame = table.frame
+    if len(fid) != len(frame):  # the table has one row per fidelity item, in their order
+        raise KeptError(f"divergence figure: {len(fid)} fidelity inputs but {len(frame)} table rows")
+    whos = {"H6 mapping": "mapping alone"} | {f"H6 {METHOD_NAMES[m]}": METHOD_NAMES[m] for m in DIVERGENCE_METHODS}
+    rows = []
+    for it, i in zip(fid, frame.index):
+        init = it.model.removeprefix("init-")
+        t, t_se = frame.at[i, "H6 teacher"], table.se.at[i, "H6 teacher"]
+        for col, who in whos.items():
+            s, s_se = frame.at[i, col], table.se.at[i, col]
+            if pd.isna(s) or pd.isna(t):
+                continue
+            rows.append({"variant": it.variant, "family": read_conversion(it.path)["family"],
+                         "mapping": INIT_NAMES.get(init, init), "kl": frame.at[i, "KL"], "who": who,
+                         "gap": s - t, "se": math.hypot(s_se, t_se) if pd.notna(s_se) and pd.notna(t_se) else math.nan})
+    if not rows:
+        raise KeptError("divergence figure: no row has both the teacher's and a student's H6")
+    return pd.DataFrame(rows)
+
+
+def divergence_figure(*, items: list[Item], train_init: str, png: str | Path, pdf: str | Path,
+                      dpi: int = 150) -> pd.DataFrame:
+    """The divergence study at a glance: one panel per init mapping, the variants (source families) along x in
+    order of the mapping's KL before training, and per variant the gap of the mapping alone and of UT / XKD-h /
+    XKD-z at the matched budget to the teacher's H6 average, ± one standard error; the teacher is the dashed zero
+    line. Cost growing with divergence reads as gaps deepening to the right; XKD beating UT as its points above
+    UT's within a family."""
+    frame = divergence_frame(items=items, train_init=train_init)
+    style, context = _theme()
+    with style, context:
+        mappings = list(dict.fromkeys(frame.mapping))
+        whos = list(dict.fromkeys(frame.who))
+        n_x = frame.groupby("mapping").variant.nunique().max()
+        fig, axes = plt.subplots(1, len(mappings), figsize=(max(3.2, 1.5 * n_x + 1.2) * len(mappings), 3.6),
+                                 squeeze=False, sharey=True)
+        width = 0.7 / max(len(whos), 1)
+        for ax, mapping in zip(axes[0], mappings):
+            mine = frame[frame.mapping == mapping]
+            order = mine.drop_duplicates("variant").sort_values("kl", kind="stable")
+            ticks = {v: k for k, v in enumerate(order.variant)}
+            for j, who in enumerate(whos):
+                part = mine[mine.who == who]
+                xs = [ticks[v] + (j - (len(whos) - 1) / 2) * width for v in part.variant]
+                ax.errorbar(xs, part.gap, yerr=part.se.fillna(0), fmt="o", color=f"C{j}", capsize=2, lw=1,
+                            label=who)
+            ax.axhline(0, ls="--", color="black", lw=1, label="teacher")
+            ax.set_xticks(range(len(ticks)))
+            ax.set_xticklabels([f"{r.variant}\n{r.family}, KL {r.kl:.2g}" for r in order.itertuples()],
+                               fontsize="x-small")
+            ax.set_title(f"init: {mapping}")
+            ax.set_xlabel("variant (source family), by KL of the mapping")
+        axes[0][0].set_ylabel("H6 average − teacher's (points)")
+        legend_off_the_data(fig)
+        save_figure(fig, png=png, pdf=pdf, dpi=dpi)
     return frame
 
 

@@ -700,7 +700,8 @@ PARITY_SHARE = 0.99  # "reaches the teacher": this share of the teacher's recove
 NOT_REACHED = "not within budget"
 
 
-def _conversion(model_dir: str | Path) -> dict[str, Any]:
+def read_conversion(model_dir: str | Path) -> dict[str, Any]:
+    """A converted model dir's family, exactness class and changed modules (its conversion.json)."""
     path = Path(model_dir) / "conversion.json"
     obj = read_json(path)
     return {"family": obj.get("family", "orion"), "exactness": obj.get("exactness"),
@@ -825,7 +826,7 @@ def divergence_table(*, items: list[Item], train_init: str) -> Table:
     rows, ses = [], []
     for it in fid_items:
         init = it.model.removeprefix("init-")
-        conv = _conversion(it.path)
+        conv = read_conversion(it.path)
         mapping, teacher = INIT_NAMES.get(init, init), model_label("teacher", train_init=train_init)
         changed = ", ".join(m for m in dict.fromkeys(conv["modules"]) if m) or "none"
         label = f"{conv['family']} -> Llama, {mapping}: {conv['exactness'] or '?'} (changed: {changed})"
