@@ -172,6 +172,8 @@ def test_slurm_profile_dry_run(tmp_path):
     assert {"fetch_source", "fetch_miracl", "fetch_lm_eval", "code_probe_data", "mtbench_data", "longctx_docs",
             "mtbench_judge"} <= network & ran
     assert network & ran <= local, f"network jobs submitted to compute nodes: {sorted((network & ran) - local)}"
+    report_jobs = {j["rule"] for j in jobs if j["rule"].startswith("report_")}
+    assert report_jobs and report_jobs <= local, f"report jobs submitted to compute nodes: {report_jobs - local}"
     cluster = [j for j in jobs if j["rule"] != "all" and j["rule"] not in local]
     assert cluster and not {j["rule"] for j in cluster} & network
     for job in cluster:
