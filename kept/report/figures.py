@@ -405,6 +405,7 @@ def divergence_figure(*, items: list[Item], train_init: str, png: str | Path, pd
                             label=who)
             ax.axhline(0, ls="--", color="black", lw=1, label="teacher")
             ax.set_xticks(range(len(ticks)))
+            ax.set_xlim(-0.5, len(ticks) - 0.5)
             ax.set_xticklabels([f"{r.variant}\n{r.family}, KL {r.kl:.2g}" for r in order.itertuples()],
                                fontsize="x-small")
             ax.set_title(f"init: {mapping}")
