@@ -99,3 +99,17 @@ def declared_family(config: dict[str, Any], variant: str) -> str | None:
     if source.get("kind", "toy") == "toy":
         return (config.get("world", {}).get("teachers", {}).get(variant) or {}).get("family", "orion")
     return source.get("family")
+
+
+# Norm mappings a family refuses whatever its config says (kept.convert.plan.check_mapping refuses them on every
+# checkpoint of the family; tests/test_families.py holds the two in step over the published configs). The DAG checks
+# a variant's mappings against these where its family is declared, so a dry run names the key instead of a
+# conversion job failing after the teacher is built.
+ALWAYS_REFUSED = {"olmo": {"fit": "OLMo's LayerNorms have no weights, so there are no gains to fit; with the stream "
+                                  "centred, 'exact' (g = 1) is exact"}}
+
+
+def refused_norms(family: str | None, norms: list[str]) -> list[tuple[str, str]]:
+    """The (norm, reason) pairs of ``norms`` that ``family`` always refuses (none for an undeclared family)."""
+    refused = ALWAYS_REFUSED.get(family or "", {})
+    return [(n, refused[n]) for n in norms if n in refused]

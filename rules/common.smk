@@ -6,7 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from kept.grid import parse as parse_trained, row_name, trained as trained_model
-from kept.smk import declared_family
+from kept.smk import declared_family, refused_norms
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -83,6 +83,28 @@ def fast_names(variant=None, *, seeds=None):
     ]
 
 
+def variant_norms(variant):
+    """Norm mappings converted in a variant: its own variants.<name>.convert.norms (a subset of convert.norms that
+    keeps every train.init, and train.fast.init for a fast-path variant), else convert.norms."""
+    own = (variant_cfg(variant).get("convert") or {}).get("norms")
+    if own is None:
+        return NORMS
+    key = f"variants.{variant}.convert.norms"
+    if not set(own) <= set(NORMS):
+        raise ValueError(f"{key}: {sorted(set(own) - set(NORMS))} are not in convert.norms {NORMS}")
+    needed = TRAIN_INITS + ([FAST["init"]] if variant in FAST_VARIANTS else [])
+    if not set(needed) <= set(own):
+        raise ValueError(f"{key}: {own} lacks {sorted(set(needed) - set(own))}, which its students start from "
+                         "(train.init / train.fast.init)")
+    return [n for n in NORMS if n in own]
+
+
+for _v in VARIANTS:  # a bad per-variant override, or a mapping the family refuses, fails the dry run, not a job
+    for _norm, _why in refused_norms(variant_family(_v), variant_norms(_v)):
+        raise ValueError(f"variant {_v!r}: a {variant_family(_v)!r} source refuses norm mapping {_norm!r} ({_why}); "
+                         f"leave it out with variants.{_v}.convert.norms")
+
+
 def variant_methods(variant=None):
     """Methods trained in a variant: its own variants.<name>.train.methods (a subset of train.methods), else
     train.methods (every variant's, for None)."""
@@ -131,7 +153,7 @@ def trained_spec(name):
 
 def model_names(variant):
     """Every model of a variant's grid: the teacher, the untrained mappings, the trained students."""
-    return ["teacher"] + [f"init-{n}" for n in NORMS] + trained_names(variant)
+    return ["teacher"] + [f"init-{n}" for n in variant_norms(variant)] + trained_names(variant)
 
 
 def model_dir(variant, model):

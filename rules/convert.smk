@@ -34,4 +34,4 @@ rule convert:
         "../scripts/convert.py"
 
 
-TARGETS.extend(R(v, f"init-{n}", "model") for v in VARIANTS for n in NORMS)
+TARGETS.extend(R(v, f"init-{n}", "model") for v in VARIANTS for n in variant_norms(v))

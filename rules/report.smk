@@ -57,7 +57,7 @@ REPORT_ARTIFACTS = {
     "table_fidelity": (
         "table",
         "fidelity",
-        [((v, f"init-{n}", ""), model_dir(v, f"init-{n}")) for v in VARIANTS for n in NORMS],
+        [((v, f"init-{n}", ""), model_dir(v, f"init-{n}")) for v in VARIANTS for n in variant_norms(v)],
     ),
     "figure_train_loss": (
         "figure",

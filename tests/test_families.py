@@ -274,3 +274,27 @@ def test_on_disk_layouts_give_the_same_output(tmp_path):
         assert outs[name].keys() == outs["single"].keys()
         for k, v in outs["single"].items():
             assert torch.equal(outs[name][k], v), (name, k)
+
+
+def test_always_refused_table_matches_the_converter():
+    """kept.smk.ALWAYS_REFUSED (what the DAG refuses before any job) is exactly the (family, mapping) pairs the
+    converter refuses on every published config of the family: the dry run's check cannot drift from the
+    converter's, in either direction."""
+    from kept.convert.families import detect
+    from kept.convert.plan import check_mapping
+    from kept.smk import ALWAYS_REFUSED
+
+    refused: dict[str, dict[str, list[bool]]] = {}
+    for path in PUBLISHED:
+        raw = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+        family = detect(raw, path)
+        arch = family.read_arch(raw, path)
+        for norm in NORMS:
+            try:
+                check_mapping(family, arch, norm=norm, mlp_target="runtimes", where=str(path))
+                refused.setdefault(family.name, {}).setdefault(norm, []).append(False)
+            except MappingError:
+                refused.setdefault(family.name, {}).setdefault(norm, []).append(True)
+    always = {(f, n) for f, by_norm in refused.items() for n, seen in by_norm.items() if all(seen)}
+    assert always == {(f, n) for f, by_norm in ALWAYS_REFUSED.items() for n in by_norm}
+    assert ("olmo", "fit") in always  # the case the families config met

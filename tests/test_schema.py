@@ -123,6 +123,13 @@ def test_bad_config_stops_the_workflow_before_any_job(tmp_path):
      "variants.neox.source.family 'olmo' disagrees with world.teachers.neox.family 'gpt_neox'"),
     (lambda c: c["variants"]["neox"].update(chat_format="orion"), "variants.neox.chat_format must be null"),
     (lambda c: c["train"]["pilot"].update(variants=["base", "neox"]), "train.pilot.variants: 'neox' is a 'gpt_neox'"),
+    # an OLMo teacher with convert.norms holding fit: refused by the DAG, not by a conversion job after pretraining
+    (lambda c: c["world"]["teachers"]["neox"].update(family="olmo"),
+     "variant 'neox': a 'olmo' source refuses norm mapping 'fit'"),
+    (lambda c: c["variants"]["neox"].update(convert={"norms": ["exact"]}),
+     "variants.neox.convert.norms: ['exact'] lacks ['paper'], which its students start from"),
+    (lambda c: c["variants"]["neox"].update(convert={"norms": ["paper", "centered"]}),
+     "variants.neox.convert.norms: ['centered'] are not in convert.norms"),
 ])
 def test_family_keys_are_checked_before_any_job(tmp_path, change, needle):
     """A toy variant's family is its recipe's: a disagreeing variant key, a chat format or the (Orion-only) pilot on

@@ -119,6 +119,10 @@ def test_dry_run_of_shipped_config(workflow_copy, configfile):
     rules = {j["rule"] for j in jobs}
     assert {"all", "report_table_h6", "report_table_fidelity"} <= rules
     assert all(j["rule"] == "all" or j["resources"] for j in jobs)
+    if configfile == "config/families.yaml":  # OLMo converts what it can (variants.olmo.convert.norms), the rest all
+        converted = {(j["wildcards"]["variant"], j["wildcards"]["norm"]) for j in jobs if j["rule"] == "convert"}
+        assert {n for v, n in converted if v == "olmo"} == {"paper", "centered", "exact"}
+        assert {n for v, n in converted if v == "phi"} == {"paper", "centered", "exact", "fit"}
 
 
 @pytest.mark.slow
