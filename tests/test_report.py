@@ -509,6 +509,16 @@ def test_divergence_table(tmp_path):
     md = render_markdown(table)
     assert "not within budget" in md and "2e+03" in md
 
+    # a second seed of base's UT (50 where the first has 60): the row pools them, with their spread across seeds
+    second = [Item(i.variant, i.model, i.path, "h6", i.detail) for i in h6_items(tmp_path, {("base", "ut.s1235"): [0.5] * 6})]
+    table = divergence_table(items=items + second, train_init="paper")
+    f = table.frame.set_index("Variant")
+    sd = table.sd.set_index(table.frame["Variant"])
+    assert f.at["base", "H6 UT"] == pytest.approx(55.0) and sd.at["base", "H6 UT"] == pytest.approx(math.sqrt(50))
+    assert math.isnan(sd.at["base", "H6 XKD-z"]) and math.isnan(sd.at["neox", "H6 UT"])  # one seed: no spread
+    assert table.seeds == [2, 1]
+    assert f"(sd {math.sqrt(50):.1f})" in render_markdown(table)
+
 
 def test_divergence_figure(tmp_path, monkeypatch):
     """The divergence figure plots, per variant and init, each student's (and the mapping's) H6 gap to the

@@ -799,12 +799,16 @@ def divergence_table(*, items: list[Item], train_init: str) -> Table:
     mt = mtbench_table(items=mt_items, train_init=train_init, paper_reference=False) if mt_items else None
     mt_cols = [c for c in (mt.value_columns if mt else []) if c.startswith("Avg")]
 
-    def cell(table: Table, variant: str, label: str, col: str) -> tuple[float, float]:
+    def cell(table: Table, variant: str, label: str, col: str) -> tuple[float, float, float, int]:
+        """(value, se, seed sd, seeds) of one cell of a source table; nan (one seed) where it has no such row."""
         frame = table.frame
-        hit = frame.index[(frame["Variant"] == variant) & (frame["Model"] == label)]
-        if not len(hit):
-            return math.nan, math.nan
-        return float(frame.at[hit[0], col]), float(table.se.at[hit[0], col])
+        hit = [pos for pos, i in enumerate(frame.index)
+               if frame.at[i, "Variant"] == variant and frame.at[i, "Model"] == label]
+        if not hit:
+            return math.nan, math.nan, math.nan, 1
+        i = frame.index[hit[0]]
+        return (float(frame.at[i, col]), float(table.se.at[i, col]), float(table.sd.at[i, col]),
+                table.seeds[hit[0]])
 
     # recovery curves: (variant, row label) -> {step: subset score}; the subset's columns per variant
     curves: dict[tuple[str, str], dict[int, float]] = {}
@@ -823,26 +827,30 @@ def divergence_table(*, items: list[Item], train_init: str) -> Table:
     for c in mt_cols:
         columns += [f"MT {c.removeprefix('Avg ')} {who}" for who in ("teacher", "mapping")]
         columns += [f"MT {c.removeprefix('Avg ')} {METHOD_NAMES[m]}" for m in DIVERGENCE_METHODS]
-    rows, ses = [], []
+    rows, ses, sds, seeds = [], [], [], []
     for it in fid_items:
         init = it.model.removeprefix("init-")
         conv = read_conversion(it.path)
         mapping, teacher = INIT_NAMES.get(init, init), model_label("teacher", train_init=train_init)
         changed = ", ".join(m for m in dict.fromkeys(conv["modules"]) if m) or "none"
         label = f"{conv['family']} -> Llama, {mapping}: {conv['exactness'] or '?'} (changed: {changed})"
-        vals, err = {}, {}
-        vals["KL"], err["KL"] = cell(fid, it.variant, mapping, "KL mean")
-        vals["Top-1 (%)"], err["Top-1 (%)"] = cell(fid, it.variant, mapping, "Top-1 agreement")
-        t = cell(h6, it.variant, teacher, "Average")
-        m = cell(h6, it.variant, mapping, "Average")
-        vals["H6 teacher"], err["H6 teacher"] = t
-        vals["H6 mapping"], err["H6 mapping"] = m
+        vals, err, sd, row_seeds = {}, {}, {}, [1]
+
+        def put(col: str, found: tuple[float, float, float, int]) -> tuple[float, float]:
+            """Set one column from a source cell; (value, se) for the shares computed from it."""
+            vals[col], err[col], sd[col] = found[:3]
+            row_seeds.append(found[3])
+            return found[0], found[1]
+
+        put("KL", cell(fid, it.variant, mapping, "KL mean"))
+        put("Top-1 (%)", cell(fid, it.variant, mapping, "Top-1 agreement"))
+        t = put("H6 teacher", cell(h6, it.variant, teacher, "Average"))
+        m = put("H6 mapping", cell(h6, it.variant, mapping, "Average"))
         if it.variant in subset:  # the curves' start (the mapping) and the parity target, read once per row
             start, target = subset_of(it.variant, mapping), PARITY_SHARE * subset_of(it.variant, teacher)
         for meth in DIVERGENCE_METHODS:
             name = f"{mapping} + {METHOD_NAMES[meth]}"
-            s = cell(h6, it.variant, name, "Average")
-            vals[f"H6 {METHOD_NAMES[meth]}"], err[f"H6 {METHOD_NAMES[meth]}"] = s
+            s = put(f"H6 {METHOD_NAMES[meth]}", cell(h6, it.variant, name, "Average"))
             key = f"{METHOD_NAMES[meth]} regained (%)"
             vals[key], err[key] = _regained(*s, *m, *t) if not math.isnan(s[0]) else (math.nan, math.nan)
             if parity_cols:
@@ -854,15 +862,17 @@ def divergence_table(*, items: list[Item], train_init: str) -> Table:
         for c in mt_cols:
             fmt = c.removeprefix("Avg ")
             for who, lab in (("teacher", teacher), ("mapping", mapping)):
-                vals[f"MT {fmt} {who}"], err[f"MT {fmt} {who}"] = cell(mt, it.variant, lab, c)
+                put(f"MT {fmt} {who}", cell(mt, it.variant, lab, c))
             for meth in DIVERGENCE_METHODS:
-                col = f"MT {fmt} {METHOD_NAMES[meth]}"
-                vals[col], err[col] = cell(mt, it.variant, f"{mapping} + {METHOD_NAMES[meth]}", c)
+                put(f"MT {fmt} {METHOD_NAMES[meth]}", cell(mt, it.variant, f"{mapping} + {METHOD_NAMES[meth]}", c))
         rows.append({"Variant": it.variant, "Model": label, **vals})
         ses.append(err)
+        sds.append(sd)
+        seeds.append(max(row_seeds))
     frame = pd.DataFrame(rows, columns=list(LABELS) + columns)
     formats = {c: ".1f" for c in columns} | {"KL": ".3g", "Top-1 (%)": ".1f"}
     formats |= {c: ".2f" for c in columns if c.startswith("MT ")} | {c: ".3g" for c in parity_cols}
     return Table(frame=frame, better={}, formats=formats, contender=[False] * len(frame),
                  se=pd.DataFrame(ses, columns=columns, index=frame.index),
+                 sd=pd.DataFrame(sds, columns=columns, index=frame.index).astype(float), seeds=seeds,
                  inf_text=dict.fromkeys(parity_cols, NOT_REACHED))
