@@ -365,12 +365,13 @@ def divergence_frame(*, items: list[Item], train_init: str) -> pd.DataFrame:
     rows = []
     for it, i in zip(fid, frame.index):
         init = it.model.removeprefix("init-")
+        family = read_conversion(it.path)["family"]
         t, t_se = frame.at[i, "H6 teacher"], table.se.at[i, "H6 teacher"]
         for col, who in whos.items():
             s, s_se = frame.at[i, col], table.se.at[i, col]
             if pd.isna(s) or pd.isna(t):
                 continue
-            rows.append({"variant": it.variant, "family": read_conversion(it.path)["family"],
+            rows.append({"variant": it.variant, "family": family,
                          "mapping": INIT_NAMES.get(init, init), "kl": frame.at[i, "KL"], "who": who,
                          "gap": s - t, "se": math.hypot(s_se, t_se) if pd.notna(s_se) and pd.notna(t_se) else math.nan})
     if not rows:
