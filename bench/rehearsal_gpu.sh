@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The width-faithful rehearsal on one GPU machine, as ONE command (bench/bench_rehearsal.py says what it runs):
 #
-#   OUT=/path/to/results bash bench/rehearsal_gpu.sh        # ~9 min on one H200/A100 (budget below)
+#   OUT=/path/to/results bash bench/rehearsal_gpu.sh [bench_rehearsal args]   # ~9 min on one H200/A100 (budget below)
 #
 # Made for a machine with python3, a CUDA torch, transformers and accelerate but no network and none of
 # deepspeed / sentencepiece: it installs them from wheels carried in the ignored .whl/ folder of the checkout.
@@ -15,7 +15,7 @@
 #       sentencepiece==0.2.3 protobuf==7.36.2 psutil==7.2.2; done
 #
 # DeepSpeed compiles its CPU Adam (C++, no CUDA code) at first use: the machine needs g++ and the Python headers.
-# That build runs first, timed, so a machine that cannot build it fails in seconds, not after the models are made.
+# That build runs first (SKIP_CPU_ADAM=1: not at all, for a run with no DeepSpeed launcher), timed, so a machine that cannot build it fails in seconds, not after the models are made.
 # Output under $OUT: rehearsal.json / rehearsal.md (rewritten after every job), logs/<job>.log, console.log,
 # gpu.txt, pip-list.txt, cpu_adam_build.txt. Record a GPU result with
 #   python -m bench.bench_rehearsal --record $OUT/rehearsal.json
@@ -34,7 +34,7 @@ python3 -c "import google.protobuf" 2>/dev/null || python3 -m pip install -q --n
 python3 -m pip list 2>/dev/null > "$OUT/pip-list.txt" || true
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python3 - <<'EOF' 2>&1 | tee "$OUT/cpu_adam_build.txt"
+[ "${SKIP_CPU_ADAM:-0}" = 1 ] || python3 - <<'EOF' 2>&1 | tee "$OUT/cpu_adam_build.txt"
 import time
 import torch
 t = time.time()
@@ -43,6 +43,6 @@ DeepSpeedCPUAdam([torch.nn.Parameter(torch.zeros(8))])
 print(f"DeepSpeed CPU Adam ready in {time.time() - t:.1f} s")
 EOF
 rm -rf "$WORK"
-python3 -m bench.bench_rehearsal --out-dir "$OUT" --work-dir "$WORK" --budget-s "$BUDGET"
+python3 -m bench.bench_rehearsal --out-dir "$OUT" --work-dir "$WORK" --budget-s "$BUDGET" "$@"
 rm -rf "$WORK"
 date -u
