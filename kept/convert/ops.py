@@ -73,7 +73,7 @@ def produce(step: Step, src: _Source, out_dtype: torch.dtype, gains: dict[str, t
         for r in range(0, step.shape[0], rows):
             yield block[: min(rows, step.shape[0] - r)]
         return
-    if op == "fit_gain":
+    if op in ("fit_gain", "given"):  # computed elsewhere: the fitted gains, a calibration pass's refitted tensors
         yield gains[step.target]
         return
     if op == "fold":

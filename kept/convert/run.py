@@ -23,9 +23,10 @@ from kept.atomic import atomic_dir, check_output
 from kept.checkpoint import FLOAT_DTYPES, TensorReader
 from kept.convert.families import Arch, Family, read_source
 from kept.convert.ops import arith_dtype, logit_offset
-from kept.convert.plan import CENTRED_NORMS, MLP_TARGETS, NORMS, check_mapping, plan_conversion
+from kept.convert.graft import KV_INITS, check_kv_heads, graft_record
+from kept.convert.plan import APPROX, CENTRED_NORMS, MLP_TARGETS, NORMS, check_mapping, plan_conversion
 from kept.convert.writer import _Source, bound_heap, parse_size, write_weights
-from kept.errors import CheckpointError, ConfigError
+from kept.errors import CheckpointError, ConfigError, MappingError
 from kept.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,9 @@ def convert_checkpoint(
     fit_tokens: int = 8192,
     chat: bool | None = None,
     mlp_target: str = "runtimes",
+    kv_heads: int | None = None,
+    kv_init: str = "fit",
+    layer_fit: bool = False,
     device: str = "cpu",
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -144,7 +148,13 @@ def convert_checkpoint(
     for non-gated MLPs): ``runtimes`` (SiLU-gated, approximate, loads in vLLM and llama.cpp) or ``transformers``
     (the source's activation, exact, transformers only). ``dtype``: output dtype, default the source's. ``calibration``:
     a packed corpus directory; required for ``fit`` (gains fitted on its first ``fit_tokens`` tokens) and used for
-    the fidelity report (its last ``fidelity_tokens`` tokens; without it a built-in multilingual sample).
+    the fidelity report (its last ``fidelity_tokens`` tokens; without it a built-in multilingual sample); also a
+    JSON-lines corpus (``{"text": ...}`` per line) or a plain text file, tokenized with the source's tokenizer.
+    ``kv_heads`` (G): graft MHA -> GQA, merging the KV heads into G (G divides their count) with ``kv_init``
+    (``mean`` | ``aligned`` | ``fit``, :mod:`kept.convert.graft`); ``layer_fit``: refit the linear maps around the
+    modules stock Llama cannot hold on calibration text (:mod:`kept.convert.calibrate`; an approximate conversion
+    or a graft only). Both read the first ``fit_tokens`` calibration tokens (``calibration``, else the built-in
+    sample) and need at least ``hidden_size + 1`` of them.
     ``fidelity_tokens=0`` skips the metrics. ``chat`` (Orion): write the Llama-3 chat template (default: when the
     source's tokenizer_config names a chat format); other families carry their tokenizer files, chat template
     included, unchanged. ``output`` is replaced only if an earlier conversion wrote it (:mod:`kept.atomic`), or
@@ -152,9 +162,8 @@ def convert_checkpoint(
     :class:`~kept.errors.KeptError` naming the file, tensor or key on bad input, and then leaves ``output`` as it was.
     """
     from kept.card import source_card_metadata, write_model_card
+    from kept.convert.calibrate import calibrate, calibration_ids, required_tokens, write_refitted
     from kept.fidelity import (
-        builtin_tokens,
-        calibration_tokens,
         check_ids,
         fidelity_markdown,
         fidelity_report,
@@ -172,6 +181,8 @@ def convert_checkpoint(
         raise ConfigError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     if norm == "fit" and calibration is None:
         raise ConfigError("norm 'fit' needs calibration text: pass calibration=<packed corpus dir>")
+    if kv_init not in KV_INITS:
+        raise ConfigError(f"unknown kv_init {kv_init!r}; expected one of {', '.join(KV_INITS)}")
     if fidelity_tokens < 0 or fit_tokens <= 0:
         raise ConfigError(f"fidelity_tokens ({fidelity_tokens}) must be >= 0 and fit_tokens ({fit_tokens}) > 0")
     max_bytes = parse_size(max_shard_size)
@@ -180,7 +191,14 @@ def convert_checkpoint(
 
     family, arch, raw_cfg = read_source(source)
     check_mapping(family, arch, norm=norm, mlp_target=mlp_target, where=str(source / "config.json"))
+    if kv_heads is not None:
+        check_kv_heads(kv_heads, heads=arch.num_heads, current=arch.num_kv_heads, where=str(source / "config.json"))
     tok_file = check_tokenizer(source, family, arch)
+
+    def calib(spec: str | Path | None, *, n_tokens: int, from_end: bool = False) -> tuple[torch.Tensor, str]:
+        return calibration_ids(spec, tokenizer=tok_file, bos=arch.special_ids.get("bos_token_id"),
+                               eos=arch.special_ids.get("eos_token_id"), n_tokens=n_tokens,
+                               max_len=arch.max_position_embeddings, from_end=from_end)
     tok_warnings: list[dict[str, str]] = []
     if family.tokenizer == "sentencepiece":
         from kept.tokenizer import runtime_warnings
@@ -213,14 +231,30 @@ def convert_checkpoint(
         log.info("%s -> Llama, norm %s: %s%s", family.name, norm, plan.exactness,
                  "".join(f"; {d['module']}: {d['change']}" for d in plan.divergences))
 
+        refit = kv_heads is not None or layer_fit
+        if layer_fit and kv_heads is None and plan.exactness != APPROX:
+            raise MappingError(f"{source / 'config.json'}: --layer-fit refits what stock Llama cannot hold, but this "
+                               f"conversion is {plan.exactness} with norm {norm!r}: there is nothing to fit (use it "
+                               "with an approximate mapping, or with --kv-heads)")
+        if refit:
+            refit_ids, refit_what = calib(calibration, n_tokens=fit_tokens)
+            check_ids(refit_ids, arch.vocab_size, str(calibration or tok_file))
+            need = required_tokens(arch.hidden_size) if layer_fit or kv_init != "mean" else 1
+            if refit_ids.numel() < need:
+                what = " and ".join(([f"--kv-init {kv_init}"] if kv_heads is not None and kv_init != "mean" else [])
+                                    + (["--layer-fit"] if layer_fit else []))
+                raise ConfigError(f"{calibration or 'built-in calibration sample'}: {refit_ids.numel()} calibration "
+                                  f"tokens, but {what} needs at least {need} (hidden_size + 1); pass --calibration with "
+                                  f"more text{' or raise --fit-tokens' if fit_tokens < need else ''}")
+
         gains = None
         if norm == "fit":
-            fit_ids = calibration_tokens(calibration, n_tokens=fit_tokens)
+            fit_ids = calib(calibration, n_tokens=fit_tokens)[0]
             check_ids(fit_ids, arch.vocab_size, f"{calibration}")
             log.info("fit: teacher activations on %d calibration tokens", fit_ids.numel())
-            manifest = json.loads((Path(calibration) / "manifest.json").read_text())
-            if fidelity_tokens and manifest.get("num_sequences", 0) * manifest.get("max_length", 0) < (
-                    fit_tokens + fidelity_tokens):
+            manifest = _read_json(Path(calibration) / "manifest.json")
+            if fidelity_tokens and Path(calibration).is_dir() and manifest.get("num_sequences", 0) * manifest.get(
+                    "max_length", 0) < (fit_tokens + fidelity_tokens):
                 log.warning("calibration corpus %s is smaller than fit_tokens + fidelity_tokens: the fitting and "
                             "the fidelity batches overlap, which flatters the fit mapping", calibration)
             gains = fit_rms_gains(teacher=source, batches=split_batches(fit_ids), device=device)
@@ -233,7 +267,9 @@ def convert_checkpoint(
         with atomic_dir(output, inputs=inputs, overwrite=overwrite, hint=OVERWRITE_HINT) as tmp:
             offsets: list[torch.Tensor] = []
             off = plan.offset
-            write_weights(reader=src, plan=plan, out_dir=tmp, out_dtype=out_dtype, max_shard_size=max_bytes,
+            stage = tmp / ".calibration-stage" if refit else tmp  # the conversion the calibration pass refits
+            stage.mkdir(exist_ok=True)
+            write_weights(reader=src, plan=plan, out_dir=stage, out_dtype=out_dtype, max_shard_size=max_bytes,
                           gains=gains, aside=lambda s: offsets.append(logit_offset(s, **off)),
                           aside_reads=tuple(n for n in off.values() if n))
             offset = offsets[0]
@@ -241,7 +277,20 @@ def convert_checkpoint(
             same_head = (head_step is not None and head_step.sources[0] == off["head"]
                          and reader.info(off["head"]).dtype == out_dtype)  # the head is copied as stored
             del src  # release the work buffers before the fidelity pass
-            (tmp / "config.json").write_text(json.dumps(plan.llama_config, indent=2) + "\n")
+            llama_config, refit_report = plan.llama_config, None
+            if refit:
+                (stage / "config.json").write_text(json.dumps(llama_config, indent=2) + "\n")
+                scratch = tmp / ".calibration-scratch"
+                llama_config, refit_report = calibrate(
+                    teacher=source, student=stage, ids=refit_ids, kv_heads=kv_heads, kv_init=kv_init,
+                    layer_fit=layer_fit, centred=norm in CENTRED_NORMS, parallel=arch.parallel_residual,
+                    scratch=scratch, where=str(calibration or source / "config.json"), device=device)
+                write_refitted(stage=stage, scratch=scratch, config=llama_config, out_dir=tmp, out_dtype=out_dtype,
+                               max_shard_size=max_bytes)
+                shutil.rmtree(stage)
+                shutil.rmtree(scratch)
+                refit_report = {"calibration": refit_what, **refit_report}
+            (tmp / "config.json").write_text(json.dumps(llama_config, indent=2) + "\n")
             (tmp / "generation_config.json").write_text(json.dumps(_generation_config(source, arch), indent=2) + "\n")
             chat_template = _write_tokenizer(source, tmp, family, arch, tok_file, chat=chat)
 
@@ -252,9 +301,14 @@ def convert_checkpoint(
                 "mlp_target": mlp_target if not arch.gated_mlp else None,
                 "source": str(source),
                 "dtype": out_name,
-                "exactness": plan.exactness,
-                "divergences": plan.divergences,
+                "exactness": APPROX if kv_heads is not None else plan.exactness,
+                "divergences": plan.divergences + ([{"module": "attention", "change": (
+                    f"multi-head -> grouped-query attention: {arch.num_kv_heads} KV heads merged into {kv_heads} "
+                    f"(kv_init {kv_init})")}] if kv_heads is not None else []),
                 "final_norm_logit_offset_norm": float(torch.linalg.vector_norm(offset)),
+                "graft": graft_record(llama_config, kv_heads_source=arch.num_kv_heads, kv_init=kv_init)
+                if kv_heads is not None else None,
+                "layer_fit": layer_fit,
             }
             report: dict[str, Any] = {
                 **common,
@@ -269,10 +323,10 @@ def convert_checkpoint(
             }
             if fidelity_tokens:
                 if calibration is not None:
-                    ids = calibration_tokens(calibration, n_tokens=fidelity_tokens, from_end=True)
+                    ids = calib(calibration, n_tokens=fidelity_tokens, from_end=True)[0]
                     report["calibration"] = f"{calibration} (last sequences)"
                 else:
-                    ids = builtin_tokens(tok_file, bos=arch.special_ids.get("bos_token_id"))[:, :fidelity_tokens]
+                    ids = calib(None, n_tokens=fidelity_tokens)[0][:, :fidelity_tokens]
                     report["calibration"] = "built-in multilingual sample"
                 check_ids(ids, arch.vocab_size, str(calibration or tok_file))
                 report.update(fidelity_report(
@@ -288,6 +342,7 @@ def convert_checkpoint(
                 "runtimes": runtimes(plan.exactness, plan.llama_config),
                 "tokenizer_warnings": tok_warnings,
                 "source_card": source_card_metadata(source, calibration=calibration),
+                "calibration_fit": refit_report,
             }
             (tmp / "conversion.json").write_text(_json(conversion))
             write_model_card(tmp)
@@ -338,9 +393,21 @@ def cli(argv: list[str]) -> int:
                          "'transformers' = the source's activation (exact; transformers only)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="output dtype (default: the source's)")
     ap.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    ap.add_argument("--calibration", default=None, help="packed corpus dir (needed for --norm fit; fidelity report)")
+    ap.add_argument("--calibration", default=None,
+                    help="calibration text: a packed corpus dir, a .jsonl corpus ({\"text\": ...} per line) or a plain "
+                         "text file (needed for --norm fit; the first --fit-tokens tokens for --kv-init aligned/fit "
+                         "and --layer-fit, default the built-in sample; the last --fidelity-tokens for the report)")
     ap.add_argument("--fidelity-tokens", type=int, default=2048, help="tokens for the fidelity report (0: skip)")
-    ap.add_argument("--fit-tokens", type=int, default=8192, help="calibration tokens for --norm fit")
+    ap.add_argument("--fit-tokens", type=int, default=8192,
+                    help="calibration tokens for --norm fit, --kv-init aligned/fit and --layer-fit")
+    ap.add_argument("--kv-heads", type=int, default=None, metavar="G",
+                    help="graft multi-head -> grouped-query attention: merge the KV heads into G (G divides them)")
+    ap.add_argument("--kv-init", choices=KV_INITS, default="fit",
+                    help="how --kv-heads merges: mean (GQA mean pooling), aligned (heads rotated before merging), "
+                         "fit (activation-aware least squares; default)")
+    ap.add_argument("--layer-fit", action="store_true",
+                    help="refit the linear maps around what stock Llama cannot hold (parallel block, GELU, a graft) "
+                         "in closed form on calibration text, layer by layer")
     ap.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                     help="Orion: write the Llama-3 chat template (default: if the source is a chat model)")
     ap.add_argument("--device", default="cpu", help="device for the fit and fidelity forward passes")
@@ -356,7 +423,8 @@ def cli(argv: list[str]) -> int:
     report = convert_checkpoint(
         source=source, output=args.output, norm=args.norm, dtype=args.dtype, max_shard_size=args.max_shard_size,
         calibration=args.calibration, fidelity_tokens=args.fidelity_tokens, fit_tokens=args.fit_tokens,
-        chat=args.chat, mlp_target=args.mlp_target, device=args.device, overwrite=args.overwrite,
+        chat=args.chat, mlp_target=args.mlp_target, kv_heads=args.kv_heads, kv_init=args.kv_init,
+        layer_fit=args.layer_fit, device=args.device, overwrite=args.overwrite,
     )
     summary = {k: report.get(k) for k in ("family", "norm", "exactness", "n_tokens", "kl_mean", "top1_agreement",
                                           "max_abs_dlogit", "final_norm_logit_offset_norm")}

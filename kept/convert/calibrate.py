@@ -1,0 +1,395 @@
+"""The calibration pass: closed-form refits of a converted Llama, layer by layer, against the source teacher.
+
+Two uses, one pass (:func:`calibrate`, on :func:`kept.convert.stream.walk`):
+
+* the MHA -> GQA graft (``kv_heads``, ``kv_init``): each layer's KV heads are merged (:mod:`kept.convert.graft`,
+  from the second moments of the attention input) and, for ``fit``, o_proj is refitted by least squares so that the
+  grafted attention's output matches the teacher's attention output;
+* the layer fit (``layer_fit``, ``kept convert --layer-fit``), for modules stock Llama cannot hold: o_proj refitted
+  as above; where the source block is parallel (GPT-NeoX, Phi), gate/up refitted so that the MLP, which now reads
+  the stream after attention, sees what it saw in the teacher (its pre-activations from the block's input); and
+  down_proj refitted so that the layer's output matches the teacher's layer output (absorbing GELU -> SiLU and what
+  the earlier refits left).
+
+Every refit is ridge least squares towards the converted weights, ``min ||F W^T - Y||^2 + lam ||W - W0||^2`` with
+``lam = ridge * mean(diag(F^T F))``, from normal equations accumulated over the calibration batches (features F: the
+inputs of the refitted linear map in the student, on the student's own stream; targets Y: the teacher's, centred
+when the mapping centres the stream). Layers are solved in order, each on the outputs of the student layers solved
+before it (GPTQ's sequential reconstruction). Peak memory: one layer of each model, the two streams, the teacher's
+attention outputs and the normal equations of the widest refit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from kept.convert.graft import Attention, check_kv_heads, graft_attention
+from kept.convert.stream import Stream, StreamingModel, walk
+from kept.errors import CheckpointError, ConfigError
+from kept.progress import Progress
+
+log = logging.getLogger(__name__)
+
+RIDGE = 1e-3  # relative ridge of every refit (towards the converted weights)
+TEXT_SEQ_LEN = 1024  # calibration text (plain or jsonl) is cut into sequences of this many tokens at most
+_ATTN = "self_attn"
+
+
+# ---- calibration text ----------------------------------------------------------------------------------------
+
+
+def calibration_ids(
+    spec: str | Path | None, *, tokenizer: Path, bos: int | None, eos: int | None, n_tokens: int,
+    max_len: int, from_end: bool = False,
+) -> tuple[torch.Tensor, str]:
+    """``[B, T]`` token ids and what they are: from a packed corpus directory (manifest.json + shards), a JSON-lines
+    corpus (``{"text": ...}`` per line, documents joined with EOS) or a plain text file, tokenized with the source's
+    tokenizer and cut into sequences of ``min(max_len, TEXT_SEQ_LEN)`` tokens; None: the built-in multilingual
+    sample. ``n_tokens``: whole sequences are taken until that many are collected (``from_end``: from the end, so
+    a fitting batch and a fidelity batch do not overlap)."""
+    from kept.fidelity import builtin_tokens, calibration_tokens
+
+    if spec is None:
+        return builtin_tokens(tokenizer, bos=bos), "built-in multilingual sample"
+    path = Path(spec)
+    if path.is_dir():
+        return calibration_tokens(path, n_tokens=n_tokens, from_end=from_end), f"{path} (packed corpus)"
+    if not path.is_file():
+        raise ConfigError(f"{path}: calibration text not found (a packed corpus directory, a .jsonl corpus with "
+                          "a 'text' field per line, or a plain text file)")
+    if path.suffix == ".jsonl":
+        from kept.jsonl import read_jsonl
+
+        rows = read_jsonl(path, what="calibration documents")
+        docs = []
+        for n, row in enumerate(rows, start=1):
+            if not isinstance(row.get("text"), str):
+                raise ConfigError(f"{path}: record {n} has no string field 'text'")
+            docs.append(row["text"])
+        kind = "jsonl corpus"
+    else:
+        try:
+            docs = [path.read_text(encoding="utf-8")]
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: calibration text is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        kind = "plain text"
+    encode = _encoder(tokenizer)
+    stream = [bos] if bos is not None else []
+    for doc in docs:
+        stream += encode(doc) + ([eos] if eos is not None else [])
+    seq = max(1, min(max_len, TEXT_SEQ_LEN))
+    rows_ = [stream[i : i + seq] for i in range(0, len(stream) - seq + 1, seq)] or [stream]
+    if from_end:
+        rows_ = rows_[::-1]
+    take = max(1, math.ceil(n_tokens / len(rows_[0])))
+    rows_ = rows_[:take]
+    if from_end:
+        rows_ = rows_[::-1]
+    if not rows_[0]:
+        raise ConfigError(f"{path}: calibration text holds no tokens")
+    return torch.tensor(rows_, dtype=torch.long), f"{path} ({kind})"
+
+
+def _encoder(tokenizer: Path) -> Callable[[str], list[int]]:
+    """The source tokenizer's ``text -> ids`` (SentencePiece ``tokenizer.model`` or a tokenizers ``tokenizer.json``),
+    without special tokens."""
+    if Path(tokenizer).suffix == ".json":
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tokenizer))
+        return lambda text: tok.encode(text, add_special_tokens=False).ids
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+    return lambda text: sp.encode(text)
+
+
+def required_tokens(hidden_size: int) -> int:
+    """Fewest calibration tokens a closed-form fit accepts: as many as the attention input's moments have
+    dimensions (``hidden_size + 1`` with the bias), so ``E[x x^T]`` can have full rank."""
+    return hidden_size + 1
+
+
+# ---- ridge least squares ----------------------------------------------------------------------------------------
+
+
+class _Normal:
+    """Normal equations of ``F W^T ~ Y`` accumulated over batches (float64): ``F^T F``, ``F^T Y``, ``Y^T Y``."""
+
+    def __init__(self) -> None:
+        self.ftf: torch.Tensor | None = None
+        self.fty: torch.Tensor | None = None
+        self.yty = 0.0
+
+    def add(self, f: torch.Tensor, y: torch.Tensor, *, bias: bool) -> None:
+        f = f.reshape(-1, f.shape[-1]).double()  # (n, p)
+        y = y.reshape(-1, y.shape[-1]).double()  # (n, out)
+        if bias:
+            f = torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype, device=f.device)], 1)
+        ftf, fty = f.T @ f, f.T @ y
+        self.ftf = ftf if self.ftf is None else self.ftf + ftf
+        self.fty = fty if self.fty is None else self.fty + fty
+        self.yty += float((y * y).sum())
+
+    def error(self, wt: torch.Tensor) -> float:
+        """Relative squared error ``||F W^T - Y||^2 / ||Y||^2`` of ``wt`` = W^T."""
+        sq = float((wt * (self.ftf @ wt)).sum() - 2 * (wt * self.fty).sum()) + self.yty
+        return max(sq, 0.0) / max(self.yty, 1e-300)
+
+    def solve(self, w0t: torch.Tensor, ridge: float) -> torch.Tensor:
+        """``W^T`` minimising the squared error plus ``lam ||W - W0||^2``."""
+        lam = ridge * float(torch.diagonal(self.ftf).mean())
+        eye = torch.eye(self.ftf.shape[0], dtype=self.ftf.dtype, device=self.ftf.device)
+        return torch.linalg.solve(self.ftf + lam * eye, self.fty + lam * w0t)
+
+
+def _weight_t(params: dict[str, torch.Tensor], name: str, *, bias: bool) -> torch.Tensor:
+    """``[W | b]^T`` of a linear layer in ``params`` (float64)."""
+    w = params[f"{name}.weight"].double()
+    return torch.cat([w, params[f"{name}.bias"].double()[:, None]], 1).T if bias else w.T
+
+
+def _set_weight_t(params: dict[str, torch.Tensor], name: str, wt: torch.Tensor, *, bias: bool,
+                  centre: bool) -> None:
+    w = wt.T
+    if centre:  # a map into the centred stream stays centred (its target is; this removes rounding drift)
+        w = w - w.mean(0, keepdim=True)
+    params[f"{name}.weight"] = w[:, :-1] if bias else w
+    if bias:
+        params[f"{name}.bias"] = w[:, -1]
+
+
+# ---- the pass ---------------------------------------------------------------------------------------------------
+
+
+def calibrate(
+    *,
+    teacher: Path,
+    student: Path,
+    ids: torch.Tensor,
+    kv_heads: int | None,
+    kv_init: str,
+    layer_fit: bool,
+    centred: bool,
+    parallel: bool,
+    scratch: Path,
+    where: str,
+    ridge: float = RIDGE,
+    device: str = "cpu",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Solve every layer of the converted Llama at ``student`` against ``teacher`` on ``ids`` and save the tensors it
+    replaces, per layer, as ``scratch/layer-<i>.safetensors``. Returns the grafted Llama config.json and the
+    report (per layer: the groups of KV heads, the merge's residuals, each refit's relative error before/after)."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from kept.convert.plan import LEGACY_KEYS
+    from kept.fidelity import split_batches
+
+    cfg = json.loads((student / "config.json").read_text())
+    heads, kv_now = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    if kv_heads is not None:
+        check_kv_heads(kv_heads, heads=heads, current=kv_now, where=where)
+        cfg = {**cfg, "num_key_value_heads": kv_heads}
+    attn_bias, mlp_bias = bool(cfg.get("attention_bias")), bool(cfg.get("mlp_bias"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    t_model = StreamingModel(teacher, device=device)
+    s_model = StreamingModel(student, device=device)
+    llama_cfg = LlamaConfig(**{k: v for k, v in cfg.items() if k not in LEGACY_KEYS})
+    llama_cfg._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        grafted = LlamaDecoderLayer(llama_cfg, layer_idx=0)
+    grafted = grafted.to_empty(device=device).float().eval()
+    layers: list[dict[str, Any]] = []
+    bar = Progress(t_model.num_layers, desc="convert: calibration", unit="layer")
+    try:
+        batches = split_batches(ids)
+        t_stream = Stream(t_model, batches, who=f"teacher {teacher}")
+        s_stream = Stream(s_model, batches, who="converted student (calibration pass)")
+        attn_t: list[torch.Tensor] = []
+
+        def taps(i: int, layer: torch.nn.Module) -> list[Any]:
+            attn_t.clear()
+            return [_attention_module(layer).register_forward_hook(lambda m, a, out: attn_t.append(_first(out)))]
+
+        @torch.no_grad()
+        def solve(i: int, layer: torch.nn.Module, t_in: list[torch.Tensor]) -> torch.nn.Module:
+            prefix = f"model.layers.{i}."
+            params = {k: v.detach().double().cpu() for k, v in layer.state_dict().items()}
+            init = dict(params)
+            hs, pos = s_stream.hidden, s_stream.pos
+            x = [layer.input_layernorm(h) for h in hs]
+            record: dict[str, Any] = {"layer": i}
+            if kv_heads is not None:
+                sigma = _moment(x)  # mean reads it only for the residual it reports
+                merge = graft_attention(_attention(params, heads=heads, kv_heads=kv_now, head_dim=hd, bias=attn_bias),
+                                        kv_heads=kv_heads, init=kv_init, sigma=sigma)
+                for name, rows in (("q_proj", merge.q), ("k_proj", merge.k), ("v_proj", merge.v)):
+                    params[f"{_ATTN}.{name}.weight"] = rows[:, :-1]
+                    if attn_bias:
+                        params[f"{_ATTN}.{name}.bias"] = rows[:, -1]
+                params[f"{_ATTN}.o_proj.weight"] = merge.o
+                record.update(groups=merge.groups, residual=merge.residual)
+            out = _load(grafted if kv_heads is not None else layer, params)
+            centre = (lambda t: t - t.mean(-1, keepdim=True)) if centred else (lambda t: t)
+            if layer_fit or kv_init == "fit" and kv_heads is not None:  # o_proj on the grafted heads' outputs
+                normal = _Normal()
+                feats = _inputs_of(out.self_attn.o_proj, lambda: [out.self_attn(hidden_states=xb, attention_mask=None,
+                                                                                position_embeddings=p) for xb, p in zip(x, pos)])
+                for f, y in zip(feats, attn_t):
+                    normal.add(f, centre(y), bias=attn_bias)
+                record["o_proj"] = _refit(normal, params, f"{_ATTN}.o_proj", bias=attn_bias, centre=centred,
+                                          ridge=ridge)
+                out = _load(out, params)
+            if layer_fit:
+                h_mid = [h + out.self_attn(hidden_states=xb, attention_mask=None, position_embeddings=p)[0]
+                         for h, xb, p in zip(hs, x, pos)]
+                m = [out.post_attention_layernorm(h) for h in h_mid]
+                if parallel:  # the teacher's MLP read the block's input: its pre-activations are the targets
+                    m_in = [out.post_attention_layernorm(h) for h in hs]
+                    for name in ("gate_proj", "up_proj"):
+                        normal = _Normal()
+                        lin = getattr(out.mlp, name)
+                        for a, b in zip(m, m_in):
+                            normal.add(a, lin(b), bias=mlp_bias)
+                        record[name] = _refit(normal, params, f"mlp.{name}", bias=mlp_bias, centre=False, ridge=ridge)
+                    out = _load(out, params)
+                normal = _Normal()
+                feats = _inputs_of(out.mlp.down_proj, lambda: [out.mlp(a) for a in m])
+                for f, t_out, h in zip(feats, t_stream.hidden, h_mid):
+                    normal.add(f, centre(t_out) - h, bias=mlp_bias)
+                record["down_proj"] = _refit(normal, params, "mlp.down_proj", bias=mlp_bias, centre=centred,
+                                             ridge=ridge)
+                out = _load(out, params)
+            changed = {prefix + k: v.float().contiguous() for k, v in params.items()
+                       if k not in init or v.shape != init[k].shape or not torch.equal(v, init[k])}
+            for name, t in changed.items():
+                if not bool(torch.isfinite(t).all()):
+                    raise CheckpointError(f"{where}: the calibration fit of layer {i} gives {name!r} a NaN or Inf "
+                                          "(calibration text too uniform or too short for this layer?)")
+            save_file(changed, str(scratch / f"layer-{i}.safetensors"))
+            layers.append(record)
+            bar.set_postfix(layer=i, **{k: f"{v['after']:.3g}" for k, v in record.items()
+                                        if isinstance(v, dict) and "after" in v})
+            bar.update(1)
+            return out
+
+        walk(t_stream, s_stream, taps=taps, solve=solve)
+    finally:
+        t_model.close()
+        s_model.close()
+        bar.close()
+    return cfg, {"n_tokens": int(ids.numel()), "ridge": ridge, "layers": layers}
+
+
+def _attention_module(layer: torch.nn.Module) -> torch.nn.Module:
+    """The attention block of a family's decoder layer (``self_attn``, GPT-NeoX's ``attention``, ...): the first
+    child whose class name ends in ``Attention``."""
+    for child in layer.children():
+        if type(child).__name__.endswith("Attention"):
+            return child
+    raise CheckpointError(f"{type(layer).__name__}: no attention module to calibrate against")
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _moment(x: list[torch.Tensor]) -> torch.Tensor:
+    """``E[[x, 1][x, 1]^T]`` over all tokens of all batches, float64 ``(d+1, d+1)``."""
+    total, n = None, 0
+    for xb in x:
+        xa = xb.reshape(-1, xb.shape[-1]).double()
+        xa = torch.cat([xa, torch.ones(xa.shape[0], 1, dtype=xa.dtype, device=xa.device)], 1)
+        s = xa.T @ xa
+        total, n = (s if total is None else total + s), n + xa.shape[0]
+    return (total / n).cpu()
+
+
+def _attention(params: dict[str, torch.Tensor], *, heads: int, kv_heads: int, head_dim: int,
+               bias: bool) -> Attention:
+    def aug(name: str) -> torch.Tensor:
+        w = params[f"{_ATTN}.{name}.weight"]
+        b = params[f"{_ATTN}.{name}.bias"] if bias else torch.zeros(w.shape[0], dtype=w.dtype)
+        return torch.cat([w, b[:, None]], 1)
+
+    return Attention(q=aug("q_proj"), k=aug("k_proj"), v=aug("v_proj"), o=params[f"{_ATTN}.o_proj.weight"],
+                     heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+
+
+@torch.no_grad()
+def _load(layer: torch.nn.Module, params: dict[str, torch.Tensor]) -> torch.nn.Module:
+    for key, p in layer.state_dict(keep_vars=True).items():
+        p.copy_(params[key])
+    return layer
+
+
+def _inputs_of(module: torch.nn.Module, run: Callable[[], Any]) -> list[torch.Tensor]:
+    """What ``module`` receives, per call, while ``run()`` runs."""
+    got: list[torch.Tensor] = []
+    hook = module.register_forward_pre_hook(lambda m, args: got.append(args[0]))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return got
+
+
+def _refit(normal: _Normal, params: dict[str, torch.Tensor], name: str, *, bias: bool, centre: bool,
+           ridge: float) -> dict[str, float]:
+    """Solve one linear map in place in ``params``; its relative error before and after."""
+    w0t = _weight_t(params, name, bias=bias)
+    wt = normal.solve(w0t, ridge)
+    before, after = normal.error(w0t), normal.error(wt)
+    _set_weight_t(params, name, wt, bias=bias, centre=centre)
+    return {"before": before, "after": after}
+
+
+# ---- the output ---------------------------------------------------------------------------------------------------
+
+
+class _Refitted:
+    """The tensors a calibration pass replaced (``scratch/layer-*.safetensors``), read one at a time on demand."""
+
+    def __init__(self, scratch: Path) -> None:
+        from safetensors import safe_open
+
+        self._open = safe_open
+        self.where = {name: f for f in sorted(scratch.glob("layer-*.safetensors"))
+                      for name in safe_open(str(f), framework="pt").keys()}
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.where
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        with self._open(str(self.where[name]), framework="pt") as fh:
+            return fh.get_tensor(name)
+
+
+def write_refitted(*, stage: Path, scratch: Path, config: dict[str, Any], out_dir: Path, out_dtype: torch.dtype,
+                   max_shard_size: int) -> None:
+    """The final checkpoint in ``out_dir``: every tensor of the converted Llama at ``stage`` copied as stored, except
+    those the calibration pass replaced (``scratch``), at the shapes of ``config`` (the grafted config.json)."""
+    from kept.checkpoint import TensorReader
+    from kept.convert.plan import Plan, Step, llama_shapes
+    from kept.convert.writer import write_weights
+
+    refitted = _Refitted(scratch)
+    steps = [Step(name, "given" if name in refitted else "copy", () if name in refitted else (name,), shape, name)
+             for name, shape in llama_shapes(config).items()]
+    plan = Plan(norm="", family="llama", steps=steps, dropped=[], llama_config=config)
+    with TensorReader(stage) as reader:
+        write_weights(reader=reader, plan=plan, out_dir=out_dir, out_dtype=out_dtype, max_shard_size=max_shard_size,
+                      gains=refitted)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
