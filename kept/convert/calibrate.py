@@ -127,15 +127,19 @@ class _Normal:
         self.fty: torch.Tensor | None = None
         self.yty = 0.0
 
-    def add(self, f: torch.Tensor, y: torch.Tensor, *, bias: bool) -> None:
-        f = f.reshape(-1, f.shape[-1]).double()  # (n, p)
-        y = y.reshape(-1, y.shape[-1]).double()  # (n, out)
-        if bias:
-            f = torch.cat([f, torch.ones(f.shape[0], 1, dtype=f.dtype, device=f.device)], 1)
-        ftf, fty = f.T @ f, f.T @ y
-        self.ftf = ftf if self.ftf is None else self.ftf + ftf
-        self.fty = fty if self.fty is None else self.fty + fty
-        self.yty += float((y * y).sum())
+    def add(self, f: torch.Tensor, y: torch.Tensor, *, bias: bool, rows: int = 1024) -> None:
+        f = f.reshape(-1, f.shape[-1])  # (n, p)
+        y = y.reshape(-1, y.shape[-1])  # (n, out)
+        for r in range(0, f.shape[0], rows):  # float64 copies of a row block at a time
+            fb, yb = f[r : r + rows].double(), y[r : r + rows].double()
+            if bias:
+                fb = torch.cat([fb, torch.ones(fb.shape[0], 1, dtype=fb.dtype, device=fb.device)], 1)
+            if self.ftf is None:
+                self.ftf = torch.zeros(fb.shape[1], fb.shape[1], dtype=fb.dtype, device=fb.device)
+                self.fty = torch.zeros(fb.shape[1], yb.shape[1], dtype=fb.dtype, device=fb.device)
+            self.ftf.addmm_(fb.T, fb)
+            self.fty.addmm_(fb.T, yb)
+            self.yty += float((yb * yb).sum())
 
     def error(self, wt: torch.Tensor) -> float:
         """Relative squared error ``||F W^T - Y||^2 / ||Y||^2`` of ``wt`` = W^T."""

@@ -24,16 +24,18 @@ attention input), never on per-token data: a 14B layer's merge is ``(K hd)^2`` a
 
 from __future__ import annotations
 
-import itertools
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
 from kept.errors import ConfigError, MappingError
 
 KV_INITS = ("mean", "aligned", "fit")
-GPA_ITERATIONS = 20  # generalised Procrustes: alternating updates (converges in a handful on every test model)
+GPA_ITERATIONS = 20  # generalised Procrustes: at most this many alternating updates ...
+GPA_TOLERANCE = 1e-9  # ... stopping once no rotation entry moves by more than this
 EIG_FLOOR = 1e-10  # relative floor of the eigenvalues of O_h^T O_h when its inverse square root is taken
 
 
@@ -144,17 +146,15 @@ class _Weights:
 
 
 def _weights(attn: Attention, mom: Moments) -> _Weights:
-    hd, rep, h = attn.head_dim, attn.n_rep, attn.head_dim // 2
-    s_half, s_inv_half = [], []
-    for j in range(attn.kv_heads):
-        o = attn.o[:, j * rep * hd : (j + 1) * rep * hd].reshape(-1, rep, hd).transpose(0, 1).reshape(-1, hd)
-        lam, vec = torch.linalg.eigh(o.T @ o)  # S_j = sum_h O_h^T O_h
-        lam = lam.clamp_min(float(lam.max()) * EIG_FLOOR + 1e-300)
-        s_half.append(vec @ torch.diag(lam.sqrt()) @ vec.T)
-        s_inv_half.append(vec @ torch.diag(lam.rsqrt()) @ vec.T)
-    q2 = mom.q2.view(attn.kv_heads, rep, hd)
+    hd, rep, h, kvh = attn.head_dim, attn.n_rep, attn.head_dim // 2, attn.kv_heads
+    o = attn.o.view(-1, kvh, rep, hd).permute(1, 2, 0, 3).reshape(kvh, -1, hd)  # (K, rep d, hd): O_h of KV head j
+    lam, vec = torch.linalg.eigh(o.mT @ o)  # S_j = sum_h O_h^T O_h, all KV heads in one batched call
+    lam = lam.clamp_min(float(lam.max()) * EIG_FLOOR + 1e-300)
+    s_half = vec @ torch.diag_embed(lam.sqrt()) @ vec.mT
+    s_inv_half = vec @ torch.diag_embed(lam.rsqrt()) @ vec.mT
+    q2 = mom.q2.view(kvh, rep, hd)
     w = (q2[..., :h] + q2[..., h:]).sum(1)  # (K, hd/2): |q^f|^2 summed over the heads reading KV head j
-    return _Weights(s_half, s_inv_half, w.clamp_min(float(w.max()) * EIG_FLOOR + 1e-300))
+    return _Weights(list(s_half), list(s_inv_half), w.clamp_min(float(w.max()) * EIG_FLOOR + 1e-300))
 
 
 def _merge_values(init: str, cv: torch.Tensor, members: list[int], hd: int,
@@ -166,12 +166,15 @@ def _merge_values(init: str, cv: torch.Tensor, members: list[int], hd: int,
         return [eye / r] * r, [eye] * r
     c = _block(cv, members, hd).view(r, hd, r, hd)
     if init == "aligned":  # generalised Procrustes: rotate every member onto the running mean of the rotated
-        rot = [eye] + [None] * (r - 1)
-        ref = [eye] + [torch.zeros_like(eye)] * (r - 1)  # ref = sum_j ref_j v_j, first the first member
+        ref = torch.zeros(r, hd, hd, dtype=cv.dtype)  # ref = sum_j ref_j v_j, first the first member
+        ref[0] = eye
         for _ in range(GPA_ITERATIONS):
-            rot = [_polar(sum(ref[j] @ c[j, :, l] for j in range(r))) for l in range(r)]  # E[ref v_l^T] -> R_l
-            ref = [R / r for R in rot]
-        return ref, [R.T for R in rot]
+            rot = _polar(torch.einsum("jab,jblc->lac", ref, c))  # E[ref v_l^T] -> R_l, all members at once
+            done = bool((rot / r - ref).abs().max() < GPA_TOLERANCE)
+            ref = rot / r
+            if done:
+                break
+        return list(ref), list(rot.mT)
     # fit: top-hd principal subspace of z_j = S_j^(1/2) v_j (what o_proj makes of the values), jointly
     sh = [wts.s_half[j] for j in members]
     cz = torch.cat([torch.cat([sh[j] @ c[j, :, l] @ sh[l] for l in range(r)], 1) for j in range(r)], 0)
@@ -197,7 +200,10 @@ def _merge_keys(init: str, ck: torch.Tensor, members: list[int], hd: int,
         t[0] = 1
         for _ in range(GPA_ITERATIONS):
             e = _unit(torch.einsum("jf,jlf->lf", t, kc))  # E[ref conj(k_l)] -> the rotation of member l
+            done = bool((e / r - t).abs().max() < GPA_TOLERANCE)
             t = e / r
+            if done:
+                break
         return t, e.conj()
     w = wts.w[members]  # (r, h)
     sw = w.sqrt()
@@ -239,24 +245,71 @@ def _total(mom: Moments, attn: Attention, metric: _Weights | None) -> tuple[floa
     return tv, tk
 
 
-def choose_groups(n: int, size: int, cost) -> list[list[int]]:
-    """Groups of ``size`` among ``n`` heads with a small total ``cost(group)``: the greedy grouping by pairwise
-    costs (seeded by the cheapest pair left), kept only if it beats contiguous groups ``[0..size-1], ...``."""
+def pair_costs(init: str, attn: Attention, mom: Moments, wts: _Weights) -> torch.Tensor:
+    """``(K, K)``: the relative residual of merging each pair of KV heads alone, values plus keys, in the init's own
+    metric, in closed form and batched over all pairs (the group search reads only these).
+
+    ``aligned`` (plain L2): the pair's generalised Procrustes residual, ``(tr C_jj + tr C_ll - 2 ||C_jl||_*) / 2`` for
+    the values (``||.||_*``: nuclear norm, the best rotation's overlap), and per key pair ``(E|k_j|^2 + E|k_l|^2 -
+    2 |E[k_j conj(k_l)]|) / 2``. ``fit`` (weighted): what the top-hd principal subspace of the whitened pair misses
+    (values), and per key pair the smaller eigenvalue of the weighted 2 x 2 Hermitian moment."""
+    hd, kvh = attn.head_dim, attn.kv_heads
+    a, b = torch.triu_indices(kvh, kvh, 1)
+    cv = mom.v.view(kvh, hd, kvh, hd).permute(0, 2, 1, 3)  # (K, K, hd, hd) blocks E[v_j v_l^T]
+    kc = _complex_moments(mom.k, list(range(kvh)), hd)  # (K, K, hd/2)
+    diag_k = kc.diagonal(dim1=0, dim2=1).real.T  # (K, hd/2): E|k_j^f|^2
+    if init == "aligned":
+        tr = torch.diagonal(cv.diagonal(dim1=0, dim2=1), dim1=0, dim2=1).sum(-1)  # (K,) tr C_jj
+        res_v = (tr[a] + tr[b] - 2 * torch.linalg.svdvals(cv[a, b]).sum(-1)) / 2
+        res_k = ((diag_k[a] + diag_k[b] - 2 * kc[a, b].abs()) / 2).sum(-1)
+    else:
+        sh = torch.stack(wts.s_half)  # (K, hd, hd)
+        zz = lambda j, l: sh[j] @ cv[j, l] @ sh[l]  # noqa: E731 - whitened blocks, batched over pairs
+        cz = torch.cat([torch.cat([zz(a, a), zz(a, b)], -1), torch.cat([zz(b, a), zz(b, b)], -1)], -2)
+        lam = torch.linalg.eigvalsh(cz)  # (P, 2 hd), ascending
+        res_v = lam[:, :hd].sum(-1)
+        wa, wb = wts.w[a], wts.w[b]
+        p, q, c = wa * diag_k[a], wb * diag_k[b], (wa * wb).sqrt() * kc[a, b].abs()
+        res_k = ((p + q) / 2 - (((p - q) / 2) ** 2 + c**2).sqrt()).sum(-1)  # the smaller eigenvalue
+    tv, tk = _total(mom, attn, wts if init == "fit" else None)
+    cost = torch.zeros(kvh, kvh, dtype=mom.v.dtype)
+    cost[a, b] = cost[b, a] = res_v.clamp_min(0) / max(tv, 1e-300) + res_k.clamp_min(0) / max(tk, 1e-300)
+    return cost
+
+
+def choose_groups(pair: torch.Tensor, size: int, cost) -> list[list[int]]:
+    """Groups of ``size`` among the ``n`` heads of the pairwise cost matrix ``pair`` with a small total
+    ``cost(group)``: greedy by pairwise costs (seeded by the cheapest pair left, grown by the head with the least
+    summed cost to the group), kept only if it beats contiguous groups ``[0..size-1], ...``."""
+    n = pair.shape[0]
     contiguous = [list(range(g * size, (g + 1) * size)) for g in range(n // size)]
     if size == n:
         return contiguous
-    pair = {(a, b): cost([a, b]) for a, b in itertools.combinations(range(n), 2)}
-    pc = lambda a, b: pair[(min(a, b), max(a, b))]  # noqa: E731
-    left, greedy = set(range(n)), []
+    left, greedy = list(range(n)), []
     while left:
-        a, b = min(((a, b) for (a, b) in pair if a in left and b in left), key=lambda ab: pair[ab])
-        group = [a, b]
+        sub = pair[left][:, left] + torch.diag(torch.full((len(left),), math.inf, dtype=pair.dtype))
+        i, j = divmod(int(sub.argmin()), len(left))
+        group = [left[i], left[j]]
         while len(group) < size:
-            group.append(min(left - set(group), key=lambda m: sum(pc(m, x) for x in group)))
+            rest = [m for m in left if m not in group]
+            group.append(rest[int(pair[rest][:, group].sum(1).argmin())])
         greedy.append(sorted(group))
-        left -= set(group)
+        left = [m for m in left if m not in group]
     greedy.sort()
     return greedy if sum(map(cost, greedy)) < sum(map(cost, contiguous)) else contiguous
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Small dense decompositions (hd x hd SVDs, 2hd x 2hd eigenproblems) on one thread: MKL's threaded LAPACK gains
+    nothing at these sizes and, on a loaded machine, loses 15-70x waiting for its threads (measured: a batched
+    780 x 256^2 eigvalsh took 140 s on 2 threads, 7 s on 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def graft_attention(attn: Attention, *, kv_heads: int, init: str, sigma: torch.Tensor | None) -> Merge:
@@ -264,18 +317,23 @@ def graft_attention(attn: Attention, *, kv_heads: int, init: str, sigma: torch.T
     attention input, needed by ``aligned`` and ``fit``)."""
     if init not in KV_INITS:
         raise ConfigError(f"unknown kv_init {init!r}; expected one of {', '.join(KV_INITS)}")
-    hd, h, kvh, rep = attn.head_dim, attn.head_dim // 2, attn.kv_heads, attn.n_rep
-    size = kvh // kv_heads
     if sigma is None:  # mean needs no data: moments of a white input only size the residual
         sigma = torch.eye(attn.q.shape[1], dtype=attn.q.dtype)
-    mom = moments(attn, sigma)
+    mom = moments(attn, sigma)  # the only large products: every thread
+    with _one_thread():
+        return _graft(attn, mom, kv_heads=kv_heads, init=init)
+
+
+def _graft(attn: Attention, mom: Moments, *, kv_heads: int, init: str) -> Merge:
+    hd, kvh, rep = attn.head_dim, attn.kv_heads, attn.n_rep
+    size = kvh // kv_heads
     wts = _weights(attn, mom)
     own = wts if init == "fit" else None  # each init groups by its own residual
     if init == "mean":
         groups = [list(range(g * size, (g + 1) * size)) for g in range(kv_heads)]
     else:
         tv_, tk_ = _total(mom, attn, own)
-        groups = choose_groups(kvh, size, lambda g: sum(x / max(t, 1e-300) for x, t in zip(
+        groups = choose_groups(pair_costs(init, attn, mom, wts), size, lambda g: sum(x / max(t, 1e-300) for x, t in zip(
             _residual(init, attn, mom, g, wts, own)[:2], (tv_, tk_))))
     k_rows, v_rows, q_rows, o_cols = [], [], [], []
     res_v = res_k = 0.0
