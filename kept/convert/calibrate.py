@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from kept.convert.graft import Attention, check_kv_heads, graft_attention
+from kept.convert.graft import Attention, Merge, check_kv_heads, graft_attention
 from kept.convert.stream import Stream, StreamingModel, walk
 from kept.errors import CheckpointError, ConfigError
 from kept.progress import Progress
@@ -224,57 +224,27 @@ def calibrate(
             attn_t.clear()
             return [_attention_module(layer).register_forward_hook(lambda m, a, out: attn_t.append(_first(out)))]
 
+        centre = (lambda t: t - t.mean(-1, keepdim=True)) if centred else (lambda t: t)
+
         @torch.no_grad()
-        def solve(i: int, layer: torch.nn.Module, t_in: list[torch.Tensor]) -> torch.nn.Module:
-            prefix = f"model.layers.{i}."
-            params = {k: v.detach().double().cpu() for k, v in layer.state_dict().items()}
+        def solve(i: int, layer: torch.nn.Module) -> torch.nn.Module:
+            params = dict(layer.state_dict())  # the converted layer; each refit replaces entries with new tensors
             init = dict(params)
-            hs, pos = s_stream.hidden, s_stream.pos
-            x = [layer.input_layernorm(h) for h in hs]
+            x = [layer.input_layernorm(h) for h in s_stream.hidden]  # the attention's input on the student's stream
             record: dict[str, Any] = {"layer": i}
             if kv_heads is not None:
-                sigma = _moment(x)  # mean reads it only for the residual it reports
                 merge = graft_attention(_attention(params, heads=heads, kv_heads=kv_now, head_dim=hd, bias=attn_bias),
-                                        kv_heads=kv_heads, init=kv_init, sigma=sigma)
-                for name, rows in (("q_proj", merge.q), ("k_proj", merge.k), ("v_proj", merge.v)):
-                    params[f"{_ATTN}.{name}.weight"] = rows[:, :-1]
-                    if attn_bias:
-                        params[f"{_ATTN}.{name}.bias"] = rows[:, -1]
-                params[f"{_ATTN}.o_proj.weight"] = merge.o
+                                        kv_heads=kv_heads, init=kv_init, sigma=_moment(x))
+                _set_attention(params, merge, bias=attn_bias)
                 record.update(groups=merge.groups, residual=merge.residual)
             out = _load(grafted if kv_heads is not None else layer, params)
-            centre = (lambda t: t - t.mean(-1, keepdim=True)) if centred else (lambda t: t)
-            if layer_fit or kv_init == "fit" and kv_heads is not None:  # o_proj on the grafted heads' outputs
-                normal = _Normal()
-                feats = _inputs_of(out.self_attn.o_proj, lambda: [out.self_attn(hidden_states=xb, attention_mask=None,
-                                                                                position_embeddings=p) for xb, p in zip(x, pos)])
-                for f, y in zip(feats, attn_t):
-                    normal.add(f, centre(y), bias=attn_bias)
-                record["o_proj"] = _refit(normal, params, f"{_ATTN}.o_proj", bias=attn_bias, centre=centred,
-                                          ridge=ridge)
-                out = _load(out, params)
+            fit = _Fit(out, params, pos=s_stream.pos, ridge=ridge, centred=centred)
+            if layer_fit or kv_heads is not None and kv_init == "fit":
+                record["o_proj"] = fit.o_proj(x, [centre(y) for y in attn_t], bias=attn_bias)
             if layer_fit:
-                h_mid = [h + out.self_attn(hidden_states=xb, attention_mask=None, position_embeddings=p)[0]
-                         for h, xb, p in zip(hs, x, pos)]
-                m = [out.post_attention_layernorm(h) for h in h_mid]
-                if parallel:  # the teacher's MLP read the block's input: its pre-activations are the targets
-                    m_in = [out.post_attention_layernorm(h) for h in hs]
-                    for name in ("gate_proj", "up_proj"):
-                        normal = _Normal()
-                        lin = getattr(out.mlp, name)
-                        for a, b in zip(m, m_in):
-                            normal.add(a, lin(b), bias=mlp_bias)
-                        record[name] = _refit(normal, params, f"mlp.{name}", bias=mlp_bias, centre=False, ridge=ridge)
-                    out = _load(out, params)
-                normal = _Normal()
-                feats = _inputs_of(out.mlp.down_proj, lambda: [out.mlp(a) for a in m])
-                for f, t_out, h in zip(feats, t_stream.hidden, h_mid):
-                    normal.add(f, centre(t_out) - h, bias=mlp_bias)
-                record["down_proj"] = _refit(normal, params, "mlp.down_proj", bias=mlp_bias, centre=centred,
-                                             ridge=ridge)
-                out = _load(out, params)
-            changed = {prefix + k: v.float().contiguous() for k, v in params.items()
-                       if k not in init or v.shape != init[k].shape or not torch.equal(v, init[k])}
+                record.update(fit.mlp(s_stream.hidden, x, [centre(t) for t in t_stream.hidden], parallel=parallel,
+                                      bias=mlp_bias))
+            changed = {f"model.layers.{i}.{k}": v.float().contiguous() for k, v in params.items() if v is not init[k]}
             for name, t in changed.items():
                 if not bool(torch.isfinite(t).all()):
                     raise CheckpointError(f"{where}: the calibration fit of layer {i} gives {name!r} a NaN or Inf "
@@ -320,13 +290,70 @@ def _moment(x: list[torch.Tensor]) -> torch.Tensor:
 
 def _attention(params: dict[str, torch.Tensor], *, heads: int, kv_heads: int, head_dim: int,
                bias: bool) -> Attention:
+    """A layer's attention tensors as :class:`kept.convert.graft.Attention` (float64, rows ``[W | b]``)."""
     def aug(name: str) -> torch.Tensor:
-        w = params[f"{_ATTN}.{name}.weight"]
-        b = params[f"{_ATTN}.{name}.bias"] if bias else torch.zeros(w.shape[0], dtype=w.dtype)
+        w = params[f"{_ATTN}.{name}.weight"].double().cpu()
+        b = params[f"{_ATTN}.{name}.bias"].double().cpu() if bias else torch.zeros(w.shape[0], dtype=w.dtype)
         return torch.cat([w, b[:, None]], 1)
 
-    return Attention(q=aug("q_proj"), k=aug("k_proj"), v=aug("v_proj"), o=params[f"{_ATTN}.o_proj.weight"],
-                     heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+    return Attention(q=aug("q_proj"), k=aug("k_proj"), v=aug("v_proj"),
+                     o=params[f"{_ATTN}.o_proj.weight"].double().cpu(), heads=heads, kv_heads=kv_heads,
+                     head_dim=head_dim)
+
+
+def _set_attention(params: dict[str, torch.Tensor], merge: Merge, *, bias: bool) -> None:
+    for name, rows in (("q_proj", merge.q), ("k_proj", merge.k), ("v_proj", merge.v)):
+        params[f"{_ATTN}.{name}.weight"] = rows[:, :-1]
+        if bias:
+            params[f"{_ATTN}.{name}.bias"] = rows[:, -1]
+    params[f"{_ATTN}.o_proj.weight"] = merge.o
+
+
+class _Fit:
+    """The refits of one student layer ``out`` (a Llama decoder layer holding ``params``), each ridge least squares
+    from normal equations over the calibration batches, written into ``params`` and loaded into ``out``."""
+
+    def __init__(self, out: torch.nn.Module, params: dict[str, torch.Tensor], *, pos: list[Any], ridge: float,
+                 centred: bool) -> None:
+        self.out, self.params, self.pos, self.ridge, self.centred = out, params, pos, ridge, centred
+
+    def attention(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.out.self_attn(hidden_states=xb, attention_mask=None, position_embeddings=p)[0]
+                for xb, p in zip(x, self.pos)]
+
+    def _solve(self, name: str, pairs: Any, *, bias: bool, centre: bool) -> dict[str, float]:
+        normal = _Normal()
+        for f, y in pairs:
+            normal.add(f, y, bias=bias)
+        w0t = _weight_t(self.params, name, bias=bias)
+        wt = normal.solve(w0t, self.ridge)
+        _set_weight_t(self.params, name, wt, bias=bias, centre=centre)
+        _load(self.out, self.params)
+        return {"before": normal.error(w0t), "after": normal.error(wt)}
+
+    def o_proj(self, x: list[torch.Tensor], target: list[torch.Tensor], *, bias: bool) -> dict[str, float]:
+        """o_proj from the heads' outputs to ``target`` (the teacher's attention output)."""
+        feats = _inputs_of(self.out.self_attn.o_proj, lambda: self.attention(x))
+        return self._solve(f"{_ATTN}.o_proj", zip(feats, target), bias=bias, centre=self.centred)
+
+    def mlp(self, h: list[torch.Tensor], x: list[torch.Tensor], target: list[torch.Tensor], *, parallel: bool,
+            bias: bool) -> dict[str, dict[str, float]]:
+        """gate/up (``parallel``: to the pre-activations from the block's input ``h``, which the teacher's MLP read)
+        and down_proj (to ``target``, the teacher's layer output, minus the stream after attention)."""
+        mlp, norm = self.out.mlp, self.out.post_attention_layernorm
+        h_mid = [hb + a for hb, a in zip(h, self.attention(x))]
+        m = [norm(hb) for hb in h_mid]
+        record = {}
+        if parallel:
+            m_in = [norm(hb) for hb in h]
+            for name in ("gate_proj", "up_proj"):
+                lin = getattr(mlp, name)
+                record[name] = self._solve(f"mlp.{name}", ((a, lin(b)) for a, b in zip(m, m_in)), bias=bias,
+                                           centre=False)
+        feats = _inputs_of(mlp.down_proj, lambda: [mlp(a) for a in m])
+        record["down_proj"] = self._solve("mlp.down_proj", ((f, t - hb) for f, t, hb in zip(feats, target, h_mid)),
+                                          bias=bias, centre=self.centred)
+        return record
 
 
 @torch.no_grad()
@@ -345,16 +372,6 @@ def _inputs_of(module: torch.nn.Module, run: Callable[[], Any]) -> list[torch.Te
     finally:
         hook.remove()
     return got
-
-
-def _refit(normal: _Normal, params: dict[str, torch.Tensor], name: str, *, bias: bool, centre: bool,
-           ridge: float) -> dict[str, float]:
-    """Solve one linear map in place in ``params``; its relative error before and after."""
-    w0t = _weight_t(params, name, bias=bias)
-    wt = normal.solve(w0t, ridge)
-    before, after = normal.error(w0t), normal.error(wt)
-    _set_weight_t(params, name, wt, bias=bias, centre=centre)
-    return {"before": before, "after": after}
 
 
 # ---- the output ---------------------------------------------------------------------------------------------------

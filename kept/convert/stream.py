@@ -165,7 +165,7 @@ class Stream:
 
 
 Taps = Callable[[int, torch.nn.Module], list[Any]]  # (layer index, teacher layer) -> hook handles
-Solve = Callable[[int, torch.nn.Module, list[torch.Tensor]], "torch.nn.Module | None"]
+Solve = Callable[[int, torch.nn.Module], "torch.nn.Module | None"]
 
 
 def walk(teacher: Stream, student: Stream | None = None, *, taps: Taps | None = None, solve: Solve | None = None,
@@ -173,12 +173,11 @@ def walk(teacher: Stream, student: Stream | None = None, *, taps: Taps | None = 
     """Advance ``teacher`` (and ``student``) through every layer, in order.
 
     Per layer ``i``: the teacher's layer runs with the hooks ``taps(i, layer)`` registers (removed after), then
-    ``solve(i, student_layer, teacher_input)`` may replace the student's layer (it reads ``student.hidden``, the
-    student's input, and ``teacher.hidden``, the teacher's output; it returns the layer to run, or None for the one
-    loaded), the student's layer runs, and ``after(i)`` sees both streams after layer ``i``.
+    ``solve(i, student_layer)`` may replace the student's layer (it reads ``student.hidden``, the student's input,
+    and ``teacher.hidden``, the teacher's output; it returns the layer to run, or None for the one loaded), the
+    student's layer runs, and ``after(i)`` sees both streams after layer ``i``.
     """
     for i in range(teacher.model.num_layers):
-        t_in = teacher.hidden
         layer = teacher.model.load_layer(i)
         hooks = taps(i, layer) if taps else []
         try:
@@ -189,7 +188,7 @@ def walk(teacher: Stream, student: Stream | None = None, *, taps: Taps | None = 
         if student is not None:
             s_layer = student.model.load_layer(i)
             if solve is not None:
-                s_layer = solve(i, s_layer, t_in) or s_layer
+                s_layer = solve(i, s_layer) or s_layer
             student.advance(s_layer, i)
         if after is not None:
             after(i)
