@@ -4,11 +4,11 @@ random bf16 weights, Orion's on-disk format) grafted to 10 KV heads (H/4) with `
 measured side by side.
 
 Each conversion runs in a fresh child process (bench/bench_convert.py's, fidelity report off, 2 torch threads) that
-reports its wall and CPU seconds inside ``convert_checkpoint`` and its peak resident memory (VmHWM). The graft's cost
-per layer = the grafted conversion's seconds - the plain conversion's (the checkpoint has one layer; the vocabulary
-is cut to 1024 rows, so embedding and head add nothing); the plain conversion runs first and last (its two runs
-bound the machine's drift). A 40-layer graft costs about 40 times the per-layer figure, plus the plain conversion
-of the 28 GB checkpoint (bench.run convert) and the second write the graft adds (the staged model rewritten).
+reports its wall and CPU seconds inside ``convert_checkpoint`` and its peak resident memory (VmHWM); the calibration
+pass records each layer's wall time in conversion.json. The checkpoint has one layer and a vocabulary cut to 1024
+rows (embedding and head cost nothing); the plain conversion runs first and last (its two runs bound the machine's
+drift). A 40-layer graft costs about 40 times the per-layer figure, plus the plain conversion of the 28 GB
+checkpoint (bench.run convert) and the second write the graft adds (the staged model rewritten).
 
     .venv/bin/python -m bench.run graft_layer [--quick]
 """
@@ -64,33 +64,34 @@ def run(*, quick: bool = False) -> dict:
     runs = []
     for label, extra in cases:
         got = _convert(src, WORK / "out", **common, **extra)
-        runs.append((label, got))
-    plain = [got for label, got in runs if label.startswith("plain")]
+        calib = json.loads((WORK / "out" / "conversion.json").read_text())["calibration_fit"]
+        runs.append((label, got, calib["layers"][0]["seconds"] if calib else None))
+    plain = [got for label, got, _ in runs if label.startswith("plain")]
     base_s = min(r["seconds"] for r in plain)
     base_peak = min(r["peak"] for r in plain)
     rows = []
-    for label, got in runs:
-        grafted = not label.startswith("plain")
-        per_layer = got["seconds"] - base_s if grafted else None
+    for label, got, layer_s in runs:
+        grafted = layer_s is not None
         rows.append({
             "conversion": label,
             "wall s": f"{got['seconds']:.1f}",
             "CPU s": f"{got['cpu']:.1f}",
-            "graft s per layer (wall - plain)": f"{per_layer:.1f}" if grafted else "",
-            "40 layers, h (extrapolated)": f"{40 * per_layer / 3600:.2f}" if grafted else "",
+            "wall - plain's s": f"{got['seconds'] - base_s:.1f}" if grafted else "",
+            "calibration pass s per layer": f"{layer_s:.1f}" if grafted else "",
+            "40 layers, h": f"{40 * layer_s / 3600:.2f}" if grafted else "",
             "peak RSS GiB": f"{got['peak'] / GiB:.2f}",
             "peak - plain's GiB": f"{(got['peak'] - base_peak) / GiB:.2f}" if grafted else "",
         })
     notes = (f"One layer at {'a quick' if quick else 'Orion-14B'} width (hidden {cfg['hidden_size']}, {heads} heads, "
              f"MLP {cfg['intermediate_size']}; {info['bytes'] / GiB:.2f} GiB bf16 checkpoint), {heads} -> {heads // 4} "
              f"KV heads, {tokens} calibration tokens ({seqs} x {length}), 2 torch threads, on the machine of this "
-             "run (CPU; its other load shows in the spread of the two plain runs). 'graft s per layer' = the "
-             "grafted conversion's wall seconds minus the faster plain run's: the calibration pass (teacher and "
-             "student layer forwards, the moments, the group search over all head pairs, the merges, the o_proj "
-             "and, with --layer-fit, the down_proj least squares) and the rewrite of the staged model. "
-             "Extrapolation: 40 x that (a 40-layer graft streams each layer once); add the plain conversion of the "
-             "full checkpoint. Peak RSS: the child's VmHWM (imports included); the plain conversion's is its "
-             "baseline.")
+             "run (CPU; its other load shows in the spread of the two plain runs). 'calibration pass s per layer': "
+             "the layer's wall time inside the pass as conversion.json records it (teacher and student layer "
+             "forwards, the moments, the group search over all head pairs, the merges, the o_proj and, with "
+             "--layer-fit, the gate/down least squares); '40 layers' = 40 x that (the pass streams each layer "
+             "once). 'wall - plain's' adds the fixed costs: transformers' model code imported, the embedding and "
+             "head, and the staged model rewritten once more. Peak RSS: the child's VmHWM (imports included); the "
+             "plain conversion's is its baseline.")
     return {"title": f"Graft cost per layer at {'quick' if quick else 'Orion-14B'} width (one layer, random weights)",
             "rows": rows, "notes": notes}
 

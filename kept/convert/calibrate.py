@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -189,7 +190,8 @@ def calibrate(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Solve every layer of the converted Llama at ``student`` against ``teacher`` on ``ids`` and save the tensors it
     replaces, per layer, as ``scratch/layer-<i>.safetensors``. Returns the grafted Llama config.json and the
-    report (per layer: the groups of KV heads, the merge's residuals, each refit's relative error before/after)."""
+    report (per layer: the groups of KV heads, the merge's residuals, each refit's relative error before/after, and
+    the layer's wall seconds)."""
     from safetensors.torch import save_file
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
@@ -220,9 +222,15 @@ def calibrate(
         s_stream = Stream(s_model, batches, who="converted student (calibration pass)")
         attn_t: list[torch.Tensor] = []
 
+        started: list[float] = []
+
         def taps(i: int, layer: torch.nn.Module) -> list[Any]:
+            started.append(time.perf_counter())
             attn_t.clear()
             return [_attention_module(layer).register_forward_hook(lambda m, a, out: attn_t.append(_first(out)))]
+
+        def after(i: int) -> None:  # the layer's wall time: both forwards, the moments, the merge and the refits
+            layers[i]["seconds"] = round(time.perf_counter() - started[i], 3)
 
         centre = (lambda t: t - t.mean(-1, keepdim=True)) if centred else (lambda t: t)
 
@@ -256,7 +264,7 @@ def calibrate(
             bar.update(1)
             return out
 
-        walk(t_stream, s_stream, taps=taps, solve=solve)
+        walk(t_stream, s_stream, taps=taps, solve=solve, after=after)
     finally:
         t_model.close()
         s_model.close()
