@@ -71,8 +71,8 @@ def _attention_with(structure: str, seed: int = 0) -> LlamaAttention:
 
 def _grafted(attn: LlamaAttention, init: str, kv_heads: int, x: torch.Tensor) -> tuple[LlamaAttention, list]:
     params = {f"self_attn.{k}": v.detach() for k, v in attn.state_dict().items()}
-    merge = graft_attention(_attention(params, heads=H, kv_heads=H, head_dim=HD, bias=True), kv_heads=kv_heads,
-                            init=init, sigma=_moment([x]))
+    merge = graft_attention(_attention(params, heads=H, kv_heads=attn.config.num_key_value_heads, head_dim=HD,
+                                       bias=True), kv_heads=kv_heads, init=init, sigma=_moment([x]))
     out = LlamaAttention(_config(kv_heads), layer_idx=0).double().eval()
     with torch.no_grad():
         for name, rows in (("q_proj", merge.q), ("k_proj", merge.k), ("v_proj", merge.v)):
@@ -245,3 +245,31 @@ def test_layer_fit_brings_an_approximate_family_closer(tmp_path, parallel):
             assert layer[name]["after"] <= layer[name]["before"] + 1e-12
     assert kl[True] < 0.5 * kl[False], kl  # the issue's goal: the fit halves the KL
     LlamaForCausalLM.from_pretrained(out)  # still a stock Llama
+
+
+def test_a_gqa_source_merges_further():
+    """A source that is GQA already (4 query heads on 2 KV heads) merged to 1 KV head: each KV head's two query heads
+    follow it; exact with fit when KV head 1 is a linear copy of KV head 0."""
+    g = torch.Generator().manual_seed(3)
+    attn = LlamaAttention(_config(2), layer_idx=0).double().eval()
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+        for name in ("k_proj", "v_proj"):
+            lin = getattr(attn, name)
+            rows = torch.cat([lin.weight, lin.bias[:, None]], 1).view(2, HD, D + 1)
+            if name == "k_proj":
+                rows[1] = _rotate_pairs(rows[0], torch.complex(torch.randn(HD // 2, generator=g, dtype=torch.float64),
+                                                               torch.randn(HD // 2, generator=g, dtype=torch.float64)))
+            else:
+                rows[1] = torch.randn(HD, HD, generator=g, dtype=torch.float64) @ rows[0]
+            lin.weight.copy_(rows.reshape(-1, D + 1)[:, :-1])
+            lin.bias.copy_(rows.reshape(-1, D + 1)[:, -1])
+    x = torch.randn(2, T, D, generator=g, dtype=torch.float64)
+    pos = LlamaRotaryEmbedding(_config(2)).double()(x, position_ids=torch.arange(T)[None].expand(2, T))
+    new, groups = _grafted(attn, "fit", 1, x)
+    with torch.no_grad():
+        want = attn(x, position_embeddings=pos, attention_mask=None)[0]
+        got = new(x, position_embeddings=pos, attention_mask=None)[0]
+    assert groups == [[0, 1]]
+    assert float((got - want).norm() / want.norm()) < 1e-9
