@@ -427,6 +427,6 @@ def cli(argv: list[str]) -> int:
         layer_fit=args.layer_fit, device=args.device, overwrite=args.overwrite,
     )
     summary = {k: report.get(k) for k in ("family", "norm", "exactness", "n_tokens", "kl_mean", "top1_agreement",
-                                          "max_abs_dlogit", "final_norm_logit_offset_norm")}
+                                          "max_abs_dlogit", "final_norm_logit_offset_norm", "graft", "layer_fit")}
     print(json.dumps(summary, indent=2))
     return 0
