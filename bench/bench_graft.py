@@ -153,7 +153,7 @@ def run(*, quick: bool = False) -> dict:
                          "max abs d log p": f"{f['dlogp']:.3f}", "KV bytes/token (measured)": f"{measured:.0f}",
                          "per-layer groups": " ".join("".join(f"({','.join(map(str, gr))})" for gr in lay)
                                                       for lay in groups)})
-    notes = (f"Teacher g8: toy base recipe, 8 heads x 16 dims, 4 layers, hidden 128, 500 steps of 16 x 512 tokens "
+    notes = (f"Teacher g8: toy base recipe, 8 heads x 16 dims, 4 layers, hidden 128, 300 steps of 16 x 512 tokens "
              f"(pretraining on this machine: {cost}). Calibration: the corpus's first 8192 tokens; metrics: its last "
              f"{teacher.ids.numel()} tokens ({base['n']} sequences): KL(teacher || student) per token, teacher in its "
              "own transformers class, student as stock LlamaForCausalLM with the exact mapping's final-norm logit "
