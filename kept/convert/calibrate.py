@@ -261,7 +261,8 @@ def calibrate(
             if layer_fit:
                 record.update(fit.mlp(s_stream.hidden, x, [centre(t) for t in t_stream.hidden], parallel=parallel,
                                       bias=mlp_bias))
-            changed = {f"model.layers.{i}.{k}": v.float().contiguous() for k, v in params.items() if v is not init[k]}
+            changed = {f"model.layers.{i}.{k}": v.float().cpu().contiguous() for k, v in params.items()
+                       if v is not init[k]}
             for name, t in changed.items():
                 if not bool(torch.isfinite(t).all()):
                     raise CheckpointError(f"{where}: the calibration fit of layer {i} gives {name!r} a NaN or Inf "
@@ -342,7 +343,7 @@ class _Fit:
         normal = _Normal()
         for f, y in pairs:
             normal.add(f, y, bias=bias)
-        w0t = _weight_t(self.params, name, bias=bias)
+        w0t = _weight_t(self.params, name, bias=bias).to(normal.ftf.device)  # a merged o_proj sits on the CPU
         wt = normal.solve(w0t, self.ridge)
         _set_weight_t(self.params, name, wt, bias=bias, centre=centre)
         _load(self.out, self.params)
