@@ -32,7 +32,7 @@ import torch
 
 from kept.convert.graft import Attention, Merge, check_kv_heads, graft_attention
 from kept.convert.stream import Stream, StreamingModel, walk
-from kept.errors import CheckpointError, ConfigError
+from kept.errors import CheckpointError, ConfigError, MappingError
 from kept.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,24 @@ def _encoder(tokenizer: Path) -> Callable[[str], list[int]]:
     return lambda text: sp.encode(text)
 
 
-def required_tokens(hidden_size: int) -> int:
-    """Fewest calibration tokens a closed-form fit accepts: as many as the attention input's moments have
-    dimensions (``hidden_size + 1`` with the bias), so ``E[x x^T]`` can have full rank."""
-    return hidden_size + 1
+def check_refit(ids: torch.Tensor, *, exactness: str, hidden_size: int, kv_heads: int | None, kv_init: str,
+                layer_fit: bool, fit_tokens: int, where: tuple[str, str]) -> None:
+    """Refuse a layer fit with nothing to fit (an exact conversion, no graft), and calibration text shorter than the
+    attention input's moments have dimensions (``hidden_size + 1`` with the bias, so ``E[x x^T]`` can have full
+    rank) where an init reads it. ``where``: (the source's config.json, the calibration text)."""
+    from kept.convert.plan import APPROX
+
+    if layer_fit and kv_heads is None and exactness != APPROX:
+        raise MappingError(f"{where[0]}: --layer-fit refits what stock Llama cannot hold, but this conversion is "
+                           f"{exactness}: there is nothing to fit (use it with an approximate mapping, or with "
+                           "--kv-heads)")
+    need = hidden_size + 1 if layer_fit or kv_init != "mean" else 1
+    if ids.numel() < need:
+        what = " and ".join(([f"--kv-init {kv_init}"] if kv_heads is not None and kv_init != "mean" else [])
+                            + (["--layer-fit"] if layer_fit else []))
+        raise ConfigError(f"{where[1]}: {ids.numel()} calibration tokens, but {what} needs at least {need} "
+                          f"(hidden_size + 1); pass --calibration with more text"
+                          f"{' or raise --fit-tokens' if fit_tokens < need else ''}")
 
 
 # ---- ridge least squares ----------------------------------------------------------------------------------------
@@ -432,3 +446,24 @@ def write_refitted(*, stage: Path, scratch: Path, config: dict[str, Any], out_di
         write_weights(reader=reader, plan=plan, out_dir=out_dir, out_dtype=out_dtype, max_shard_size=max_shard_size,
                       gains=refitted)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def refit_checkpoint(*, teacher: Path, stage: Path, out_dir: Path, config: dict[str, Any], ids: torch.Tensor,
+                     what: str, kv_heads: int | None, kv_init: str, layer_fit: bool, centred: bool, parallel: bool,
+                     out_dtype: torch.dtype, max_shard_size: int, where: str,
+                     device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """The converted Llama written at ``stage`` (with its ``config``) -> the refitted checkpoint in ``out_dir``
+    (:func:`calibrate`, then :func:`write_refitted`); ``stage`` and the scratch files are removed. Returns the
+    output's config.json and conversion.json's ``calibration_fit`` (``what``: the calibration text)."""
+    import shutil
+
+    (stage / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    scratch = out_dir / ".calibration-scratch"
+    config, report = calibrate(teacher=teacher, student=stage, ids=ids, kv_heads=kv_heads, kv_init=kv_init,
+                               layer_fit=layer_fit, centred=centred, parallel=parallel, scratch=scratch, where=where,
+                               device=device)
+    write_refitted(stage=stage, scratch=scratch, config=config, out_dir=out_dir, out_dtype=out_dtype,
+                   max_shard_size=max_shard_size)
+    shutil.rmtree(stage)
+    shutil.rmtree(scratch)
+    return config, {"calibration": what, **report}

@@ -26,7 +26,7 @@ from kept.convert.ops import arith_dtype, logit_offset
 from kept.convert.graft import KV_INITS, check_kv_heads, graft_record
 from kept.convert.plan import APPROX, CENTRED_NORMS, MLP_TARGETS, NORMS, check_mapping, plan_conversion
 from kept.convert.writer import _Source, bound_heap, parse_size, write_weights
-from kept.errors import CheckpointError, ConfigError, MappingError
+from kept.errors import CheckpointError, ConfigError
 from kept.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def convert_checkpoint(
     :class:`~kept.errors.KeptError` naming the file, tensor or key on bad input, and then leaves ``output`` as it was.
     """
     from kept.card import source_card_metadata, write_model_card
-    from kept.convert.calibrate import calibrate, calibration_ids, required_tokens, write_refitted
+    from kept.convert.calibrate import calibration_ids, check_refit, refit_checkpoint
     from kept.fidelity import (
         check_ids,
         fidelity_markdown,
@@ -199,6 +199,7 @@ def convert_checkpoint(
         return calibration_ids(spec, tokenizer=tok_file, bos=arch.special_ids.get("bos_token_id"),
                                eos=arch.special_ids.get("eos_token_id"), n_tokens=n_tokens,
                                max_len=arch.max_position_embeddings, from_end=from_end)
+
     tok_warnings: list[dict[str, str]] = []
     if family.tokenizer == "sentencepiece":
         from kept.tokenizer import runtime_warnings
@@ -231,21 +232,13 @@ def convert_checkpoint(
         log.info("%s -> Llama, norm %s: %s%s", family.name, norm, plan.exactness,
                  "".join(f"; {d['module']}: {d['change']}" for d in plan.divergences))
 
-        refit = kv_heads is not None or layer_fit
-        if layer_fit and kv_heads is None and plan.exactness != APPROX:
-            raise MappingError(f"{source / 'config.json'}: --layer-fit refits what stock Llama cannot hold, but this "
-                               f"conversion is {plan.exactness} with norm {norm!r}: there is nothing to fit (use it "
-                               "with an approximate mapping, or with --kv-heads)")
+        refit = kv_heads is not None or layer_fit  # the calibration pass (kept.convert.calibrate)
         if refit:
             refit_ids, refit_what = calib(calibration, n_tokens=fit_tokens)
             check_ids(refit_ids, arch.vocab_size, str(calibration or tok_file))
-            need = required_tokens(arch.hidden_size) if layer_fit or kv_init != "mean" else 1
-            if refit_ids.numel() < need:
-                what = " and ".join(([f"--kv-init {kv_init}"] if kv_heads is not None and kv_init != "mean" else [])
-                                    + (["--layer-fit"] if layer_fit else []))
-                raise ConfigError(f"{calibration or 'built-in calibration sample'}: {refit_ids.numel()} calibration "
-                                  f"tokens, but {what} needs at least {need} (hidden_size + 1); pass --calibration with "
-                                  f"more text{' or raise --fit-tokens' if fit_tokens < need else ''}")
+            check_refit(refit_ids, exactness=plan.exactness, hidden_size=arch.hidden_size, kv_heads=kv_heads,
+                        kv_init=kv_init, layer_fit=layer_fit, fit_tokens=fit_tokens,
+                        where=(str(source / "config.json"), str(calibration or "built-in calibration sample")))
 
         gains = None
         if norm == "fit":
@@ -279,17 +272,11 @@ def convert_checkpoint(
             del src  # release the work buffers before the fidelity pass
             llama_config, refit_report = plan.llama_config, None
             if refit:
-                (stage / "config.json").write_text(json.dumps(llama_config, indent=2) + "\n")
-                scratch = tmp / ".calibration-scratch"
-                llama_config, refit_report = calibrate(
-                    teacher=source, student=stage, ids=refit_ids, kv_heads=kv_heads, kv_init=kv_init,
-                    layer_fit=layer_fit, centred=norm in CENTRED_NORMS, parallel=arch.parallel_residual,
-                    scratch=scratch, where=str(calibration or source / "config.json"), device=device)
-                write_refitted(stage=stage, scratch=scratch, config=llama_config, out_dir=tmp, out_dtype=out_dtype,
-                               max_shard_size=max_bytes)
-                shutil.rmtree(stage)
-                shutil.rmtree(scratch)
-                refit_report = {"calibration": refit_what, **refit_report}
+                llama_config, refit_report = refit_checkpoint(
+                    teacher=source, stage=stage, out_dir=tmp, config=llama_config, ids=refit_ids, what=refit_what,
+                    kv_heads=kv_heads, kv_init=kv_init, layer_fit=layer_fit, centred=norm in CENTRED_NORMS,
+                    parallel=arch.parallel_residual, out_dtype=out_dtype, max_shard_size=max_bytes,
+                    where=str(calibration or source / "config.json"), device=device)
             (tmp / "config.json").write_text(json.dumps(llama_config, indent=2) + "\n")
             (tmp / "generation_config.json").write_text(json.dumps(_generation_config(source, arch), indent=2) + "\n")
             chat_template = _write_tokenizer(source, tmp, family, arch, tok_file, chat=chat)
