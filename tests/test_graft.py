@@ -273,3 +273,23 @@ def test_a_gqa_source_merges_further():
         got = new(x, position_embeddings=pos, attention_mask=None)[0]
     assert groups == [[0, 1]]
     assert float((got - want).norm() / want.norm()) < 1e-9
+
+
+def test_layer_fit_refits_q_and_k_for_dropped_per_head_norms(tmp_path):
+    """StableLM with qk_layernorm (partial rotary 0.25: Llama's channels are the source's permuted): the conversion
+    drops the per-head q/k norms; --layer-fit refits q_proj and k_proj to the teacher's normalised q and k (in
+    Llama's channel order) and halves the KL."""
+    from kept.convert.tiny import TEXT, make_checkpoint
+
+    src = make_checkpoint(tmp_path / "stablelm", "stablelm", qk_layernorm=True)
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(TEXT * 60))
+    rep = {fit: convert_checkpoint(source=src, output=tmp_path / f"out-{fit}", norm="centered", calibration=text,
+                                   fidelity_tokens=512, fit_tokens=1024, layer_fit=fit) for fit in (False, True)}
+    layers = json.loads((tmp_path / "out-True" / "conversion.json").read_text())["calibration_fit"]["layers"]
+    for layer in layers:
+        for name in ("q_proj", "k_proj"):
+            assert layer[name]["after"] < 0.1 * layer[name]["before"], layer
+    assert rep[True]["kl_mean"] < 0.5 * rep[False]["kl_mean"]
+    # the residual stream after the last layer: 0.09x with the channels in Llama's order (0.43x with them reversed)
+    assert rep[True]["layer_rel_err"][-1] < 0.25 * rep[False]["layer_rel_err"][-1]

@@ -5,8 +5,9 @@ Two uses, one pass (:func:`calibrate`, on :func:`kept.convert.stream.walk`):
 * the MHA -> GQA graft (``kv_heads``, ``kv_init``): each layer's KV heads are merged (:mod:`kept.convert.graft`,
   from the second moments of the attention input) and, for ``fit``, o_proj is refitted by least squares so that the
   grafted attention's output matches the teacher's attention output;
-* the layer fit (``layer_fit``, ``kept convert --layer-fit``), for modules stock Llama cannot hold: o_proj refitted
-  as above; where the source block is parallel (GPT-NeoX, Phi), gate/up refitted so that the MLP, which now reads
+* the layer fit (``layer_fit``, ``kept convert --layer-fit``), for modules stock Llama cannot hold: where the source
+  normalises q and k per head (dropped by the conversion), q_proj and k_proj refitted to the teacher's normalised q
+  and k; o_proj refitted as above; where the source block is parallel (GPT-NeoX, Phi), gate/up refitted so that the MLP, which now reads
   the stream after attention, sees what it saw in the teacher (its pre-activations from the block's input); and
   down_proj refitted so that the layer's output matches the teacher's layer output (absorbing GELU -> SiLU and what
   the earlier refits left).
@@ -208,11 +209,14 @@ def calibrate(
     parallel: bool,
     scratch: Path,
     where: str,
+    qk_rows: list[int] | None = None,
     ridge: float = RIDGE,
     device: str = "cpu",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Solve every layer of the converted Llama at ``student`` against ``teacher`` on ``ids`` and save the tensors it
-    replaces, per layer, as ``scratch/layer-<i>.safetensors``. Returns the grafted Llama config.json and the
+    replaces, per layer, as ``scratch/layer-<i>.safetensors``. ``parallel``: the teacher's block is parallel (its MLP
+    read the block's input); ``qk_rows``: the teacher normalises q and k per head (dropped in the conversion), and a
+    Llama head's channel c is the source's channel ``qk_rows[c]`` (:func:`kept.convert.plan.rotary_rows`). Returns the grafted Llama config.json and the
     report (per layer: the groups of KV heads, the merge's residuals, each refit's relative error before/after, and
     the layer's wall seconds)."""
     from safetensors.torch import save_file
@@ -247,10 +251,20 @@ def calibrate(
 
         started: list[float] = []
 
+        qk_t: dict[str, list[torch.Tensor]] = {"q": [], "k": []}  # the teacher's per-head-normalised q and k
+
         def taps(i: int, layer: torch.nn.Module) -> list[Any]:
             started.append(time.perf_counter())
             attn_t.clear()
-            return [_attention_module(layer).register_forward_hook(lambda m, a, out: attn_t.append(_first(out)))]
+            qk_t["q"].clear()
+            qk_t["k"].clear()
+            attn = _attention_module(layer)
+            hooks = [attn.register_forward_hook(lambda m, a, out: attn_t.append(_first(out)))]
+            for name in ("q_layernorm", "k_layernorm", "q_norm", "k_norm") if layer_fit and qk_rows else ():
+                if getattr(attn, name, None) is not None:
+                    hooks.append(getattr(attn, name).register_forward_hook(
+                        lambda m, a, out, key=name[0]: qk_t[key].append(out)))
+            return hooks
 
         def after(i: int) -> None:  # the layer's wall time: both forwards, the moments, the merge and the refits
             layers[i]["seconds"] = round(time.perf_counter() - started[i], 3)
@@ -263,6 +277,9 @@ def calibrate(
             init = dict(params)
             x = [layer.input_layernorm(h) for h in s_stream.hidden]  # the attention's input on the student's stream
             record: dict[str, Any] = {"layer": i}
+            if qk_t["q"] and qk_t["k"]:  # before any merge: q and k to what the teacher's dropped norms gave
+                record.update(_Fit(layer, params, pos=s_stream.pos, ridge=ridge, centred=centred).qk(
+                    x, qk_t, rows=qk_rows, heads=(heads, kv_now), bias=attn_bias))
             if kv_heads is not None:
                 merge = graft_attention(_attention(params, heads=heads, kv_heads=kv_now, head_dim=hd, bias=attn_bias),
                                         kv_heads=kv_heads, init=kv_init, sigma=_moment(x))
@@ -307,6 +324,14 @@ def _attention_module(layer: torch.nn.Module) -> torch.nn.Module:
 
 def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
+
+
+def _per_head(t: torch.Tensor, heads: int, tokens: int) -> torch.Tensor:
+    """``(B, T, heads, hd)`` from a per-head norm's output: ``(B, heads, T, hd)`` (StableLM, Phi), ``(B, T, heads,
+    hd)`` or ``(B, T, heads * hd)``."""
+    if t.dim() == 3:
+        return t.view(t.shape[0], tokens, heads, -1)
+    return t if t.shape[1] == tokens and t.shape[2] == heads else t.transpose(1, 2)
 
 
 def _moment(x: list[torch.Tensor]) -> torch.Tensor:
@@ -362,6 +387,16 @@ class _Fit:
         _set_weight_t(self.params, name, wt, bias=bias, centre=centre)
         _load(self.out, self.params)
         return {"before": normal.error(w0t), "after": normal.error(wt)}
+
+    def qk(self, x: list[torch.Tensor], captured: dict[str, list[torch.Tensor]], *, rows: list[int],
+           heads: tuple[int, int], bias: bool) -> dict[str, dict[str, float]]:
+        """q_proj and k_proj from the attention's input ``x`` to the teacher's q and k after its per-head norms
+        (``captured``: their outputs, heads in any of the layouts the families use), channels in Llama's order."""
+        record = {}
+        for key, n in zip(("q", "k"), heads):
+            target = [_per_head(t, n, xb.shape[1])[..., rows].flatten(-2) for t, xb in zip(captured[key], x)]
+            record[f"{key}_proj"] = self._solve(f"{_ATTN}.{key}_proj", zip(x, target), bias=bias, centre=False)
+        return record
 
     def o_proj(self, x: list[torch.Tensor], target: list[torch.Tensor], *, bias: bool) -> dict[str, float]:
         """o_proj from the heads' outputs to ``target`` (the teacher's attention output)."""
@@ -450,7 +485,7 @@ def write_refitted(*, stage: Path, scratch: Path, config: dict[str, Any], out_di
 
 def refit_checkpoint(*, teacher: Path, stage: Path, out_dir: Path, config: dict[str, Any], ids: torch.Tensor,
                      what: str, kv_heads: int | None, kv_init: str, layer_fit: bool, centred: bool, parallel: bool,
-                     out_dtype: torch.dtype, max_shard_size: int, where: str,
+                     out_dtype: torch.dtype, max_shard_size: int, where: str, qk_rows: list[int] | None = None,
                      device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
     """The converted Llama written at ``stage`` (with its ``config``) -> the refitted checkpoint in ``out_dir``
     (:func:`calibrate`, then :func:`write_refitted`); ``stage`` and the scratch files are removed. Returns the
@@ -461,7 +496,7 @@ def refit_checkpoint(*, teacher: Path, stage: Path, out_dir: Path, config: dict[
     scratch = out_dir / ".calibration-scratch"
     config, report = calibrate(teacher=teacher, student=stage, ids=ids, kv_heads=kv_heads, kv_init=kv_init,
                                layer_fit=layer_fit, centred=centred, parallel=parallel, scratch=scratch, where=where,
-                               device=device)
+                               qk_rows=qk_rows, device=device)
     write_refitted(stage=stage, scratch=scratch, config=config, out_dir=out_dir, out_dtype=out_dtype,
                    max_shard_size=max_shard_size)
     shutil.rmtree(stage)

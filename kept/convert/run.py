@@ -24,7 +24,7 @@ from kept.checkpoint import FLOAT_DTYPES, TensorReader
 from kept.convert.families import Arch, Family, read_source
 from kept.convert.ops import arith_dtype, logit_offset
 from kept.convert.graft import KV_INITS, check_kv_heads, graft_record
-from kept.convert.plan import APPROX, CENTRED_NORMS, MLP_TARGETS, NORMS, check_mapping, plan_conversion
+from kept.convert.plan import APPROX, CENTRED_NORMS, MLP_TARGETS, NORMS, check_mapping, plan_conversion, rotary_rows
 from kept.convert.writer import _Source, bound_heap, parse_size, write_weights
 from kept.errors import CheckpointError, ConfigError
 from kept.progress import Progress
@@ -275,7 +275,8 @@ def convert_checkpoint(
                 llama_config, refit_report = refit_checkpoint(
                     teacher=source, stage=stage, out_dir=tmp, config=llama_config, ids=refit_ids, what=refit_what,
                     kv_heads=kv_heads, kv_init=kv_init, layer_fit=layer_fit, centred=norm in CENTRED_NORMS,
-                    parallel=arch.parallel_residual, out_dtype=out_dtype, max_shard_size=max_bytes,
+                    parallel=arch.parallel_residual, qk_rows=rotary_rows(arch) if arch.qk_layernorm else None,
+                    out_dtype=out_dtype, max_shard_size=max_bytes,
                     where=str(calibration or source / "config.json"), device=device)
             (tmp / "config.json").write_text(json.dumps(llama_config, indent=2) + "\n")
             (tmp / "generation_config.json").write_text(json.dumps(_generation_config(source, arch), indent=2) + "\n")
