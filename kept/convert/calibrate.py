@@ -7,10 +7,10 @@ Two uses, one pass (:func:`calibrate`, on :func:`kept.convert.stream.walk`):
   grafted attention's output matches the teacher's attention output;
 * the layer fit (``layer_fit``, ``kept convert --layer-fit``), for modules stock Llama cannot hold: where the source
   normalises q and k per head (dropped by the conversion), q_proj and k_proj refitted to the teacher's normalised q
-  and k; o_proj refitted as above; where the source block is parallel (GPT-NeoX, Phi), gate/up refitted so that the MLP, which now reads
-  the stream after attention, sees what it saw in the teacher (its pre-activations from the block's input); and
-  down_proj refitted so that the layer's output matches the teacher's layer output (absorbing GELU -> SiLU and what
-  the earlier refits left).
+  and k; o_proj refitted as above; where the source block is parallel (GPT-NeoX, Phi), gate/up refitted so that the
+  MLP, which now reads the stream after attention, sees what it saw in the teacher (its pre-activations from the
+  block's input); and down_proj refitted so that the layer's output matches the teacher's layer output (absorbing
+  GELU -> SiLU and what the earlier refits left).
 
 Every refit is ridge least squares towards the converted weights, ``min ||F W^T - Y||^2 + lam ||W - W0||^2`` with
 ``lam = ridge * mean(diag(F^T F))``, from normal equations accumulated over the calibration batches (features F: the
