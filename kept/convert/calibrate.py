@@ -216,9 +216,9 @@ def calibrate(
     """Solve every layer of the converted Llama at ``student`` against ``teacher`` on ``ids`` and save the tensors it
     replaces, per layer, as ``scratch/layer-<i>.safetensors``. ``parallel``: the teacher's block is parallel (its MLP
     read the block's input); ``qk_rows``: the teacher normalises q and k per head (dropped in the conversion), and a
-    Llama head's channel c is the source's channel ``qk_rows[c]`` (:func:`kept.convert.plan.rotary_rows`). Returns the grafted Llama config.json and the
-    report (per layer: the groups of KV heads, the merge's residuals, each refit's relative error before/after, and
-    the layer's wall seconds)."""
+    Llama head's channel c is the source's channel ``qk_rows[c]`` (:func:`kept.convert.plan.rotary_rows`). Returns the
+    grafted Llama config.json and the report (per layer: the groups of KV heads, the merge's residuals, each refit's
+    relative error before/after, and the layer's wall seconds)."""
     from safetensors.torch import save_file
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
