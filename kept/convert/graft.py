@@ -217,7 +217,7 @@ def _merge_keys(init: str, ck: torch.Tensor, members: list[int], hd: int,
 def _residual(init: str, attn: Attention, mom: Moments, members: list[int], wts: _Weights | None,
               metric: _Weights | None) -> tuple[float, float, tuple]:
     """The merge of one group and its residual energy ``(values, keys)`` in ``metric`` (None: plain L2)."""
-    hd, h, r = attn.head_dim, attn.head_dim // 2, len(members)
+    hd, r = attn.head_dim, len(members)
     tv, pv = _merge_values(init, mom.v, members, hd, wts)
     tk, pk = _merge_keys(init, mom.k, members, hd, wts)
     cv = _block(mom.v, members, hd)
