@@ -8,12 +8,16 @@ non-zero row mean: the conversion then has something to get wrong.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 # Small configs per family, with the options that matter to the conversion; overrides are config kwargs.
+_SMALL = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+              max_position_embeddings=128, tie_word_embeddings=False, bos_token_id=0, eos_token_id=2)
+_GQA = dict(_SMALL, num_key_value_heads=2)
 TINY: dict[str, dict[str, Any]] = {
     "olmo": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                  max_position_embeddings=128, tie_word_embeddings=False, pad_token_id=1, bos_token_id=None,
@@ -28,6 +32,10 @@ TINY: dict[str, dict[str, Any]] = {
     "phi": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 max_position_embeddings=128, partial_rotary_factor=0.5, hidden_act="gelu_new",
                 tie_word_embeddings=False, bos_token_id=0, eos_token_id=2),
+    "llama": dict(_GQA, attention_bias=True, mlp_bias=True),
+    "mistral": dict(_GQA, sliding_window=None),
+    "ministral": dict(_GQA, sliding_window=None),
+    "qwen2": dict(_GQA, use_sliding_window=False),
 }
 CLASSES = {"olmo": ("OlmoConfig", "OlmoForCausalLM"), "stablelm": ("StableLmConfig", "StableLmForCausalLM"),
            "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"), "phi": ("PhiConfig", "PhiForCausalLM")}
@@ -74,13 +82,28 @@ def perturb(model: torch.nn.Module, *, seed: int = 0) -> None:
 
 
 def new_model(family: str, *, vocab_size: int, seed: int = 0, **overrides: Any) -> torch.nn.Module:
-    """A randomly initialised, perturbed tiny model of ``family`` (transformers' own class), float32, eval mode."""
-    import transformers
+    """A randomly initialised, perturbed tiny model of ``family`` (transformers' own class, or kept's port of a
+    remote-code family's published modeling code), float32, eval mode."""
+    from kept.convert.families import FAMILIES
 
-    cfg_cls, model_cls = (getattr(transformers, n) for n in CLASSES[family])
     kwargs = {**TINY[family], **overrides, "vocab_size": vocab_size}
     torch.manual_seed(seed)
-    model = model_cls(cfg_cls(**kwargs)).float().eval()
+    if family in CLASSES:
+        import transformers
+
+        cfg_cls, model_cls = (getattr(transformers, n) for n in CLASSES[family])
+        model = model_cls(cfg_cls(**kwargs))
+    else:
+        fam = FAMILIES[family]
+        if fam.runtime.model_class is not None:  # a remote-code family: kept's plain-PyTorch port
+            module, name = fam.runtime.model_class.split(":")
+            model_cls = getattr(importlib.import_module(module), name)
+            model = model_cls(model_cls.config_class(**kwargs))
+        else:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(fam.model_types[0], **kwargs))
+    model = model.float().eval()
     perturb(model, seed=seed)
     return model
 

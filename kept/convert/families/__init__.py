@@ -6,14 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kept.convert.families import gpt_neox, olmo, orion, phi, stablelm
+from kept.convert.families import gpt_neox, llama, mistral, olmo, orion, phi, qwen2, stablelm
 from kept.convert.families.base import Arch, Family, Runtime, read_config
 from kept.errors import CheckpointError
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (orion.FAMILY, olmo.FAMILY, stablelm.FAMILY, gpt_neox.FAMILY,
-                                                   phi.FAMILY)}
-_BY_ARCH = {"OrionForCausalLM": "orion", "OlmoForCausalLM": "olmo", "StableLmForCausalLM": "stablelm",
-            "GPTNeoXForCausalLM": "gpt_neox", "PhiForCausalLM": "phi"}
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    orion.FAMILY, olmo.FAMILY, stablelm.FAMILY, gpt_neox.FAMILY, phi.FAMILY,
+    llama.FAMILY, mistral.FAMILY, mistral.MINISTRAL, qwen2.FAMILY,
+)}
+_BY_ARCH = {"OrionForCausalLM": "orion", **{f.hf_class: f.name for f in FAMILIES.values() if f.name != "orion"},
+            **{a: f.name for f in FAMILIES.values() for a in f.architectures}}
 
 __all__ = ["Arch", "Family", "Runtime", "FAMILIES", "check_family", "detect", "read_source"]
 
