@@ -56,7 +56,9 @@ FOLD_CHANGE = {
     "down": "norm on the MLP output replaced by a per-channel scale fitted on calibration text, folded into down_proj",
 }
 FOLD_TENSORS = {"q": "qn", "k": "kn", "o": "pn1", "down": "pn2"}  # fold site -> logical norm tensors it replaces
+XIELU = {"alpha_p": (1,), "alpha_n": (1,), "beta": (), "eps": ()}  # an xIELU activation's tensors
 
+QK_NORM = re.compile(r"\.(q|k)_(layer)?norm\b")  # a dropped per-head q/k LayerNorm (qk_layernorm)
 _ATTN = "model.layers.{i}.self_attn"
 _MLP = "model.layers.{i}.mlp"
 
@@ -97,6 +99,7 @@ class FitSite:
     layer: int | None
     module: str  # module path inside the layer (the final norm: the runtime's final norm)
     identity: bool = False
+    pairs: tuple[int, int] | None = None  # (head_dim, rotary_dim): average s over each rotate-half pair
 
 
 @dataclass
@@ -162,6 +165,8 @@ def logical_shapes(arch: Arch, family: Family | None = None) -> dict[str, tuple[
     s["down.w"] = (d, inter)
     if arch.mlp_bias:
         s["down.b"] = (d,)
+    if arch.hidden_act == "xielu":  # xIELU's per-layer parameters (Apertus): Llama's own act_fn holds them
+        s.update({f"act.{k}": shape for k, shape in XIELU.items()})
     for site in arch.folds:  # the norms a fitted scale replaces: read by the fit, shaped as the family stores them
         base = FOLD_TENSORS[site]
         s[f"{base}.w"] = fold_shape(arch, site)
@@ -323,6 +328,8 @@ def llama_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             shapes[f"{p}.{name}.weight"] = (out, inp)
             if bias:
                 shapes[f"{p}.{name}.bias"] = (out,)
+        if cfg["hidden_act"] == "xielu":  # LlamaMLP's act_fn module carries them
+            shapes.update({f"{p}.mlp.act_fn.{k}": shape for k, shape in XIELU.items()})
         shapes[f"{p}.input_layernorm.weight"] = (d,)
         shapes[f"{p}.post_attention_layernorm.weight"] = (d,)
     shapes["model.norm.weight"] = (d,)
@@ -501,7 +508,7 @@ def plan_conversion(
                 if layer is not None and int(layer) >= arch.num_layers:
                     raise MappingError(f"source tensor {name!r} belongs to layer {layer}, but config.json has "
                                        f"{arch.num_layers} layers")
-                if "q_layernorm" in template or "k_layernorm" in template:
+                if QK_NORM.search(template):
                     if not arch.qk_layernorm:
                         raise MappingError(f"source tensor {name!r} is a qk_layernorm weight, but config.json "
                                            "says qk_layernorm=false")
@@ -529,7 +536,7 @@ def plan_conversion(
     for logical in want:  # every needed tensor present, with its shape
         for i in range(arch.num_layers) if "{i}" in family.tensors[logical][0] else [None]:
             src(logical, i)
-    if arch.qk_layernorm and not any("layernorm" in n and ("q_" in n or "k_" in n) for n, _ in dropped):
+    if arch.qk_layernorm and not any(QK_NORM.search(n) for n, _ in dropped):
         raise CheckpointError(f"{where}: config.json says qk_layernorm=true but the checkpoint holds no q/k "
                               "LayerNorm weights")
 
@@ -565,8 +572,8 @@ def plan_conversion(
         order = perm if rotary else list(range(hd))
         rows = [o + c for o in offsets[proj] for c in order]
         own = [h * hd + c for h in range(len(offsets[proj])) for c in order]
-        return (None if rows == list(range(len(rows))) else tuple(rows),
-                None if own == list(range(len(own))) else tuple(own))
+        whole = arch.qkv_layout == "separate" and rows == list(range(len(rows)))  # the whole source tensor
+        return None if whole else tuple(rows), None if own == list(range(len(own))) else tuple(own)
 
     gelu = cfg["hidden_act"] == "silu" and arch.hidden_act in GELU_ACTS
     s = GELU_SIGMOID if gelu else 1.0
@@ -584,7 +591,7 @@ def plan_conversion(
             else:
                 w, b = src(f"{name}.w", i), (src(f"{name}.b", i) if arch.qkv_bias else None)
                 own = rows
-            f = _fit(fits, "diag", name, i, family) if name in arch.folds else None
+            f = _fit(fits, "diag", name, i, family, arch) if name in arch.folds else None
             kw = dict(rows=rows, scale=q_scale if name == "q" else 1.0, fold=f, fold_rows=own if f else None)
             target = f"{_ATTN}.{name}_proj"
             add(f"{target}.weight", "copy", (w,), i, **kw)
@@ -595,7 +602,7 @@ def plan_conversion(
                     add(f"{target}.bias", "copy", (b,), i, **kw)
                 else:
                     add(f"{target}.bias", "zeros", (), i)
-        f = _fit(fits, "diag", "o", i, family) if "o" in arch.folds else None
+        f = _fit(fits, "diag", "o", i, family, arch) if "o" in arch.folds else None
         add(f"{_ATTN}.o_proj.weight", "center_out" if centred else "copy", (src("o.w", i),), i,
             scale=arch.residual_scale, fold=f)
         if attn_bias:
@@ -625,7 +632,7 @@ def plan_conversion(
                     add(f"{target}.bias", "copy", (b,), i, rows=rows, scale=scale)
                 else:
                     add(f"{target}.bias", "zeros", (), i)
-        f = _fit(fits, "diag", "down", i, family) if "down" in arch.folds else None
+        f = _fit(fits, "diag", "down", i, family, arch) if "down" in arch.folds else None
         down = arch.residual_scale / s
         add(f"{_MLP}.down_proj.weight", "center_out" if centred else "copy", (src("down.w", i),), i, scale=down, fold=f)
         if mlp_bias:
@@ -634,6 +641,9 @@ def plan_conversion(
                     scale=arch.residual_scale, fold=f)
             else:
                 add(f"{_MLP}.down_proj.bias", "zeros", (), i)
+        if arch.hidden_act == "xielu":
+            for k in XIELU:
+                add(f"{_MLP}.act_fn.{k}", "copy", (src(f"act.{k}", i),), i)
         for site, logical in (("input_layernorm", "ln1"), ("post_attention_layernorm", ln2)):
             target = f"model.layers.{{i}}.{site}.weight"
             if not arch.pre_norm:  # no source norm: a gain fitted so that Llama's norm passes the raw stream
@@ -692,10 +702,12 @@ def plan_conversion(
     )
 
 
-def _fit(fits: list[FitSite], kind: str, site: str, i: int, family: Family) -> str:
-    """Register a fitted diagonal at ``site`` of layer ``i``; its key."""
+def _fit(fits: list[FitSite], kind: str, site: str, i: int, family: Family, arch: Arch) -> str:
+    """Register a fitted diagonal at ``site`` of layer ``i``; its key. A q/k norm acting after RoPE gets a scale
+    equal on both channels of each rotated pair, which commutes with the rotation."""
     key = f"fold.{site}@{i}"
-    fits.append(FitSite(key, kind, i, family.runtime.fold_modules[site]))
+    pairs = (arch.head_dim, arch.rotary_dim) if arch.qk_norm_after_rope and site in ("q", "k") else None
+    fits.append(FitSite(key, kind, i, family.runtime.fold_modules[site], pairs=pairs))
     return key
 
 

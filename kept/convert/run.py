@@ -43,8 +43,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def check_tokenizer(source: Path, family: Family, arch: Arch) -> Path:
     """The source's tokenizer must exist, parse, and fit config.json's vocabulary (and, for SentencePiece, its
-    bos/eos ids). Returns the tokenizer file (``tokenizer.model`` or ``tokenizer.json``)."""
-    if family.tokenizer == "sentencepiece":
+    bos/eos ids). Returns the tokenizer file: ``tokenizer.json`` where the source has one (Orion: never), else
+    ``tokenizer.model``."""
+    if family.name == "orion" or (family.tokenizer == "sentencepiece" and not (source / "tokenizer.json").is_file()):
         from kept.tokenizer import load_sp_proto
 
         path = source / "tokenizer.model"
@@ -53,7 +54,7 @@ def check_tokenizer(source: Path, family: Family, arch: Arch) -> Path:
         ts = proto.trainer_spec
         for key, sp_id in (("bos_token_id", ts.bos_id), ("eos_token_id", ts.eos_id)):
             want = arch.special_ids.get(key)
-            if want is not None and want != sp_id:
+            if isinstance(want, int) and want != sp_id:
                 raise CheckpointError(f"{path}: tokenizer's {key.split('_')[0]} id is {sp_id}, config.json {key} is "
                                       f"{want}")
     else:
@@ -61,7 +62,8 @@ def check_tokenizer(source: Path, family: Family, arch: Arch) -> Path:
 
         path = source / "tokenizer.json"
         if not path.is_file():
-            raise CheckpointError(f"{path}: missing tokenizer.json ({family.name} checkpoints ship a tokenizers BPE)")
+            raise CheckpointError(f"{path}: missing tokenizer.json ({family.name} checkpoints ship a tokenizers "
+                                  "tokenizer)")
         try:
             n = Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
         except Exception as exc:  # the tokenizers library raises its own Exception subclasses
@@ -93,8 +95,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _generation_config(source: Path, arch: Arch) -> dict[str, Any]:
     src = _read_json(source / "generation_config.json")
-    gen = {k: src[k] for k in GENERATION_KEYS if k in src}
-    gen.update({k: v for k, v in arch.special_ids.items() if v is not None})
+    gen = {k: v for k, v in arch.special_ids.items() if v is not None}
+    gen.update({k: src[k] for k in GENERATION_KEYS + ("bos_token_id", "eos_token_id", "pad_token_id")
+                if src.get(k) is not None})  # a chat model's own end-of-turn ids (eos_token_id lists) included
     return gen
 
 
@@ -192,7 +195,7 @@ def convert_checkpoint(
     check_mapping(family, arch, norm=norm, mlp_target=mlp_target, where=str(source / "config.json"))
     tok_file = check_tokenizer(source, family, arch)
     tok_warnings: list[dict[str, str]] = []
-    if family.tokenizer == "sentencepiece":
+    if tok_file.name == "tokenizer.model":
         from kept.tokenizer import runtime_warnings
 
         tok_warnings = runtime_warnings(tok_file)
@@ -316,15 +319,25 @@ def _write_tokenizer(source: Path, tmp: Path, family: Family, arch: Arch, tok_fi
     """The converted model's tokenizer files; returns which chat template it carries (``llama3``, ``source``, None).
 
     Orion (SentencePiece): ``tokenizer.json`` built for the stock fast tokenizer, with the Llama-3 chat template for
-    chat models (:func:`kept.tokenizer.write_tokenizer`). Other families: the source's files unchanged (special
-    tokens and chat template included)."""
-    if family.tokenizer == "sentencepiece":
+    chat models (:func:`kept.tokenizer.write_tokenizer`). A source with a ``tokenizer.json``: its files unchanged
+    (special tokens and chat template included). A remote-code SentencePiece source (InternLM2, Baichuan2):
+    ``tokenizer.json`` built from its ``tokenizer.model``, its added specials and chat template carried over."""
+    from kept.tokenizer import write_tokenizer
+
+    if family.name == "orion":
         from kept.chat import LLAMA3_TEMPLATE
-        from kept.tokenizer import write_tokenizer
 
         write_tokenizer(model_file=tok_file, output=tmp, model_max_length=arch.max_position_embeddings,
                         chat_template=LLAMA3_TEMPLATE if chat else None)
         return "llama3" if chat else None
+    if tok_file.name == "tokenizer.model":
+        src_cfg = _read_json(source / "tokenizer_config.json")
+        template = src_cfg.get("chat_template")
+        if template is None and (source / "chat_template.jinja").is_file():
+            template = (source / "chat_template.jinja").read_text()
+        write_tokenizer(model_file=tok_file, output=tmp, model_max_length=arch.max_position_embeddings,
+                        chat_template=template, source_config=src_cfg)
+        return "source" if template else None
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, tmp / name)

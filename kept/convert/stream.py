@@ -307,7 +307,13 @@ def fit_sites(*, teacher: str | Path, batches: Iterable[torch.Tensor], sites: li
         for site in sites:
             num, den = sums[site.key]
             keep = fallback.get(site.key, torch.ones_like(num.cpu()))
-            out[site.key] = torch.where(den.cpu() > 0, num.cpu() / den.cpu().clamp_min(1e-300), keep)
+            value = torch.where(den.cpu() > 0, num.cpu() / den.cpu().clamp_min(1e-300), keep)
+            if site.pairs is not None:  # equal on both channels of each rotate-half pair: commutes with RoPE
+                hd, r = site.pairs
+                v = value.view(-1, hd)
+                mean = (v[:, : r // 2] + v[:, r // 2 : r]) / 2
+                v[:, : r // 2], v[:, r // 2 : r] = mean, mean
+            out[site.key] = value
         return out
     finally:
         model.close()

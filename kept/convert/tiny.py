@@ -34,9 +34,58 @@ TINY: dict[str, dict[str, Any]] = {
                 tie_word_embeddings=False, bos_token_id=0, eos_token_id=2),
     "llama": dict(_GQA, attention_bias=True, mlp_bias=True),
     "mistral": dict(_GQA, sliding_window=None),
-    "ministral": dict(_GQA, sliding_window=None),
+    "ministral": dict(_GQA, head_dim=16, sliding_window=128),
     "qwen2": dict(_GQA, use_sliding_window=False),
+    "internlm3": dict(_GQA, qkv_bias=True, bias=True),
+    "qwen3": dict(_GQA, head_dim=16),
+    "phi3": dict(_GQA, partial_rotary_factor=0.75, original_max_position_embeddings=128, pad_token_id=1),
+    "gemma": dict(_GQA, head_dim=16, tie_word_embeddings=True, pad_token_id=1),
+    "gemma2": dict(_GQA, head_dim=16, query_pre_attn_scalar=24, sliding_window=8, tie_word_embeddings=True,
+                   layer_types=["sliding_attention", "full_attention"], attn_logit_softcapping=50.0,
+                   final_logit_softcapping=30.0, pad_token_id=1),
+    "gemma3_text": dict(_GQA, head_dim=16, query_pre_attn_scalar=24, sliding_window=8, tie_word_embeddings=True,
+                        layer_types=["sliding_attention", "full_attention"], pad_token_id=1,
+                        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                         "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}),
+    "vaultgemma": dict(_GQA, head_dim=16, query_pre_attn_scalar=24, sliding_window=8, tie_word_embeddings=True,
+                       layer_types=["sliding_attention", "full_attention"], attn_logit_softcapping=50.0,
+                       final_logit_softcapping=30.0, pad_token_id=1),
+    "granite": dict(_GQA, embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0078125,
+                    logits_scaling=8.0, attention_bias=True, mlp_bias=True, tie_word_embeddings=True),
+    "hyperclovax": dict(_GQA, embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.2,
+                        logits_scaling=0.125, use_post_norm=True),
+    "starcoder2": dict(_GQA, use_bias=True, tie_word_embeddings=True, sliding_window=None, pad_token_id=1),
+    "nemotron": dict(_GQA, head_dim=16, partial_rotary_factor=0.5, attention_bias=True, mlp_bias=True,
+                     pad_token_id=1),
+    "falcon": dict(_SMALL, ffn_hidden_size=128, bias=True, tie_word_embeddings=True, multi_query=True,
+                   parallel_attn=True, new_decoder_architecture=False, pad_token_id=1),
+    "gptj": dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=128, n_inner=128, bos_token_id=0,
+                 eos_token_id=2, tie_word_embeddings=False),
+    "cohere": dict(_GQA, attention_bias=True, tie_word_embeddings=True, pad_token_id=1),
+    "cohere2": dict(_GQA, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                    tie_word_embeddings=True, pad_token_id=1),
+    "olmo2": dict(_GQA, pad_token_id=1),
+    "olmo3": dict(_GQA, sliding_window=8, layer_types=["sliding_attention", "full_attention"], pad_token_id=1),
+    "persimmon": dict(_SMALL, partial_rotary_factor=0.5, qk_layernorm=True, pad_token_id=1),
+    "exaone": dict(_GQA, pad_token_id=1),
+    "exaone4": dict(_GQA, sliding_window=8, layer_types=["sliding_attention", "full_attention"], pad_token_id=1),
+    "helium": dict(_GQA, head_dim=16, attention_bias=True, mlp_bias=True, pad_token_id=1),
+    "seed_oss": dict(_GQA, attention_bias=True, attention_out_bias=True, mlp_bias=True, pad_token_id=1),
+    "arcee": dict(_GQA, mlp_bias=True, pad_token_id=1),
+    "smollm3": dict(_GQA, no_rope_layers=[1, 0], tie_word_embeddings=True, pad_token_id=1),
+    "glm": dict(_GQA, head_dim=16, partial_rotary_factor=0.5, attention_bias=True, pad_token_id=1),
+    "glm4": dict(_GQA, head_dim=16, partial_rotary_factor=0.5, attention_bias=True, pad_token_id=1),
+    "apertus": dict(_GQA, pad_token_id=1, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    "hunyuan_v1_dense": dict(_GQA, head_dim=16, pad_token_id=1),
+    "ernie4_5": dict(_GQA, use_bias=True, tie_word_embeddings=True, pad_token_id=1),
+    "internlm2": dict(_GQA, bias=True, rope_theta=1000000.0, bos_token_id=1, pad_token_id=0),
+    "baichuan": dict(_SMALL, num_key_value_heads=None, bos_token_id=1, pad_token_id=0),
 }
+# Remote-code families ship a SentencePiece tokenizer.model with their specials as user-defined pieces, and a
+# tokenizer_config.json naming them (InternLM2-chat's layout).
+SP_SPECIALS = ("<|im_start|>", "<|im_end|>", "[UNUSED_TOKEN_145]")
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 CLASSES = {"olmo": ("OlmoConfig", "OlmoForCausalLM"), "stablelm": ("StableLmConfig", "StableLmForCausalLM"),
            "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"), "phi": ("PhiConfig", "PhiForCausalLM")}
 TEXT = ["The quick brown fox jumps over the lazy dog.", "Language models predict the next token from context.",
@@ -98,7 +147,7 @@ def new_model(family: str, *, vocab_size: int, seed: int = 0, **overrides: Any) 
         if fam.runtime.model_class is not None:  # a remote-code family: kept's plain-PyTorch port
             module, name = fam.runtime.model_class.split(":")
             model_cls = getattr(importlib.import_module(module), name)
-            model = model_cls(model_cls.config_class(**kwargs))
+            model = model_cls(model_cls.config_class.from_dict(kwargs))
         else:
             from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -119,7 +168,39 @@ def write_checkpoint(model: torch.nn.Module, directory: Path, *, tokenizer_dir: 
     return directory
 
 
+def train_sentencepiece(directory: Path, *, vocab_size: int = 400) -> int:
+    """A SentencePiece BPE ``tokenizer.model`` (<unk>=0, <s>=1, </s>=2, byte fallback, :data:`SP_SPECIALS` as
+    user-defined pieces) and a ``tokenizer_config.json`` marking those specials and carrying a chat template, as
+    the remote-code families ship them; returns its vocabulary size."""
+    import io
+    import json
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT * 20), model_writer=buf, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, user_defined_symbols=list(SP_SPECIALS), unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        minloglevel=2, num_threads=1, hard_vocab_limit=False,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.model").write_bytes(buf.getvalue())
+    sp = spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+    added = {str(sp.piece_to_id(t)): {"content": t, "special": True, "lstrip": False, "rstrip": False,
+                                      "normalized": False, "single_word": False} for t in SP_SPECIALS}
+    cfg = {"tokenizer_class": "InternLM2Tokenizer", "auto_map": {"AutoTokenizer": ["tokenization_internlm2.py", None]},
+           "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "added_tokens_decoder": added,
+           "chat_template": CHAT_TEMPLATE}
+    (directory / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return sp.get_piece_size()
+
+
 def make_checkpoint(directory: Path, family: str, *, seed: int = 0, **overrides: Any) -> Path:
     """A tiny perturbed checkpoint of ``family`` with its tokenizer, in ``directory``."""
-    vocab = train_bpe(directory)
+    from kept.convert.families import FAMILIES
+
+    if FAMILIES[family].tokenizer == "sentencepiece" and family != "orion":
+        vocab = train_sentencepiece(directory)
+    else:
+        vocab = train_bpe(directory)
     return write_checkpoint(new_model(family, vocab_size=vocab, seed=seed, **overrides), directory)

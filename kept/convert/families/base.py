@@ -76,6 +76,7 @@ class Arch:
     # --- approximate: what stock Llama cannot hold ---
     folds: tuple[str, ...] = ()  # FOLD_SITES whose norm is replaced by a fitted diagonal scale
     qk_norm_span: str = "head"  # q/k norms over each head ("head": weight [head_dim]) or all heads ("full": OLMo-2)
+    qk_norm_after_rope: bool = False  # the q/k norms act on the rotated q/k (Hunyuan): fitted scales pair-averaged
     pre_norm: bool = True  # False: attention / MLP read the raw stream (OLMo-2 post-norm); Llama's gains are fitted
     divergent: tuple[tuple[str, str], ...] = ()  # (module, change) the family detected in config.json
 
@@ -232,7 +233,7 @@ def llama_like(cfg: dict[str, Any], path: Path, family: str, **kw: Any) -> Arch:
         head_dim=head_dim, rotary_dim=rotary_dim(head_dim, float(partial), path),
         rope_theta=float(rope.get("rope_theta") or 10000.0), rope_scaling=rope_scaling(raw_rope, path),
         max_position_embeddings=c.max_position_embeddings,
-        norm_eps=float(next(getattr(c, k) for k in ("rms_norm_eps", "layer_norm_eps", "norm_eps", "layer_norm_epsilon")
+        norm_eps=float(next(getattr(c, k) for k in ("rms_norm_eps", "layer_norm_eps", "norm_eps", "layer_norm_epsilon", "norm_epsilon")
                             if getattr(c, k, None) is not None)),
         norm_weight=True, norm_bias=False, norm_kind="rms", hidden_act=getattr(c, "hidden_act", "silu"),
         qkv_bias=bool(getattr(c, "attention_bias", False)), o_bias=bool(getattr(c, "attention_bias", False)),
@@ -298,3 +299,19 @@ def layout(*logical: str, extra: dict[str, str] | None = None) -> dict[str, tupl
     out = {k: LLAMA_LAYOUT[k] for k in logical}
     out.update({k: (v,) for k, v in (extra or {}).items()})
     return out
+
+
+def llama_family(name: str, read_arch: Callable[[dict[str, Any], Path], Arch], *logical: str, hf_class: str,
+                 extra: dict[str, str] | None = None, runtime: Runtime = LLAMA_RUNTIME,
+                 dropped: dict[str, str] | None = None, **kw: Any) -> Family:
+    """A family stored under Llama's tensor names (``logical`` of :data:`LLAMA_LAYOUT` plus ``extra``), run by
+    transformers' own class of its ``model_type`` ``name``."""
+    return Family(name=name, model_types=kw.pop("model_types", (name,)), read_arch=read_arch,
+                  tensors=layout(*logical, extra=extra), dropped=ROPE_BUFFERS if dropped is None else dropped,
+                  runtime=runtime, teacher_config=kw.pop("teacher_config", hf_config),
+                  tokenizer=kw.pop("tokenizer", "tokenizers"), hf_class=hf_class, **kw)
+
+
+def fold_runtime(*, prefix: str = "model.layers.{i}.", final_norm: str = "model.norm", **folds: str) -> Runtime:
+    """A runtime whose norms at ``folds`` (fold site -> module path in the layer) are replaced by fitted scales."""
+    return Runtime(layer_prefix=prefix, final_norm=final_norm, fold_modules=folds)

@@ -7,22 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kept.convert.families.base import LLAMA_CORE, LLAMA_RUNTIME, ROPE_BUFFERS, Arch, Family, hf_config, layout
-from kept.convert.families.base import llama_like
+from kept.convert.families.base import LLAMA_CORE, Arch, llama_family, llama_like
 
 
 def read_arch(cfg: dict[str, Any], path: Path) -> Arch:
     return llama_like(cfg, path, "qwen2", qkv_bias=True, o_bias=False, mlp_bias=False)
 
 
-FAMILY = Family(
-    name="qwen2",
-    model_types=("qwen2",),
-    read_arch=read_arch,
-    tensors=layout(*LLAMA_CORE, "q.b", "k.b", "v.b"),
-    dropped=ROPE_BUFFERS,
-    runtime=LLAMA_RUNTIME,
-    teacher_config=hf_config,
-    tokenizer="tokenizers",
-    hf_class="Qwen2ForCausalLM",
-)
+FAMILY = llama_family("qwen2", read_arch, *LLAMA_CORE, "q.b", "k.b", "v.b", hf_class="Qwen2ForCausalLM")
