@@ -159,12 +159,12 @@ def test_partial_rotary_config_reaches_runtimes(tmp_path):
 def test_unknown_family_refused_in_one_line(tmp_path):
     src = make_checkpoint(tmp_path / "src", "olmo")
     cfg = json.loads((src / "config.json").read_text())
-    cfg.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    cfg.update(model_type="mamba", architectures=["MambaForCausalLM"])
     (src / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError) as err:
         convert_checkpoint(source=src, output=tmp_path / "out", norm="exact")
     msg = str(err.value)
-    assert "'gpt2'" in msg and all(f in msg for f in FAMILIES) and "\n" not in msg
+    assert "'mamba'" in msg and all(f in msg for f in FAMILIES) and "\n" not in msg
     assert not (tmp_path / "out").exists()
 
 

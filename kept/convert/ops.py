@@ -63,11 +63,16 @@ def _fold(step: Step, src: _Source, out_dtype: torch.dtype) -> torch.Tensor:
 
 
 def _fold_vector(step: Step, fitted: dict[str, torch.Tensor], arith: torch.dtype) -> torch.Tensor | None:
-    """The fitted per-row scale of ``step`` for its target rows (None: no fold)."""
-    if step.fold is None:
-        return None
-    v = fitted[step.fold].to(arith)
-    return v[list(step.fold_rows)] if step.fold_rows is not None else v
+    """The per-row factor of ``step`` for its target rows: its fitted scale times its fixed row scale (None:
+    neither)."""
+    v = None
+    if step.fold is not None:
+        v = fitted[step.fold].to(arith)
+        v = v[list(step.fold_rows)] if step.fold_rows is not None else v
+    if step.row_scale is not None:
+        rows = torch.tensor(step.row_scale, dtype=arith)[: step.shape[0]]
+        v = rows if v is None else v * rows
+    return v
 
 
 def produce(step: Step, src: _Source, out_dtype: torch.dtype, fitted: dict[str, torch.Tensor]) -> Iterator[torch.Tensor]:

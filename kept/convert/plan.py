@@ -77,12 +77,13 @@ class Step:
     shift: float = 0.0  # gain: added to the stored weight
     fold: str | None = None  # key of a fitted per-row scale (FitSite.key) multiplying the result
     fold_rows: tuple[int, ...] | None = None  # its entries for the target's rows (None: in order)
+    row_scale: tuple[float, ...] | None = None  # a fixed factor per target row
 
     @property
     def verbatim(self) -> bool:
         """The target is the source's values unchanged (a cast at most)."""
         return (self.op in ("copy", "gain") and self.rows is None and self.scale == 1.0 and self.shift == 0.0
-                and self.fold is None)
+                and self.fold is None and self.row_scale is None)
 
 
 @dataclass(frozen=True)
@@ -575,6 +576,7 @@ def plan_conversion(
         whole = arch.qkv_layout == "separate" and rows == list(range(len(rows)))  # the whole source tensor
         return None if whole else tuple(rows), None if own == list(range(len(own))) else tuple(own)
 
+    unscaled = _frozen_rows(arch, cfg)
     gelu = cfg["hidden_act"] == "silu" and arch.hidden_act in GELU_ACTS
     s = GELU_SIGMOID if gelu else 1.0
     add("model.embed_tokens.weight", "center_rows" if centred else "copy", (src("embed"),), scale=arch.embed_scale)
@@ -592,7 +594,8 @@ def plan_conversion(
                 w, b = src(f"{name}.w", i), (src(f"{name}.b", i) if arch.qkv_bias else None)
                 own = rows
             f = _fit(fits, "diag", name, i, family, arch) if name in arch.folds else None
-            kw = dict(rows=rows, scale=q_scale if name == "q" else 1.0, fold=f, fold_rows=own if f else None)
+            kw = dict(rows=rows, scale=q_scale if name == "q" else 1.0, fold=f, fold_rows=own if f else None,
+                      row_scale=unscaled if name != "v" else None)
             target = f"{_ATTN}.{name}_proj"
             add(f"{target}.weight", "copy", (w,), i, **kw)
             if attn_bias:
@@ -700,6 +703,19 @@ def plan_conversion(
         dropped_table=[{"source": s_, "reason": r, "count": n} for (s_, r), n in dropped_table.items()],
         fits=fits,
     )
+
+
+def _frozen_rows(arch: Arch, cfg: dict[str, Any]) -> tuple[float, ...] | None:
+    """Partial rotary carried as Llama's longrope: Llama multiplies cos/sin by ``attention_factor`` on every
+    channel, the frozen ones too, where the source passes its unrotated channels through unscaled. Dividing those
+    q and k rows by the factor gives back the source's q.k (per head: 1 on rotated channels, 1 / factor else)."""
+    rope = cfg["rope_parameters"]
+    factor = rope.get("attention_factor", 1.0) if rope["rope_type"] == "longrope" else 1.0
+    d, r = arch.head_dim, arch.rotary_dim
+    if r == d or factor == 1.0:
+        return None
+    per_head = [1.0 if c % (d // 2) < r // 2 else 1.0 / factor for c in range(d)]
+    return tuple(per_head * arch.num_heads)
 
 
 def _fit(fits: list[FitSite], kind: str, site: str, i: int, family: Family, arch: Arch) -> str:

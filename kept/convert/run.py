@@ -181,8 +181,6 @@ def convert_checkpoint(
         raise ConfigError(f"unknown mlp_target {mlp_target!r}; expected one of {', '.join(MLP_TARGETS)}")
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    if norm == "fit" and calibration is None:
-        raise ConfigError("norm 'fit' needs calibration text: pass calibration=<packed corpus dir>")
     if fidelity_tokens < 0 or fit_tokens <= 0:
         raise ConfigError(f"fidelity_tokens ({fidelity_tokens}) must be >= 0 and fit_tokens ({fit_tokens}) > 0")
     max_bytes = parse_size(max_shard_size)
@@ -193,6 +191,8 @@ def convert_checkpoint(
     if norm is None:
         norm = default_norm(family, arch, mlp_target=mlp_target, where=str(source / "config.json"))
     check_mapping(family, arch, norm=norm, mlp_target=mlp_target, where=str(source / "config.json"))
+    if norm == "fit" and calibration is None:
+        raise ConfigError("norm 'fit' needs calibration text: pass calibration=<packed corpus dir>")
     tok_file = check_tokenizer(source, family, arch)
     tok_warnings: list[dict[str, str]] = []
     if tok_file.name == "tokenizer.model":
@@ -268,6 +268,7 @@ def convert_checkpoint(
 
             common = {
                 "family": family.name,
+                "source_norm": arch.norm_kind,
                 "norm": norm,
                 "centered": norm in CENTRED_NORMS,
                 "mlp_target": mlp_target if arch.hidden_act != "silu" or not arch.gated_mlp else None,
