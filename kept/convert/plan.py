@@ -119,6 +119,7 @@ class Plan:
     table: list[dict[str, Any]] = field(default_factory=list)
     dropped_table: list[dict[str, Any]] = field(default_factory=list)
     fits: list[FitSite] = field(default_factory=list)  # computed on calibration text before the weights
+    fit_reads: list[str] = field(default_factory=list)  # source tensors only the fits read (norms Llama lacks)
 
 
 # ---- names and shapes ------------------------------------------------------------------------------------------
@@ -427,6 +428,9 @@ def check_mapping(family: Family, arch: Arch, *, norm: str, mlp_target: str, whe
         raise MappingError(f"unknown norm mapping {norm!r}; expected one of {', '.join(NORMS)}")
     if mlp_target not in MLP_TARGETS:
         raise MappingError(f"unknown mlp_target {mlp_target!r}; expected one of {', '.join(MLP_TARGETS)}")
+    if arch.hidden_size % arch.num_heads:
+        raise MappingError(f"{where}: hidden_size {arch.hidden_size} is not divisible by num_attention_heads "
+                           f"{arch.num_heads}; transformers' LlamaConfig refuses that even with an explicit head_dim")
     if arch.norm_kind == "rms" and norm not in RMS_NORMS:
         raise MappingError(f"{where}: norm mapping {norm!r} is for LayerNorm sources; {family.name}'s norms are "
                            "RMSNorm already (the gains are copied): use 'exact' (or leave --norm out)")
@@ -665,10 +669,12 @@ def plan_conversion(
         add("lm_head.weight", "unit_rows" if arch.head_norm else "copy", (head,), scale=arch.logit_scale)
 
     read = {n for step in steps.values() for n in step.sources}
+    fit_reads = []
     for key, name in found.items():  # fold-site norms are read by the fit; the rest unread is dropped, with why
         logical = key.split("@")[0]
         if logical.split(".")[0] in FOLD_TENSORS.values():
-            read.add(name)
+            fit_reads.append(name)
+            continue
         if name not in read:
             why = UNUSED_REASONS[logical.split(".")[0] if logical.startswith("ln") else logical]
             template = _template(family, name)
@@ -702,6 +708,7 @@ def plan_conversion(
         table=[{"source": s_, "target": t, "rule": op, "count": n} for (s_, t, op), n in table.items()],
         dropped_table=[{"source": s_, "reason": r, "count": n} for (s_, r), n in dropped_table.items()],
         fits=fits,
+        fit_reads=sorted(fit_reads),
     )
 
 

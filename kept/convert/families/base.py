@@ -217,7 +217,7 @@ def llama_like(cfg: dict[str, Any], path: Path, family: str, **kw: Any) -> Arch:
     config class of the family (its defaults and legacy keys as ``from_pretrained`` applies them); ``kw`` sets what
     the family does differently (biases, scales, norm offsets, ...)."""
     c = hf_config(cfg, path)
-    inter = getattr(c, "intermediate_size", None)
+    inter = kw.get("intermediate_size", getattr(c, "intermediate_size", None))
     pos = {"vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": inter,
            "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
            "max_position_embeddings": c.max_position_embeddings}
