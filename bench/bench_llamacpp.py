@@ -294,6 +294,18 @@ FAMILY_CASES = [
      {"use_parallel_residual": False, "hidden_act": "gelu"}, "transformers",
      "a different model: its Llama graph applies SiLU where config.json says gelu"),
     ("phi, mlp_target runtimes", "phi", {}, "runtimes", "same model (SiLU-gated MLP)"),
+    # the zoo (issue 27): RMSNorm families, exact
+    ("qwen2 (q/k/v biases, zero o bias, GQA)", "qwen2", {}, "runtimes", "same model (attention biases)"),
+    ("granite (muP multipliers folded, tied head untied)", "granite", {}, "runtimes",
+     "same model (multipliers folded into the weights)"),
+    ("gemma, mlp_target runtimes ((1 + w) norms, sqrt(d) embedding)", "gemma", {}, "runtimes",
+     "same model (SiLU form of its gated GELU)"),
+    ("gemma, mlp_target transformers", "gemma", {}, "transformers",
+     "a different model: its Llama graph applies SiLU where config.json says gelu_pytorch_tanh"),
+    ("phi3 (fused qkv / gate_up, partial rotary 0.75)", "phi3", {}, "runtimes",
+     "same model (partial rotary as llama3 rope_freqs with frozen channels)"),
+    ("glm (fused gate_up, interleaved partial rotary 0.5)", "glm", {}, "runtimes",
+     "same model (interleaved rotary permuted to halves; llama3 rope_freqs)"),
 ]
 FAMILY_SEQ_LEN = 40
 # kept.convert.tiny.train_bpe's default (96) is below the byte-level alphabet (256 + 3 specials): that tokenizer has

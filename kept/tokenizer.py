@@ -193,8 +193,10 @@ def load_hf_tokenizer(directory: str | Path) -> Any:
     directory = Path(directory)
     tok_cfg = _json(directory / "tokenizer_config.json")
     if (directory / "tokenizer.json").is_file() and tok_cfg.get("tokenizer_class") != "OrionTokenizer":
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+        if tok_cfg.get("tokenizer_class") == "PreTrainedTokenizerFast":  # AutoTokenizer of transformers 5 would pick
+            return PreTrainedTokenizerFast.from_pretrained(str(directory))  # config.json's family class (Qwen2's)
         return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
     from kept.chat import ORION_TEMPLATE
 

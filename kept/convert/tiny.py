@@ -81,6 +81,23 @@ TINY: dict[str, dict[str, Any]] = {
     "internlm2": dict(_GQA, bias=True, rope_theta=1000000.0, bos_token_id=1, pad_token_id=0),
     "baichuan": dict(_SMALL, num_key_value_heads=None, bos_token_id=1, pad_token_id=0),
 }
+# The zoo sweep (bench/bench_zoo.py -> docs/zoo.md): every family, and the layouts that change its mapping.
+ZOO: list[tuple[str, dict[str, Any], str]] = [
+    ("olmo", {}, "olmo"), ("stablelm", {}, "stablelm"),
+    ("gpt_neox", {}, "gpt_neox (Pythia: parallel)"), ("phi", {}, "phi"), ("llama", {}, "llama"),
+    ("internlm3", {}, "internlm3"), ("mistral", {}, "mistral"), ("ministral", {}, "ministral"),
+    ("qwen2", {}, "qwen2"), ("qwen3", {}, "qwen3"), ("phi3", {}, "phi3 (partial rotary 0.75)"),
+    ("gemma", {}, "gemma"), ("gemma2", {}, "gemma2"), ("gemma3_text", {}, "gemma3_text"),
+    ("vaultgemma", {}, "vaultgemma"), ("granite", {}, "granite"), ("hyperclovax", {}, "hyperclovax"),
+    ("starcoder2", {}, "starcoder2"), ("nemotron", {}, "nemotron"), ("falcon", {}, "falcon (7B: multi-query)"),
+    ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 2}, "falcon (40B: grouped QKV)"),
+    ("gptj", {}, "gptj"), ("cohere", {}, "cohere"), ("cohere2", {}, "cohere2"), ("olmo2", {}, "olmo2"),
+    ("olmo3", {}, "olmo3"), ("persimmon", {}, "persimmon"), ("exaone", {}, "exaone (3.x)"), ("exaone4", {}, "exaone4"),
+    ("helium", {}, "helium"), ("seed_oss", {}, "seed_oss"), ("arcee", {}, "arcee"), ("smollm3", {}, "smollm3"),
+    ("glm", {}, "glm"), ("glm4", {}, "glm4"), ("apertus", {}, "apertus"), ("hunyuan_v1_dense", {}, "hunyuan_v1_dense"),
+    ("ernie4_5", {}, "ernie4_5"), ("internlm2", {}, "internlm2 (remote code)"),
+    ("baichuan", {}, "baichuan (Baichuan2-7B, remote code)"),
+]
 # Remote-code families ship a SentencePiece tokenizer.model with their specials as user-defined pieces, and a
 # tokenizer_config.json naming them (InternLM2-chat's layout).
 SP_SPECIALS = ("<|im_start|>", "<|im_end|>", "[UNUSED_TOKEN_145]")
