@@ -397,11 +397,13 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
         if key not in sources:
             sources[key] = _tiny_checkpoint(work / f"src-{family}-{len(sources)}", family, **overrides)
         src = sources[key]
-        out = work / f"llama-{n}-{family}-{mlp_target}"
+        # no family name in the directory: convert_hf_to_gguf makes it the GGUF's general.name, and libllama keys
+        # token attributes on names containing "phi3"/"phi-3" (looking up "</s>", which the toy vocabulary lacks)
+        out = work / f"llama-case{n}-{mlp_target}"
         convert_checkpoint(source=src, output=out, norm="exact", mlp_target=mlp_target, fidelity_tokens=0)
         conv = json.loads((out / "conversion.json").read_text())
         cfg = json.loads((out / "config.json").read_text())
-        gguf, how = _gguf_bpe(found, out, work / f"{n}-{family}-{mlp_target}.gguf")
+        gguf, how = _gguf_bpe(found, out, work / f"case{n}-{mlp_target}.gguf")
         row = {"case": label, "exactness (kept)": conv["exactness"], "hidden_act": cfg["hidden_act"],
                "rope": cfg["rope_parameters"]["rope_type"], "llama.cpp GGUF conversion": how}
         if gguf is not None and not tok_checked:  # the pinned pre-tokenizer, checked on the module's texts

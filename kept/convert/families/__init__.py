@@ -51,6 +51,11 @@ def detect(cfg: dict[str, Any], path: str | Path) -> Family:
     for arch in cfg.get("architectures") or []:
         if arch in _BY_ARCH:
             return FAMILIES[_BY_ARCH[arch]]
+    if cfg.get("auto_map"):
+        raise CheckpointError(
+            f"{path}: model_type {kind!r} is defined by remote code (auto_map {sorted(cfg['auto_map'])}), which kept "
+            f"never runs, and kept has no weights map for it; supported: {', '.join(FAMILIES)}"
+        )
     raise CheckpointError(
         f"{path}: model_type {kind!r} (architectures {cfg.get('architectures')!r}) is not a supported source "
         f"family; supported: {', '.join(FAMILIES)}"
