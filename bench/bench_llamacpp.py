@@ -450,7 +450,11 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
                  f"kept reports) added back, against the source in its own transformers class: float error for the "
                  f"exact classes; the approximate class (parallel residual made sequential, SiLU-gated MLP) "
                  f"measures the approximation. The llama.cpp column compares the converted checkpoint as it is, "
-                 f"without any offset, in both runtimes.")
+                 f"without any offset, in both runtimes. Output directories carry no family name: "
+                 f"convert_hf_to_gguf.py writes the directory name as the GGUF's general.name, and libllama's "
+                 f"vocabulary loader sets token attributes for names containing 'phi3' / 'phi-3' by looking up "
+                 f"'</s>' -- absent from the toy vocabulary, so a case named after Phi-3 failed to load "
+                 f"('unordered_map::at'); a real Phi-3 vocabulary has '</s>'.")
     return rows, notes
 
 
