@@ -29,7 +29,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "convert"
 MiB = 2**20
-ARCHITECTURES = {"orion": "OrionForCausalLM", "gpt_neox": "GPTNeoXForCausalLM"}
+ARCHITECTURES = {"orion": "OrionForCausalLM", "gpt_neox": "GPTNeoXForCausalLM", "phi3": "Phi3ForCausalLM"}
 # ~2.2 GB in bf16 each: Orion's vocabulary; a Pythia-shaped GPT-NeoX (fused QKV, partial rotary, GELU, biases)
 FULL = {
     "orion": dict(vocab_size=84608, hidden_size=2048, intermediate_size=6144, num_hidden_layers=14,
@@ -40,6 +40,12 @@ FULL = {
                      num_hidden_layers=14, num_attention_heads=16, max_position_embeddings=2048, rotary_pct=0.25,
                      rotary_emb_base=10000, use_parallel_residual=True, hidden_act="gelu", layer_norm_eps=1e-5,
                      bos_token_id=0, eos_token_id=0, tie_word_embeddings=False),
+    # a Phi-3-mini-shaped checkpoint (the zoo, issue 27): fused qkv_proj [q | k | v] and gate_up_proj [gate | up],
+    # split into Llama's tensors by row selection, nothing byte-identical but the embedding, norms and head
+    "phi3": dict(model_type="phi3", vocab_size=32064, hidden_size=2048, intermediate_size=8192, num_hidden_layers=14,
+                 num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=4096, rope_theta=10000.0,
+                 rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+                 hidden_act="silu"),
 }
 
 CHILD = r"""

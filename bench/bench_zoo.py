@@ -81,8 +81,9 @@ def _compare(ref: torch.nn.Module, out: Path, ids: torch.Tensor, offset: Any) ->
     ls = torch.log_softmax(student(ids).logits.double() + offset, -1)
     kl = (lt.exp() * (lt - ls)).sum(-1)  # (B, T)
     top1 = (lt.argmax(-1) == ls.argmax(-1)).double()
-    return {"max |Δ log p|": float((lt - ls).abs().max()), "KL": float(kl.mean()), "KL se": _se(kl.mean(1)),
-            "top-1": float(top1.mean()), "top-1 se": _se(top1.mean(1))}
+    return {"max |Δ log p|": f"{float((lt - ls).abs().max()):.1e}",
+            "KL ± se": f"{float(kl.mean()):.1e} ± {_se(kl.mean(1)):.0e}",
+            "top-1 ± se": f"{float(top1.mean()):.3f} ± {_se(top1.mean(1)):.3f}"}
 
 
 def _runtimes(conv: dict[str, Any]) -> str:

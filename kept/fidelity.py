@@ -17,11 +17,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kept.convert.stream import StreamingModel
 from kept.errors import CheckpointError, ConfigError
@@ -186,7 +185,8 @@ def fidelity_report(
         batches = split_batches(ids)
         prep_t = [t_model.prepare(b.to(device)) for b in batches]
         prep_s = [s_model.prepare(b.to(device)) for b in batches]
-        ht, hs = [h for h, _ in prep_t], [h for h, _ in prep_s]
+        ht = [h for h, _ in prep_t]
+        hs = [h for h, _ in prep_s]
 
         def slot_error() -> float:
             num = sum(float(torch.linalg.vector_norm((s - (t - t.mean(-1, keepdim=True) if centred else t)).double()) ** 2)

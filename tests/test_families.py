@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+from test_zoo import check_exact, logit_offset, logprobs
+
 from kept.convert import convert_checkpoint
 from kept.convert.families import FAMILIES
 from kept.convert.plan import APPROX, EXACT, NORMS, OFFSET
@@ -41,7 +43,6 @@ CASES = [
     ("gpt_neox", {"use_parallel_residual": False}, {"centered": APPROX, "exact": OFFSET}),
     ("phi", {}, {"paper": APPROX, "exact": APPROX, "fit": APPROX}),
 ]
-IDS = torch.randint(3, 90, (2, 20), generator=torch.Generator().manual_seed(1))
 
 
 def _corpus(out: Path, *, vocab: int = 90, n_seq: int = 8, length: int = 32) -> Path:
@@ -54,22 +55,7 @@ def _corpus(out: Path, *, vocab: int = 90, n_seq: int = 8, length: int = 32) -> 
     return out
 
 
-def _logprobs(model: torch.nn.Module, offset: torch.Tensor | None = None) -> torch.Tensor:
-    with torch.no_grad():
-        logits = model(IDS).logits.double()
-    return torch.log_softmax(logits + (offset if offset is not None else 0), -1)
-
-
-def _offset(src: Path) -> torch.Tensor:
-    """head @ beta_f + head bias, from the source's own tensors (independent of the converter)."""
-    family = FAMILIES[json.loads((src / "config.json").read_text())["model_type"]]
-    state = load_file(src / "model.safetensors")
-    t = {k: v[0] for k, v in family.tensors.items()}
-    head = state.get(t["head.w"], state.get("lm_head.weight"))
-    if head is None:
-        head = state[t["embed"]]
-    offset = head.double() @ state[t["final.b"]].double() if t.get("final.b") in state else 0
-    return offset + (state[t["head.b"]].double() if t.get("head.b") in state else 0)
+_logprobs, _offset = logprobs, logit_offset  # bench/bench_families.py reads the offset from here
 
 
 @pytest.mark.parametrize("family,overrides,expect", CASES,
@@ -93,14 +79,7 @@ def test_family_against_transformers(tmp_path, family, overrides, expect):
         conv = json.loads((out / "conversion.json").read_text())
         assert conv["exactness"] == cls and "transformers" in conv["runtimes"]
         student = LlamaForCausalLM.from_pretrained(out, trust_remote_code=False).float().eval()
-        if cls == EXACT:
-            torch.testing.assert_close(_logprobs(student), want, atol=1e-4, rtol=0)
-            assert rep["max_abs_dlogit"] < 1e-4
-        elif cls == OFFSET:
-            torch.testing.assert_close(_logprobs(student, _offset(src)), want, atol=1e-4, rtol=0)
-            assert rep["offset_corrected"]["max_abs_dlogit"] < 1e-4
-            assert rep["final_norm_logit_offset_norm"] > 1e-2  # the offset is real (perturbed beta)
-        else:
+        if not check_exact(rep, student, want, src):
             assert rep["kl_mean"] > 1e-6, (norm, rep["kl_mean"])
             assert rep["divergences"]
         if cls != EXACT:  # the reported KL is what transformers' own class and Llama disagree by

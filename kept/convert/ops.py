@@ -115,14 +115,7 @@ def produce(step: Step, src: _Source, out_dtype: torch.dtype, fitted: dict[str, 
         if step.scale == 1.0 and fold is None:  # a row selection: gathered in the stored dtype, no arithmetic
             yield from src.blocks(name, src.reader.info(name).dtype, rows=step.rows)
             return
-        r = 0
-        for blk in src.blocks(name, rows=step.rows):
-            if step.scale != 1.0:
-                blk *= step.scale
-            if fold is not None:
-                blk *= fold[r : r + blk.shape[0], None]
-            r += blk.shape[0]
-            yield blk
+        yield from _scaled(src.blocks(name, rows=step.rows), step.scale, fold)
     elif op == "unit_rows":  # rows divided by their L2 norm (a normalised head), scaled
         for blk in src.blocks(name):
             norm = torch.linalg.vector_norm(blk, dim=1, keepdim=True)
@@ -149,17 +142,21 @@ def produce(step: Step, src: _Source, out_dtype: torch.dtype, fitted: dict[str, 
             col.addmv_(blk.T, ones[: blk.shape[0]])  # column sums, a BLAS pass
         col /= shape[0]
         src.verify(name, col)
-        r = 0
-        for blk in src.blocks(name):
-            blk -= col
-            if step.scale != 1.0:
-                blk *= step.scale
-            if fold is not None:
-                blk *= fold[r : r + blk.shape[0], None]
-            r += blk.shape[0]
-            yield blk
+        yield from _scaled((blk.sub_(col) for blk in src.blocks(name)), step.scale, fold)
     else:  # pragma: no cover - plan_conversion only emits the ops above
         raise AssertionError(f"unknown op {op!r}")
+
+
+def _scaled(blocks: Iterator[torch.Tensor], scale: float, rows: torch.Tensor | None) -> Iterator[torch.Tensor]:
+    """Row blocks times ``scale`` and, row by row, times ``rows`` (a per-row factor over the whole tensor)."""
+    r = 0
+    for blk in blocks:
+        if scale != 1.0:
+            blk *= scale
+        if rows is not None:
+            blk *= rows[r : r + blk.shape[0], None]
+        r += blk.shape[0]
+        yield blk
 
 
 def logit_offset(src: _Source, *, head: str, beta: str | None, bias: str | None, scale: float = 1.0) -> torch.Tensor:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kept.convert.families.base import LLAMA_CORE, Arch, fold_runtime, hf_config, llama_family
+from kept.convert.families.base import Arch, fold_runtime, hf_config, llama_family
 from kept.convert.families.gemma import gemma_arch
 
 _L = "model.layers.{i}"
