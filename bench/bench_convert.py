@@ -281,7 +281,7 @@ def run(*, quick: bool = False, family: str = "orion") -> dict:
                  "with the partial-rotary permutation, gate is fc1 scaled for the SiLU form (mlp_target "
                  "'runtimes'), up is a constant written anew (the output is larger than the source by one "
                  "intermediate x hidden matrix per layer). ") + notes.replace(" (exact adds q/k/v/o and gate/up/down biases)", "")
-    name = {"orion": "Orion", "gpt_neox": "GPT-NeoX (Pythia-shaped)"}[family]
+    name = {"orion": "Orion", "gpt_neox": "GPT-NeoX (Pythia-shaped)", "phi3": "Phi-3 (mini-shaped)"}[family]
     return {"title": f"Conversion ({name}): exact mapping vs plain copy; peak RSS vs largest tensor", "rows": rows,
             "notes": notes}
 

@@ -258,3 +258,26 @@ def test_rms_sources_take_one_mapping(tmp_path):
     assert paper["exactness"] == exact["exactness"] == EXACT
     a, b = (load_file(tmp_path / n / "model-00001-of-00001.safetensors") for n in ("paper", "exact"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_chat_model_renders_its_template_and_ends_turns_on_its_own_token(tmp_path):
+    """A remote-code chat source with only a SentencePiece tokenizer (InternLM2-chat's layout): the converted model's
+    stock tokenizer renders the source's own template with its specials whole, and generation stops on the source's
+    own end-of-turn ids (generation_config.json's eos_token_id list, carried over)."""
+    from kept.convert.tiny import SP_SPECIALS
+
+    src = make_checkpoint(tmp_path / "src", "internlm2")
+    im_end = json.loads((src / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    end_id = next(int(i) for i, t in im_end.items() if t["content"] == "<|im_end|>")
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, end_id], "bos_token_id": 1}))
+    convert_checkpoint(source=src, output=tmp_path / "out", fidelity_tokens=0)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out")
+    ids = tok.apply_chat_template([{"role": "user", "content": "Seoul?"}], add_generation_prompt=True,
+                                  tokenize=True, return_dict=False)
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert pieces[0] == "<|im_start|>" and pieces.count("<|im_start|>") == 2 and pieces.count("<|im_end|>") == 1
+    starts = [i for i, p in enumerate(pieces) if p == "<|im_start|>"]
+    assert starts[0] == 0 and starts[0] < pieces.index("<|im_end|>") < starts[1]  # user turn closed, assistant opened
+    assert set(SP_SPECIALS) <= {t.content for t in tok.added_tokens_decoder.values() if t.special}  # kept special
+    gen = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == [2, end_id]
