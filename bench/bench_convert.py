@@ -185,7 +185,7 @@ def run(*, quick: bool = False, family: str = "orion") -> dict:
     if quick:
         cfg.update(vocab_size=16384, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
                    num_attention_heads=8, max_position_embeddings=512)
-        if family == "orion":
+        if "num_key_value_heads" in cfg:
             cfg.update(num_key_value_heads=8)
         shards, repeats = 2, 1
     else:
@@ -276,11 +276,18 @@ def run(*, quick: bool = False, family: str = "orion") -> dict:
         f"on a shared machine are rough, and contention hurts the CPU-bound conversion more than the kernel copy."
     )
     if family != "orion":
-        notes = (f"Source family {family} ({json.dumps({k: cfg[k] for k in ('use_parallel_residual', 'hidden_act', 'rotary_pct') if k in cfg})}): "
-                 "nearly every tensor is computed rather than copied -- q/k/v are row selections of the fused QKV "
-                 "with the partial-rotary permutation, gate is fc1 scaled for the SiLU form (mlp_target "
-                 "'runtimes'), up is a constant written anew (the output is larger than the source by one "
-                 "intermediate x hidden matrix per layer). ") + notes.replace(" (exact adds q/k/v/o and gate/up/down biases)", "")
+        keys = ("use_parallel_residual", "hidden_act", "rotary_pct")
+        how = {
+            "gpt_neox": "nearly every tensor is computed rather than copied -- q/k/v are row selections of the fused "
+                        "QKV with the partial-rotary permutation, gate is fc1 scaled for the SiLU form (mlp_target "
+                        "'runtimes'), up is a constant written anew (the output is larger than the source by one "
+                        "intermediate x hidden matrix per layer). ",
+            "phi3": "q/k/v are contiguous row ranges of the fused qkv_proj and gate/up the two halves of "
+                    "gate_up_proj, so every target is a run of the source's bytes and is copied in the kernel "
+                    "(nothing computed but the finite checks; the output is the source's size). ",
+        }[family]
+        notes = (f"Source family {family} ({json.dumps({k: cfg[k] for k in keys if k in cfg})}): " + how
+                 + notes.replace(" (exact adds q/k/v/o and gate/up/down biases)", ""))
     name = {"orion": "Orion", "gpt_neox": "GPT-NeoX (Pythia-shaped)", "phi3": "Phi-3 (mini-shaped)"}[family]
     return {"title": f"Conversion ({name}): exact mapping vs plain copy; peak RSS vs largest tensor", "rows": rows,
             "notes": notes}

@@ -211,6 +211,25 @@ def test_fold_fit_is_the_least_squares_scale(tmp_path):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
+def test_fitted_scales_beat_dropping_the_norms(tmp_path, monkeypatch):
+    """The fitted per-channel scales that stand in for Qwen3's q/k norms bring the converted model much closer to
+    the source than dropping the norms (a scale of 1) would."""
+    from kept.convert import stream
+
+    src = make_checkpoint(tmp_path / "src", "qwen3")
+    want = logprobs(reference(src))
+
+    def kl(out: Path) -> float:
+        got = logprobs(LlamaForCausalLM.from_pretrained(out).float().eval())
+        return (want.exp() * (want - got)).sum(-1).mean().item()
+
+    convert_checkpoint(source=src, output=tmp_path / "fit", fidelity_tokens=0)
+    real = stream.fit_sites
+    monkeypatch.setattr(stream, "fit_sites", lambda **kw: {k: torch.ones_like(v) for k, v in real(**kw).items()})
+    convert_checkpoint(source=src, output=tmp_path / "dropped", fidelity_tokens=0)
+    assert kl(tmp_path / "fit") < kl(tmp_path / "dropped") / 5
+
+
 def test_remote_code_layouts_split_per_group(tmp_path):
     """InternLM2's grouped wqkv split per KV group is exact; splitting it contiguously ([q | k | v], the old llamafy
     mistake) gives another model -- the check that the test above can tell the two apart."""
@@ -281,3 +300,17 @@ def test_chat_model_renders_its_template_and_ends_turns_on_its_own_token(tmp_pat
     assert set(SP_SPECIALS) <= {t.content for t in tok.added_tokens_decoder.values() if t.special}  # kept special
     gen = json.loads((tmp_path / "out" / "generation_config.json").read_text())
     assert gen["eos_token_id"] == [2, end_id]
+
+
+def test_fused_row_blocks_are_copied_by_the_kernel(tmp_path, caplog):
+    """Phi-3 with full rotary: q, k and v are contiguous row blocks of qkv_proj, gate and up of gate_up_proj, so
+    every target is a byte span of the source -- copied file to file (no arithmetic), and exact."""
+    import logging
+
+    src = make_checkpoint(tmp_path / "src", "phi3", partial_rotary_factor=1.0)
+    with caplog.at_level(logging.INFO, logger="kept.convert.writer"):
+        rep = convert_checkpoint(source=src, output=tmp_path / "out", fidelity_tokens=0)
+    assert rep["exactness"] == EXACT
+    assert any(r.getMessage().endswith("copied as stored, 0 computed") for r in caplog.records), caplog.text
+    student = LlamaForCausalLM.from_pretrained(tmp_path / "out").float().eval()
+    torch.testing.assert_close(logprobs(student), logprobs(reference(src)), atol=1e-4, rtol=0)

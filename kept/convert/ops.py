@@ -23,12 +23,22 @@ def arith_dtype(out_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if out_dtype.itemsize >= 4 else torch.float32
 
 
-def kernel_copy(step: Step, src: _Source, out_dtype: torch.dtype) -> bool:
-    """Whether the target is the source's bytes as stored (NPM copy, same dtype, one dense run in a file)."""
-    if not step.verbatim:
-        return False
+def kernel_span(step: Step, src: _Source, out_dtype: torch.dtype) -> tuple[int, int] | None:
+    """The byte span (offset in its file, length) that the target is as stored -- an NPM copy in the same dtype of
+    one dense run in a file: a whole tensor, or a contiguous range of its rows (q of a fused ``[q | k | v]``, the
+    gate half of ``gate_up_proj``) -- else None (the target is computed)."""
+    rows = step.rows
+    if step.op not in ("copy", "gain") or step.scale != 1.0 or step.shift or step.fold or step.row_scale:
+        return None
     ti = src.reader.info(step.sources[0])
-    return ti.dtype == out_dtype and ti.dense and ti.nbytes > 0
+    if ti.dtype != out_dtype or not ti.dense or ti.nbytes == 0:
+        return None
+    if rows is None:
+        return ti.data_offset, ti.nbytes
+    if len(ti.shape) < 2 or rows != tuple(range(rows[0], rows[0] + len(rows))):
+        return None
+    row = ti.nbytes // ti.shape[0]
+    return ti.data_offset + rows[0] * row, len(rows) * row
 
 
 def _vector(src: _Source, name: str, rows: tuple[int, ...] | None) -> torch.Tensor:

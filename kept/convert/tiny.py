@@ -133,12 +133,18 @@ def train_bpe(directory: Path, *, vocab_size: int = 320) -> int:
     return tok.get_vocab_size(with_added_tokens=True)
 
 
+QK_WEIGHTS = ("q_proj", "k_proj", "qkv", "query_key_value", "wqkv", "W_pack")
+
+
 @torch.no_grad()
 def perturb(model: torch.nn.Module, *, seed: int = 0) -> None:
-    """Random norm gains and biases, random linear biases, a non-zero embedding row mean."""
+    """Random norm gains and biases, random linear biases, a non-zero embedding row mean, and q/k projections
+    scaled up (x8) so that attention is far from uniform: a wrong q.k scale or RoPE layout then shows."""
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         noise = torch.randn(p.shape, generator=g)
+        if p.dim() == 2 and any(k in name for k in QK_WEIGHTS):
+            p.mul_(8.0)
         if "norm" in name and name.endswith("weight"):
             p.copy_(1 + 0.3 * noise)
         elif name.endswith("bias"):
