@@ -75,8 +75,10 @@ def test_missing_config(src, tmp_path):
 
 
 def test_wrong_model_type(src, tmp_path):
+    """An Orion checkpoint labelled as a family the converter knows: its tensors name the mismatch (before the
+    tokenizer, which would only say that a Llama checkpoint lacks tokenizer.json)."""
     _edit_json(src / "config.json", model_type="llama")
-    _expect_failure(src, tmp_path, CheckpointError, "model_type", "'llama'")
+    _expect_failure(src, tmp_path, MappingError, "input_layernorm.bias", "llama->Llama")
 
 
 @pytest.mark.parametrize("key,value", [("hidden_size", -64), ("num_attention_heads", 5), ("num_hidden_layers", "2"),

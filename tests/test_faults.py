@@ -136,6 +136,13 @@ class Ctx:
             shutil.copytree(self.pristine[which], dst)
         return dst
 
+    def reconfigured(self, which: str, **keys) -> Path:
+        """A fresh copy of ``which`` with ``keys`` set in its config.json."""
+        src = self.src(which)
+        cfg = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**cfg, **keys}))
+        return src
+
     def run(self, argv: list[str], *, status: int, needles: tuple[str, ...] = (), own: tuple[Path, ...] = (),
             absent: tuple[str, ...] = (), before: dict[str, str] | None = None, note: str = "") -> str:
         """Run ``kept argv`` in-process; check the exit status, the message, and the tree outside ``own``."""
@@ -692,30 +699,23 @@ def _olmo_fit(ctx: Ctx) -> None:
 
 @case("learned-position model_type (gpt2)", "exit 1, names it and why stock Llama cannot hold its positions")
 def _gpt2(ctx: Ctx) -> None:
-    src = ctx.src("olmo")
-    cfg = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    src = ctx.reconfigured("olmo", model_type="gpt2", architectures=["GPT2LMHeadModel"])
     ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1,
             needles=("'gpt2'", "learned absolute position embeddings", "cannot be converted"))
 
 
 @case("unknown model_type (mamba)", "exit 1, names it and lists the supported families")
 def _unknown(ctx: Ctx) -> None:
-    src = ctx.src("olmo")
-    cfg = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
+    src = ctx.reconfigured("olmo", model_type="mamba", architectures=["MambaForCausalLM"])
     ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1,
             needles=("'mamba'", "orion, olmo, stablelm, gpt_neox, phi, llama", "internlm2, baichuan"))
 
 
 @case("remote-code-only config (auto_map, unknown model_type)", "exit 1, names it: remote code, no weights map")
 def _remote_only(ctx: Ctx) -> None:
-    src = ctx.src("qwen2")
-    cfg = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({
-        **cfg, "model_type": "telechat", "architectures": ["TelechatForCausalLM"],
-        "auto_map": {"AutoConfig": "configuration_telechat.TelechatConfig",
-                     "AutoModelForCausalLM": "modeling_telechat.TelechatForCausalLM"}}))
+    src = ctx.reconfigured("qwen2", model_type="telechat", architectures=["TelechatForCausalLM"],
+                           auto_map={"AutoConfig": "configuration_telechat.TelechatConfig",
+                                     "AutoModelForCausalLM": "modeling_telechat.TelechatForCausalLM"})
     ctx.run(convert(ctx, src, ctx.root / "out"), status=1, needles=("'telechat'", "remote code", "no weights map"))
 
 
@@ -765,9 +765,7 @@ def _nemotron_runtimes(ctx: Ctx) -> None:
 
 @case("gemma with use_bidirectional_attention (an encoder)", "exit 1, names the key")
 def _gemma_bidirectional(ctx: Ctx) -> None:
-    src = ctx.src("gemma")
-    cfg = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({**cfg, "use_bidirectional_attention": True}))
+    src = ctx.reconfigured("gemma", use_bidirectional_attention=True)
     ctx.run(convert(ctx, src, ctx.root / "out"), status=1, needles=("use_bidirectional_attention", "causal"))
 
 

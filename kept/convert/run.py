@@ -193,14 +193,6 @@ def convert_checkpoint(
     check_mapping(family, arch, norm=norm, mlp_target=mlp_target, where=str(source / "config.json"))
     if norm == "fit" and calibration is None:
         raise ConfigError("norm 'fit' needs calibration text: pass calibration=<packed corpus dir>")
-    tok_file = check_tokenizer(source, family, arch)
-    tok_warnings: list[dict[str, str]] = []
-    if tok_file.name == "tokenizer.model":
-        from kept.tokenizer import runtime_warnings
-
-        tok_warnings = runtime_warnings(tok_file)
-    for w in tok_warnings:
-        log.warning("tokenizer: %s (%s). %s What to do: %s", w["property"], w["detail"], w["effect"], w["advice"])
     with TensorReader(source) as reader:
         for name in reader.names():
             info = reader.info(name)
@@ -225,6 +217,16 @@ def convert_checkpoint(
                                mlp_target=mlp_target, where=str(source))
         log.info("%s -> Llama, norm %s, mlp_target %s: %s%s", family.name, norm, mlp_target, plan.exactness,
                  "".join(f"; {d['module']}: {d['change']}" for d in plan.divergences))
+        # the tokenizer after the weights: a checkpoint labelled as another family is named by its tensors first
+        tok_file = check_tokenizer(source, family, arch)
+        tok_warnings: list[dict[str, str]] = []
+        if tok_file.name == "tokenizer.model":
+            from kept.tokenizer import runtime_warnings
+
+            tok_warnings = runtime_warnings(tok_file)
+        for w in tok_warnings:
+            log.warning("tokenizer: %s (%s). %s What to do: %s", w["property"], w["detail"], w["effect"],
+                        w["advice"])
 
         gains = None
         if plan.fits:  # gains of 'fit', and the norms stock Llama cannot hold: fitted on the source's activations
