@@ -1,9 +1,10 @@
-"""How close a converted student is to its source teacher before any training, and the Appendix-A fit.
+"""How close a converted student is to its source teacher before any training.
 
-Both models run layer by layer from disk (:mod:`kept.convert.stream`, the loop shared with the calibration pass):
-one decoder layer's weights are in memory at a time, built from transformers' own layer classes (the source
-family's, e.g. ``GPTNeoXLayer``; ``LlamaDecoderLayer`` for the student), so measuring a 14B conversion needs memory
-for one layer, the hidden states and an LM head, not for two models.
+Both models run layer by layer from disk (:class:`kept.convert.stream.StreamingModel`, on the layer loop shared
+with the calibration pass, :func:`kept.convert.stream.walk`): one decoder layer's weights are in memory at a time,
+in the classes of each model's own family (the source's, e.g. ``GPTNeoXLayer``; ``LlamaDecoderLayer`` for the
+student), so measuring a 14B conversion needs memory for one layer, the hidden states and an LM head, not for two
+models.
 
 Metrics on a calibration batch (:func:`fidelity_report`): per-token KL(teacher || student) (mean, max), top-1
 agreement, max |logit difference|, the relative residual-stream error at each of the L+1 slots (embedding output
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -102,66 +103,6 @@ def split_batches(ids: torch.Tensor, *, tokens_per_batch: int = 8192) -> list[to
     """Rows of ``ids`` grouped into batches of about ``tokens_per_batch`` tokens."""
     per = max(1, tokens_per_batch // max(1, ids.shape[1]))
     return [ids[i : i + per] for i in range(0, ids.shape[0], per)]
-
-
-# ---- Appendix-A fit -------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def fit_rms_gains(
-    *, teacher: str | Path, batches: Iterable[torch.Tensor], device: str | torch.device = "cpu"
-) -> dict[str, torch.Tensor]:
-    """Per-channel least-squares RMSNorm weights (Appendix A) for every norm site, from teacher activations.
-
-    For a LayerNorm site with input x and output y, the RMSNorm weight minimising E||g * x/r - y||^2, with
-    r = sqrt(mean(x^2) + eps) as in the student, is ``g_i = E[(x_i/r) y_i] / E[(x_i/r)^2]``. The sums are
-    accumulated in float64 over all calibration tokens; a channel that is never active keeps ``gamma``.
-    Returns float64 gains keyed by the Llama norm weight names.
-    """
-    model = StreamingModel(teacher, device=device)
-    sums: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def accumulate(sites: tuple[str, ...], x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> None:
-        x64 = x.reshape(-1, x.shape[-1]).double()  # (N, d)
-        y64 = y.reshape(-1, y.shape[-1]).double()
-        u = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + model.eps)  # x / r
-        num, den = (u * y64).sum(0), u.pow(2).sum(0)
-        for site in sites:
-            if site in sums:
-                sums[site] = (num + sums[site][0], den + sums[site][1], gamma)
-            else:
-                sums[site] = (num, den, gamma)
-
-    try:
-        batches = list(batches)
-        if not batches:
-            raise ConfigError("fit: no calibration batches")
-        stream = Stream(model, batches, who=f"teacher {teacher}")
-
-        def taps(i: int, layer: torch.nn.Module) -> list[Any]:
-            sites: dict[str, tuple[str, ...]] = {}
-            for module, targets in model.sites.items():  # a norm the layer lacks is served by the first one
-                present = module if getattr(layer, module, None) is not None else next(iter(model.sites))
-                sites[present] = sites.get(present, ()) + targets
-            return [
-                getattr(layer, module).register_forward_hook(
-                    lambda mod, inp, out, sites=tuple(f"model.layers.{i}.{t}.weight" for t in targets): accumulate(
-                        sites, inp[0], out, mod.weight.detach().double().clone())
-                )
-                for module, targets in sites.items()
-            ]
-
-        walk(stream, taps=taps)
-        hidden = stream.hidden
-        final_gamma = model.weight(model.norm_w, torch.float64)
-        for h in hidden:
-            accumulate(("model.norm.weight",), h, model.final_norm(h), final_gamma)
-        gains = {}
-        for site, (num, den, gamma) in sums.items():
-            gains[site] = torch.where(den > 0, num / den.clamp_min(1e-300), gamma).cpu()
-        return gains
-    finally:
-        model.close()
 
 
 # ---- fidelity -------------------------------------------------------------------------------------------
@@ -281,7 +222,8 @@ def fidelity_report(
                 zt = (nt[rows] @ w_t.T).double()  # (n, vb)
                 if b_t is not None:
                     zt += b_t
-                zs = (ns[rows] @ w_s.T).double()
+                zt = t_model.logits(zt)
+                zs = s_model.logits((ns[rows] @ w_s.T).double())
                 variants = [zs] if offset is None else [zs, zs + offset[v0 : v0 + w_t.shape[0]]]
                 stats.update(rows, v0, zt, variants)
             del w_t, w_s

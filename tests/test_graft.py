@@ -234,8 +234,8 @@ def test_layer_fit_brings_an_approximate_family_closer(tmp_path, parallel):
     kl = {}
     for fit in (False, True):
         out = tmp_path / f"out-{fit}"
-        rep = convert_checkpoint(source=src, output=out, norm="exact", calibration=text, fidelity_tokens=512,
-                                 fit_tokens=1024, layer_fit=fit)
+        rep = convert_checkpoint(source=src, output=out, norm="exact", mlp_target="runtimes", calibration=text,
+                                 fidelity_tokens=512, fit_tokens=1024, layer_fit=fit)
         kl[fit] = rep["offset_corrected"]["kl_mean"]
     conv = json.loads((out / "conversion.json").read_text())
     assert conv["layer_fit"] is True and conv["graft"] is None

@@ -25,14 +25,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from kept.convert.families import Arch, Family
 from kept.convert.graft import Attention, Merge, check_kv_heads, graft_attention
-from kept.convert.stream import Stream, StreamingModel, walk
+from kept.convert.stream import Stream, StreamingModel, set_params, tokens_first, untangle_heads, walk
 from kept.errors import CheckpointError, ConfigError, MappingError
 from kept.progress import Progress
 
@@ -197,6 +200,62 @@ def _set_weight_t(params: dict[str, torch.Tensor], name: str, wt: torch.Tensor, 
 # ---- the pass ---------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Sites:
+    """Where the calibration pass reads the teacher, in its own decoder layer (module paths inside the layer), from
+    the family's data: what its attention adds to the stream (the attention module's output, or the norm after it
+    that a fitted scale replaced, :attr:`Arch.folds` ``o``; times ``attn_scale``, Granite's residual multiplier), the
+    per-head q/k norms the conversion dropped or replaced by fitted scales (whose outputs q_proj and k_proj are
+    refitted to, in Llama's channel order and scale: :func:`kept.convert.plan.qk_channels`), and whether the block is
+    parallel (its MLP read the block's input)."""
+
+    attention: str
+    attn_scale: float = 1.0
+    qk: tuple[str, str] | None = None
+    qk_rows: tuple[int, ...] = ()
+    q_factor: tuple[float, ...] = ()
+    k_factor: tuple[float, ...] = ()
+    parallel: bool = False
+    skipped: tuple[str, ...] = ()  # what the layer fit leaves as converted, and why (reported)
+
+
+def teacher_sites(family: Family, arch: Arch, llama_cfg: dict[str, Any]) -> Sites:
+    """The :class:`Sites` of a source family: the attention module is the parent of its output projection
+    (``o.w``); q/k norms are the fold modules of its runtime (Qwen3, OLMo-2, Gemma 3, ...) or the dropped per-head
+    LayerNorms (``qk_layernorm``: StableLM, Phi, Persimmon, Cohere's ``use_qk_norm``)."""
+    from kept.convert.plan import QK_NORM, qk_channels
+
+    rt = family.runtime
+
+    def runtime_path(template: str) -> str:  # a stored tensor name -> its module path inside runtime layer 0
+        name = template.format(i=0, h=0)
+        for rx, repl in rt.renames:
+            name = re.sub(rx, repl, name)
+        prefix = rt.layer_prefix.format(i=0)
+        if not name.startswith(prefix):
+            raise MappingError(f"{family.name}: tensor {name!r} is not inside the runtime's layer {prefix!r}")
+        return name[len(prefix):]
+
+    attention = runtime_path(family.tensors["o.w"][0]).rsplit(".", 2)[0]
+    o_fold = rt.fold_modules.get("o") if "o" in arch.folds else None
+    qk, skipped = None, []
+    if "q" in arch.folds and "k" in arch.folds:
+        qk = (rt.fold_modules["q"], rt.fold_modules["k"])
+    elif arch.qk_layernorm:
+        paths = {}
+        for template in filter(QK_NORM.search, family.dropped):
+            path = runtime_path(template)
+            m = QK_NORM.search(path)
+            paths[m.group(1)] = path[: m.end()]
+        qk = (paths["q"], paths["k"])
+    if qk is not None and arch.qk_norm_after_rope:  # q_proj cannot reach a norm of the rotated q
+        skipped.append("q_proj/k_proj: the source's q/k norms act after RoPE (their fitted scales stay)")
+        qk = None
+    rows, qf, kf = qk_channels(arch, llama_cfg)
+    return Sites(attention=o_fold or attention, attn_scale=arch.residual_scale, qk=qk, qk_rows=tuple(rows),
+                 q_factor=tuple(qf), k_factor=tuple(kf), parallel=arch.parallel_residual, skipped=tuple(skipped))
+
+
 def calibrate(
     *,
     teacher: Path,
@@ -206,17 +265,15 @@ def calibrate(
     kv_init: str,
     layer_fit: bool,
     centred: bool,
-    parallel: bool,
+    sites: Sites,
     scratch: Path,
     where: str,
-    qk_rows: list[int] | None = None,
     ridge: float = RIDGE,
     device: str = "cpu",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Solve every layer of the converted Llama at ``student`` against ``teacher`` on ``ids`` and save the tensors it
-    replaces, per layer, as ``scratch/layer-<i>.safetensors``. ``parallel``: the teacher's block is parallel (its MLP
-    read the block's input); ``qk_rows``: the teacher normalises q and k per head (dropped in the conversion), and a
-    Llama head's channel c is the source's channel ``qk_rows[c]`` (:func:`kept.convert.plan.rotary_rows`). Returns the
+    replaces, per layer, as ``scratch/layer-<i>.safetensors``. ``sites``: where the teacher's layer is read
+    (:func:`teacher_sites`); ``centred``: the mapping centres the stream (the targets are centred too). Returns the
     grafted Llama config.json and the report (per layer: the groups of KV heads, the merge's residuals, each refit's
     relative error before/after, and the layer's wall seconds)."""
     from safetensors.torch import save_file
@@ -233,37 +290,38 @@ def calibrate(
         check_kv_heads(kv_heads, heads=heads, current=kv_now, where=where)
         cfg = {**cfg, "num_key_value_heads": kv_heads}
     attn_bias, mlp_bias = bool(cfg.get("attention_bias")), bool(cfg.get("mlp_bias"))
+    qk = sites.qk if layer_fit else None
     scratch.mkdir(parents=True, exist_ok=True)
     t_model = StreamingModel(teacher, device=device)
     s_model = StreamingModel(student, device=device)
-    llama_cfg = LlamaConfig(**{k: v for k, v in cfg.items() if k not in LEGACY_KEYS})
-    llama_cfg._attn_implementation = "sdpa"
-    with torch.device("meta"):
-        grafted = LlamaDecoderLayer(llama_cfg, layer_idx=0)
-    grafted = grafted.to_empty(device=device).float().eval()
+    if kv_heads is not None:  # the grafted layer: Llama's with G KV heads, its weights set per layer
+        llama_cfg = LlamaConfig(**{k: v for k, v in cfg.items() if k not in LEGACY_KEYS})
+        llama_cfg._attn_implementation = s_model.config._attn_implementation
+        with torch.device("meta"):
+            grafted = LlamaDecoderLayer(llama_cfg, layer_idx=0).eval()
     layers: list[dict[str, Any]] = []
     bar = Progress(t_model.num_layers, desc="convert: calibration", unit="layer")
     try:
         batches = split_batches(ids)
+        if qk is not None:  # per-head tensors: a sequence as long as a head count would make their layout ambiguous
+            batches = untangle_heads(batches, heads, kv_now)
         t_stream = Stream(t_model, batches, who=f"teacher {teacher}")
         s_stream = Stream(s_model, batches, who="converted student (calibration pass)")
-        attn_t: list[torch.Tensor] = []
-
+        seq = batches[0].shape[1]
+        attn_t: list[torch.Tensor] = []  # what the teacher's attention added to the stream, per batch
+        qk_t: dict[str, list[torch.Tensor]] = {"q": [], "k": []}  # the teacher's normalised q and k
         started: list[float] = []
-
-        qk_t: dict[str, list[torch.Tensor]] = {"q": [], "k": []}  # the teacher's per-head-normalised q and k
 
         def taps(i: int, layer: torch.nn.Module) -> list[Any]:
             started.append(time.perf_counter())
             attn_t.clear()
             qk_t["q"].clear()
             qk_t["k"].clear()
-            attn = _attention_module(layer)
-            hooks = [attn.register_forward_hook(lambda m, a, out: attn_t.append(_first(out)))]
-            for name in ("q_layernorm", "k_layernorm", "q_norm", "k_norm") if layer_fit and qk_rows else ():
-                if getattr(attn, name, None) is not None:
-                    hooks.append(getattr(attn, name).register_forward_hook(
-                        lambda m, a, out, key=name[0]: qk_t[key].append(out)))
+            hooks = [layer.get_submodule(sites.attention).register_forward_hook(
+                lambda m, a, out: attn_t.append(_first(out) * sites.attn_scale))]
+            for key, path in zip("qk", qk or ()):
+                hooks.append(layer.get_submodule(path).register_forward_hook(
+                    lambda m, a, out, key=key: qk_t[key].append(tokens_first(_first(out), seq))))
             return hooks
 
         def after(i: int) -> None:  # the layer's wall time: both forwards, the moments, the merge and the refits
@@ -273,25 +331,26 @@ def calibrate(
 
         @torch.no_grad()
         def solve(i: int, layer: torch.nn.Module) -> torch.nn.Module:
-            params = dict(layer.state_dict())  # the converted layer; each refit replaces entries with new tensors
+            params = {k: p.detach() for k, p in layer.named_parameters()}  # each refit replaces entries
             init = dict(params)
             x = [layer.input_layernorm(h) for h in s_stream.hidden]  # the attention's input on the student's stream
+            ctx = s_stream.inputs(i)
             record: dict[str, Any] = {"layer": i}
-            if qk_t["q"] and qk_t["k"]:  # before any merge: q and k to what the teacher's dropped norms gave
-                record.update(_Fit(layer, params, pos=s_stream.pos, ridge=ridge, centred=centred).qk(
-                    x, qk_t, rows=qk_rows, heads=(heads, kv_now), bias=attn_bias))
+            if qk is not None:  # before any merge: q and k to what the teacher's q/k norms gave
+                record.update(_Fit(layer, params, ctx=ctx, ridge=ridge, centred=centred, device=s_model.device).qk(
+                    x, qk_t, sites=sites, heads=(heads, kv_now), bias=attn_bias))
             if kv_heads is not None:
                 merge = graft_attention(_attention(params, heads=heads, kv_heads=kv_now, head_dim=hd, bias=attn_bias),
                                         kv_heads=kv_heads, init=kv_init, sigma=_moment(x))
                 _set_attention(params, merge, bias=attn_bias)
                 record.update(groups=merge.groups, residual=merge.residual)
-            out = _load(grafted if kv_heads is not None else layer, params)
-            fit = _Fit(out, params, pos=s_stream.pos, ridge=ridge, centred=centred)
+            out = set_params(grafted if kv_heads is not None else layer, params, s_model.device)
+            fit = _Fit(out, params, ctx=ctx, ridge=ridge, centred=centred, device=s_model.device)
             if layer_fit or kv_heads is not None and kv_init == "fit":
                 record["o_proj"] = fit.o_proj(x, [centre(y) for y in attn_t], bias=attn_bias)
             if layer_fit:
-                record.update(fit.mlp(s_stream.hidden, x, [centre(t) for t in t_stream.hidden], parallel=parallel,
-                                      bias=mlp_bias))
+                record.update(fit.mlp(s_stream.hidden, x, [centre(t) for t in t_stream.hidden],
+                                      parallel=sites.parallel, bias=mlp_bias))
             changed = {f"model.layers.{i}.{k}": v.float().cpu().contiguous() for k, v in params.items()
                        if v is not init[k]}
             for name, t in changed.items():
@@ -310,28 +369,20 @@ def calibrate(
         t_model.close()
         s_model.close()
         bar.close()
-    return cfg, {"n_tokens": int(ids.numel()), "ridge": ridge, "layers": layers}
-
-
-def _attention_module(layer: torch.nn.Module) -> torch.nn.Module:
-    """The attention block of a family's decoder layer (``self_attn``, GPT-NeoX's ``attention``, ...): the first
-    child whose class name ends in ``Attention``."""
-    for child in layer.children():
-        if type(child).__name__.endswith("Attention"):
-            return child
-    raise CheckpointError(f"{type(layer).__name__}: no attention module to calibrate against")
+    report = {"n_tokens": int(sum(b.numel() for b in batches)), "ridge": ridge, "layers": layers}
+    if layer_fit and sites.skipped:
+        report["not_refitted"] = list(sites.skipped)
+    return cfg, report
 
 
 def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _per_head(t: torch.Tensor, heads: int, tokens: int) -> torch.Tensor:
-    """``(B, T, heads, hd)`` from a per-head norm's output: ``(B, heads, T, hd)`` (StableLM, Phi), ``(B, T, heads,
-    hd)`` or ``(B, T, heads * hd)``."""
-    if t.dim() == 3:
-        return t.view(t.shape[0], tokens, heads, -1)
-    return t if t.shape[1] == tokens and t.shape[2] == heads else t.transpose(1, 2)
+def _per_head(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(B, T, heads, hd)`` from a q/k norm's output with the tokens on axis 1 (:func:`tokens_first`):
+    ``(B, T, heads, hd)`` or ``(B, T, heads * hd)``."""
+    return t.reshape(t.shape[0], t.shape[1], heads, -1)
 
 
 def _moment(x: list[torch.Tensor]) -> torch.Tensor:
@@ -368,15 +419,18 @@ def _set_attention(params: dict[str, torch.Tensor], merge: Merge, *, bias: bool)
 
 class _Fit:
     """The refits of one student layer ``out`` (a Llama decoder layer holding ``params``), each ridge least squares
-    from normal equations over the calibration batches, written into ``params`` and loaded into ``out``."""
+    from normal equations over the calibration batches, written into ``params`` and set in ``out``. ``ctx``: what
+    the layer receives besides the stream, per batch (masks, position embeddings)."""
 
-    def __init__(self, out: torch.nn.Module, params: dict[str, torch.Tensor], *, pos: list[Any], ridge: float,
-                 centred: bool) -> None:
-        self.out, self.params, self.pos, self.ridge, self.centred = out, params, pos, ridge, centred
+    def __init__(self, out: torch.nn.Module, params: dict[str, torch.Tensor], *, ctx: list[tuple[tuple, dict]],
+                 ridge: float, centred: bool, device: torch.device) -> None:
+        self.out, self.params, self.ctx, self.ridge, self.centred = out, params, ctx, ridge, centred
+        self.device = device
 
     def attention(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.out.self_attn(hidden_states=xb, attention_mask=None, position_embeddings=p)[0]
-                for xb, p in zip(x, self.pos)]
+        return [self.out.self_attn(hidden_states=xb, attention_mask=kw.get("attention_mask"),
+                                   position_embeddings=kw["position_embeddings"])[0]
+                for xb, (_, kw) in zip(x, self.ctx)]
 
     def _solve(self, name: str, pairs: Any, *, bias: bool, centre: bool) -> dict[str, float]:
         normal = _Normal()
@@ -385,16 +439,18 @@ class _Fit:
         w0t = _weight_t(self.params, name, bias=bias).to(normal.ftf.device)  # a merged o_proj sits on the CPU
         wt = normal.solve(w0t, self.ridge)
         _set_weight_t(self.params, name, wt, bias=bias, centre=centre)
-        _load(self.out, self.params)
+        set_params(self.out, self.params, self.device)
         return {"before": normal.error(w0t), "after": normal.error(wt)}
 
-    def qk(self, x: list[torch.Tensor], captured: dict[str, list[torch.Tensor]], *, rows: list[int],
+    def qk(self, x: list[torch.Tensor], captured: dict[str, list[torch.Tensor]], *, sites: Sites,
            heads: tuple[int, int], bias: bool) -> dict[str, dict[str, float]]:
-        """q_proj and k_proj from the attention's input ``x`` to the teacher's q and k after its per-head norms
-        (``captured``: their outputs, heads in any of the layouts the families use), channels in Llama's order."""
+        """q_proj and k_proj from the attention's input ``x`` to the teacher's q and k after its q/k norms
+        (``captured``: their outputs, tokens on axis 1), channels in Llama's order and scale."""
         record = {}
-        for key, n in zip(("q", "k"), heads):
-            target = [_per_head(t, n, xb.shape[1])[..., rows].flatten(-2) for t, xb in zip(captured[key], x)]
+        rows = list(sites.qk_rows)
+        for key, n, factor in zip(("q", "k"), heads, (sites.q_factor, sites.k_factor)):
+            scale = torch.tensor(factor, dtype=torch.float32, device=self.device)
+            target = [(_per_head(t, n)[..., rows] * scale).flatten(-2) for t in captured[key]]
             record[f"{key}_proj"] = self._solve(f"{_ATTN}.{key}_proj", zip(x, target), bias=bias, centre=False)
         return record
 
@@ -421,13 +477,6 @@ class _Fit:
         record["down_proj"] = self._solve("mlp.down_proj", ((f, t - hb) for f, t, hb in zip(feats, target, h_mid)),
                                           bias=bias, centre=self.centred)
         return record
-
-
-@torch.no_grad()
-def _load(layer: torch.nn.Module, params: dict[str, torch.Tensor]) -> torch.nn.Module:
-    for key, p in layer.state_dict(keep_vars=True).items():
-        p.copy_(params[key])
-    return layer
 
 
 def _inputs_of(module: torch.nn.Module, run: Callable[[], Any]) -> list[torch.Tensor]:
@@ -484,8 +533,8 @@ def write_refitted(*, stage: Path, scratch: Path, config: dict[str, Any], out_di
 
 
 def refit_checkpoint(*, teacher: Path, stage: Path, out_dir: Path, config: dict[str, Any], ids: torch.Tensor,
-                     what: str, kv_heads: int | None, kv_init: str, layer_fit: bool, centred: bool, parallel: bool,
-                     out_dtype: torch.dtype, max_shard_size: int, where: str, qk_rows: list[int] | None = None,
+                     what: str, kv_heads: int | None, kv_init: str, layer_fit: bool, centred: bool, sites: Sites,
+                     out_dtype: torch.dtype, max_shard_size: int, where: str,
                      device: str = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
     """The converted Llama written at ``stage`` (with its ``config``) -> the refitted checkpoint in ``out_dir``
     (:func:`calibrate`, then :func:`write_refitted`); ``stage`` and the scratch files are removed. Returns the
@@ -495,8 +544,8 @@ def refit_checkpoint(*, teacher: Path, stage: Path, out_dir: Path, config: dict[
     (stage / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     scratch = out_dir / ".calibration-scratch"
     config, report = calibrate(teacher=teacher, student=stage, ids=ids, kv_heads=kv_heads, kv_init=kv_init,
-                               layer_fit=layer_fit, centred=centred, parallel=parallel, scratch=scratch, where=where,
-                               qk_rows=qk_rows, device=device)
+                               layer_fit=layer_fit, centred=centred, sites=sites, scratch=scratch, where=where,
+                               device=device)
     write_refitted(stage=stage, scratch=scratch, config=config, out_dir=out_dir, out_dtype=out_dtype,
                    max_shard_size=max_shard_size)
     shutil.rmtree(stage)
