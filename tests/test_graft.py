@@ -10,6 +10,7 @@ grafted tensors gives the MHA layer's output within 1e-9 (float64)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -18,8 +19,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
 
 from kept.convert import convert_checkpoint
-from kept.convert.calibrate import _attention, _moment, calibration_ids
+from kept.convert.calibrate import _attention, _moment, calibration_ids, teacher_sites
 from kept.convert.graft import KV_INITS, graft_attention
+from kept.convert.tiny import ZOO
 from kept.errors import ConfigError, MappingError
 
 D, H, HD, T = 32, 4, 8, 40
@@ -293,3 +295,89 @@ def test_layer_fit_refits_q_and_k_for_dropped_per_head_norms(tmp_path):
     assert rep[True]["kl_mean"] < 0.5 * rep[False]["kl_mean"]
     # the residual stream after the last layer: 0.09x with the channels in Llama's order (0.43x with them reversed)
     assert rep[True]["layer_rel_err"][-1] < 0.25 * rep[False]["layer_rel_err"][-1]
+
+
+# ---- the zoo ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family,overrides,kv_heads,pairs", [
+    ("llama", {"num_key_value_heads": 4}, 2, [[0, 2], [1, 3]]),  # MHA (Llama-2-13B's layout) shrunk to 2 KV heads
+    ("qwen2", {}, 1, [[0, 1]]),  # GQA already (4 query heads on 2 KV heads) merged further
+], ids=["llama-mha", "qwen2-gqa"])
+def test_graft_on_an_rmsnorm_source(tmp_path, family, overrides, kv_heads, pairs):
+    """A Llama (or Qwen2) user shrinking the KV cache: KV heads made identical in ``pairs`` are found by the fit init
+    and merged exactly (KL to the teacher < 1e-8, the KV cache G/H of the source's). The source's stream is RMSNorm's,
+    not centred: the o_proj refit's targets must not be centred either (centred, the KL is 1e-7 and 1.4e-5)."""
+    from kept.convert.tiny import TEXT, new_model, train_bpe, write_checkpoint
+
+    src = tmp_path / "src"
+    model = new_model(family, vocab_size=train_bpe(src), **overrides)
+    hd = model.config.hidden_size // model.config.num_attention_heads
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for name in ("k_proj", "v_proj"):
+                lin = getattr(layer.self_attn, name)
+                for p in (lin.weight, lin.bias):
+                    heads = p.view(-1, hd, *p.shape[1:])
+                    for a, b in pairs:
+                        heads[b] = heads[a]
+    write_checkpoint(model, src)
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(TEXT * 40))
+    out = tmp_path / "out"
+    rep = convert_checkpoint(source=src, output=out, calibration=text, fidelity_tokens=256, fit_tokens=1024,
+                             kv_heads=kv_heads, kv_init="fit")
+    conv = json.loads((out / "conversion.json").read_text())
+    assert conv["centered"] is False and conv["graft"]["kv_init"] == "fit"
+    assert [layer["groups"] for layer in conv["calibration_fit"]["layers"]] == [pairs] * 2
+    llama = LlamaForCausalLM.from_pretrained(out)
+    assert llama.config.num_key_value_heads == kv_heads and llama.config.num_attention_heads == 4
+    kv = conv["graft"]["kv_cache_bytes_per_token"]
+    assert kv["output"] * model.config.num_key_value_heads == kv["source"] * kv_heads
+    assert rep["kl_mean"] < 1e-8, rep["kl_mean"]
+
+
+QK_NORM_NAMES = re.compile(r"(q|k|query|key)_(layer)?norm")  # what transformers' layers call their q/k norms
+ZOO_SOURCES = [(family, overrides) for family, overrides, _ in ZOO] + [
+    ("cohere", {"use_qk_norm": True}), ("stablelm", {"qk_layernorm": True}), ("phi", {"qk_layernorm": True})]
+
+
+@pytest.mark.parametrize("family,overrides", ZOO_SOURCES,
+                         ids=[f + "".join(f"-{k}" for k in o) for f, o in ZOO_SOURCES])
+def test_calibration_sites_of_every_zoo_family(tmp_path, family, overrides):
+    """Where the calibration pass reads the teacher is derived from the family's data (calibrate.teacher_sites);
+    checked here against the family's own layer: the q/k norms it refits to are exactly the modules the layer
+    calls q/k norms (none where the source normalises after RoPE, which is reported as not refitted), and, run on a
+    batch, the attention site gives a (B, T, hidden) output and each q/k norm H (or KV) heads x head_dim per token."""
+    from kept.convert.families import read_source
+    from kept.convert.plan import llama_config
+    from kept.convert.stream import StreamingModel, tokens_first
+    from kept.convert.tiny import new_model, write_checkpoint
+
+    src = write_checkpoint(new_model(family, vocab_size=64, **overrides), tmp_path / "src")
+    fam, arch, _ = read_source(src)
+    sites = teacher_sites(fam, arch, llama_config(arch, norm="paper", dtype="float32"))
+    model = StreamingModel(src)
+    try:
+        layer = model.load_layer(0)
+        named = {n for n, _ in layer.named_modules() if QK_NORM_NAMES.fullmatch(n.rsplit(".", 1)[-1])}
+        if arch.qk_norm_after_rope:
+            assert named and sites.qk is None and "after RoPE" in sites.skipped[0]
+        else:
+            assert set(sites.qk or ()) == named
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(path: str):
+            def hook(module, args, out) -> None:
+                seen[path] = out[0] if isinstance(out, tuple) else out
+            return hook
+
+        for path in (sites.attention, *(sites.qk or ())):
+            layer.get_submodule(path).register_forward_hook(keep(path))
+        h, ctx = model.prepare(torch.arange(3, 10)[None])
+        model.run_layer(layer, h, ctx[0])
+    finally:
+        model.close()
+    assert seen[sites.attention].shape == h.shape
+    for path, heads in zip(sites.qk or (), (arch.num_heads, arch.num_kv_heads)):
+        assert tokens_first(seen[path], 7).reshape(1, 7, -1).shape[-1] == heads * arch.head_dim, path
