@@ -47,10 +47,3 @@ def run(*, quick: bool = False) -> dict:
     return {"title": "Layer fit before training: approximate families with and without --layer-fit (toy teachers)",
             "rows": rows, "notes": notes}
 
-
-if __name__ == "__main__":
-    import sys
-
-    from bench.run import section
-
-    print(section(run(quick="--quick" in sys.argv)))
