@@ -4,9 +4,9 @@ The bench copies the tracked workflow into a scratch directory, runs ``snakemake
 interpreter's environment, and reads Snakemake's own benchmark files (``results/benchmarks/<rule>/*.tsv``) for
 the time of every job. It reports, per rule, the job count and summed job seconds, and overall the wall time
 against two baselines measured in the same run: the summed job time (wall / sum < 1 means the two cores
-overlapped jobs) and the time budget the issue sets (20 min default, 3 min smoke).
+overlapped jobs) and the time budget (25 min default since issue 26's regime, 3 min smoke).
 
-    .venv/bin/python -m bench.bench_pipeline            # default config (~20 min)
+    .venv/bin/python -m bench.bench_pipeline            # default config (~25 min on a quiet machine)
     .venv/bin/python -m bench.bench_pipeline --quick    # smoke config
 """
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET_S = {"config.yaml": 20 * 60, "config/smoke.yaml": 3 * 60}
+BUDGET_S = {"config.yaml": 25 * 60, "config/smoke.yaml": 3 * 60}
 
 
 def copy_workflow(dest: Path) -> None:
