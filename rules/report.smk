@@ -164,10 +164,22 @@ REPORT_ARTIFACTS["table_split"] = (
     else [],
 )
 # Power: the minimum detectable paired H6 difference (80% power) of XKD against UT, from the H6 table's inputs.
+# A variant enters where H6 evaluates UT and an XKD method from the same init on the transfer corpus.
+H6_STUDENTS = {
+    v: {(t.init, t.method) for t in map(parse_trained, eval_models(v, "h6")) if t and not t.corpus and not t.stop}
+    for v in VARIANTS
+}
+POWER_VARIANTS = [
+    v for v, found in H6_STUDENTS.items() if any((i, "ut") in found and {(i, "xkd_z"), (i, "xkd_h")} & found for i, _ in found)
+]
 REPORT_ARTIFACTS["table_power"] = (
     "table",
     "power",
-    [((v, m, "h6"), p, d) for (v, m, _), p, d in REPORT_ARTIFACTS["table_h6"][2] if parse_trained(m) and not is_control(m)],
+    [
+        ((v, m, "h6"), p, d)
+        for (v, m, _), p, d in REPORT_ARTIFACTS["table_h6"][2]
+        if v in POWER_VARIANTS and parse_trained(m) and not is_control(m)
+    ],
 )
 REPORT_ARTIFACTS["figure_mtbench_categories"] = (
     "figure",
