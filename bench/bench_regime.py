@@ -56,10 +56,11 @@ def measure(*, config: dict, steps: int, work: Path) -> dict:
     out = work / f"steps-{steps}"
     teacher = out / "teacher"
     log = out / "teacher.train_log.jsonl"
+    pre = PretrainConfig(world=str(results / "world"), tokenizer=str(results / "tokenizer" / "tokenizer.model"),
+                         output=str(teacher), work_dir=str(out / ".work"), seed=config["seed"], train_log=str(log),
+                         **recipe)
     if not teacher.is_dir():
-        pretrain_teacher(PretrainConfig(world=str(results / "world"), tokenizer=str(results / "tokenizer" / "tokenizer.model"),
-                                        output=str(teacher), work_dir=str(out / ".work"), seed=config["seed"],
-                                        train_log=str(log), **recipe))
+        pretrain_teacher(pre)
     settings = method_settings(config["train"], "ut", seed=config["seed"])
     settings.update(export_format="own", snapshot_every=0, save_state_every=0, progress=False)
     control = out / "control"
@@ -80,8 +81,8 @@ def measure(*, config: dict, steps: int, work: Path) -> dict:
         if not (ev / "mixture_loss.json").is_file():
             mixture_loss(MixtureLossConfig(model=str(model), world=str(results / "world"),
                                            tokenizer=str(results / "tokenizer" / "tokenizer.model"),
-                                           output=str(ev / "mixture_loss.json"), mixture=recipe["mixture"],
-                                           seq_len=recipe["seq_len"], sequences=config["eval"]["mixture_loss"]["sequences"],
+                                           output=str(ev / "mixture_loss.json"), mixture=pre.mixture,
+                                           seq_len=pre.seq_len, sequences=config["eval"]["mixture_loss"]["sequences"],
                                            seed=config["seed"], model_name=name, variant="base"))
         items += [Item("base", name, str(ev / "h6.json"), "h6", str(ev / "h6")),
                   Item("base", name, str(ev / "mixture_loss.json"), "mixture")]
