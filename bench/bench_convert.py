@@ -29,7 +29,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "convert"
 MiB = 2**20
-ARCHITECTURES = {"orion": "OrionForCausalLM", "gpt_neox": "GPTNeoXForCausalLM"}
+ARCHITECTURES = {"orion": "OrionForCausalLM", "gpt_neox": "GPTNeoXForCausalLM", "phi3": "Phi3ForCausalLM"}
 # ~2.2 GB in bf16 each: Orion's vocabulary; a Pythia-shaped GPT-NeoX (fused QKV, partial rotary, GELU, biases)
 FULL = {
     "orion": dict(vocab_size=84608, hidden_size=2048, intermediate_size=6144, num_hidden_layers=14,
@@ -40,6 +40,12 @@ FULL = {
                      num_hidden_layers=14, num_attention_heads=16, max_position_embeddings=2048, rotary_pct=0.25,
                      rotary_emb_base=10000, use_parallel_residual=True, hidden_act="gelu", layer_norm_eps=1e-5,
                      bos_token_id=0, eos_token_id=0, tie_word_embeddings=False),
+    # a Phi-3-mini-shaped checkpoint (the zoo, issue 27): fused qkv_proj [q | k | v] and gate_up_proj [gate | up],
+    # split into Llama's tensors by row selection, nothing byte-identical but the embedding, norms and head
+    "phi3": dict(model_type="phi3", vocab_size=32064, hidden_size=2048, intermediate_size=8192, num_hidden_layers=14,
+                 num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=4096, rope_theta=10000.0,
+                 rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
+                 hidden_act="silu"),
 }
 
 CHILD = r"""
@@ -179,7 +185,7 @@ def run(*, quick: bool = False, family: str = "orion") -> dict:
     if quick:
         cfg.update(vocab_size=16384, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
                    num_attention_heads=8, max_position_embeddings=512)
-        if family == "orion":
+        if "num_key_value_heads" in cfg:
             cfg.update(num_key_value_heads=8)
         shards, repeats = 2, 1
     else:
@@ -270,12 +276,19 @@ def run(*, quick: bool = False, family: str = "orion") -> dict:
         f"on a shared machine are rough, and contention hurts the CPU-bound conversion more than the kernel copy."
     )
     if family != "orion":
-        notes = (f"Source family {family} ({json.dumps({k: cfg[k] for k in ('use_parallel_residual', 'hidden_act', 'rotary_pct') if k in cfg})}): "
-                 "nearly every tensor is computed rather than copied -- q/k/v are row selections of the fused QKV "
-                 "with the partial-rotary permutation, gate is fc1 scaled for the SiLU form (mlp_target "
-                 "'runtimes'), up is a constant written anew (the output is larger than the source by one "
-                 "intermediate x hidden matrix per layer). ") + notes.replace(" (exact adds q/k/v/o and gate/up/down biases)", "")
-    name = {"orion": "Orion", "gpt_neox": "GPT-NeoX (Pythia-shaped)"}[family]
+        keys = ("use_parallel_residual", "hidden_act", "rotary_pct")
+        how = {
+            "gpt_neox": "nearly every tensor is computed rather than copied -- q/k/v are row selections of the fused "
+                        "QKV with the partial-rotary permutation, gate is fc1 scaled for the SiLU form (mlp_target "
+                        "'runtimes'), up is a constant written anew (the output is larger than the source by one "
+                        "intermediate x hidden matrix per layer). ",
+            "phi3": "q/k/v are contiguous row ranges of the fused qkv_proj and gate/up the two halves of "
+                    "gate_up_proj, so every target is a run of the source's bytes and is copied in the kernel "
+                    "(nothing computed but the finite checks; the output is the source's size). ",
+        }[family]
+        notes = (f"Source family {family} ({json.dumps({k: cfg[k] for k in keys if k in cfg})}): " + how
+                 + notes.replace(" (exact adds q/k/v/o and gate/up/down biases)", ""))
+    name = {"orion": "Orion", "gpt_neox": "GPT-NeoX (Pythia-shaped)", "phi3": "Phi-3 (mini-shaped)"}[family]
     return {"title": f"Conversion ({name}): exact mapping vs plain copy; peak RSS vs largest tensor", "rows": rows,
             "notes": notes}
 

@@ -294,6 +294,18 @@ FAMILY_CASES = [
      {"use_parallel_residual": False, "hidden_act": "gelu"}, "transformers",
      "a different model: its Llama graph applies SiLU where config.json says gelu"),
     ("phi, mlp_target runtimes", "phi", {}, "runtimes", "same model (SiLU-gated MLP)"),
+    # the zoo (issue 27): RMSNorm families, exact
+    ("qwen2 (q/k/v biases, zero o bias, GQA)", "qwen2", {}, "runtimes", "same model (attention biases)"),
+    ("granite (muP multipliers folded, tied head untied)", "granite", {}, "runtimes",
+     "same model (multipliers folded into the weights)"),
+    ("gemma, mlp_target runtimes ((1 + w) norms, sqrt(d) embedding)", "gemma", {}, "runtimes",
+     "same model (SiLU form of its gated GELU)"),
+    ("gemma, mlp_target transformers", "gemma", {}, "transformers",
+     "a different model: its Llama graph applies SiLU where config.json says gelu_pytorch_tanh"),
+    ("phi3 (fused qkv / gate_up, partial rotary 0.75)", "phi3", {}, "runtimes",
+     "same model (partial rotary as llama3 rope_freqs with frozen channels)"),
+    ("glm (fused gate_up, interleaved partial rotary 0.5)", "glm", {}, "runtimes",
+     "same model (interleaved rotary permuted to halves; llama3 rope_freqs)"),
 ]
 FAMILY_SEQ_LEN = 40
 # kept.convert.tiny.train_bpe's default (96) is below the byte-level alphabet (256 + 3 specials): that tokenizer has
@@ -385,11 +397,13 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
         if key not in sources:
             sources[key] = _tiny_checkpoint(work / f"src-{family}-{len(sources)}", family, **overrides)
         src = sources[key]
-        out = work / f"llama-{n}-{family}-{mlp_target}"
+        # no family name in the directory: convert_hf_to_gguf makes it the GGUF's general.name, and libllama keys
+        # token attributes on names containing "phi3"/"phi-3" (looking up "</s>", which the toy vocabulary lacks)
+        out = work / f"llama-case{n}-{mlp_target}"
         convert_checkpoint(source=src, output=out, norm="exact", mlp_target=mlp_target, fidelity_tokens=0)
         conv = json.loads((out / "conversion.json").read_text())
         cfg = json.loads((out / "config.json").read_text())
-        gguf, how = _gguf_bpe(found, out, work / f"{n}-{family}-{mlp_target}.gguf")
+        gguf, how = _gguf_bpe(found, out, work / f"case{n}-{mlp_target}.gguf")
         row = {"case": label, "exactness (kept)": conv["exactness"], "hidden_act": cfg["hidden_act"],
                "rope": cfg["rope_parameters"]["rope_type"], "llama.cpp GGUF conversion": how}
         if gguf is not None and not tok_checked:  # the pinned pre-tokenizer, checked on the module's texts
@@ -436,7 +450,11 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
                  f"kept reports) added back, against the source in its own transformers class: float error for the "
                  f"exact classes; the approximate class (parallel residual made sequential, SiLU-gated MLP) "
                  f"measures the approximation. The llama.cpp column compares the converted checkpoint as it is, "
-                 f"without any offset, in both runtimes.")
+                 f"without any offset, in both runtimes. Output directories carry no family name: "
+                 f"convert_hf_to_gguf.py writes the directory name as the GGUF's general.name, and libllama's "
+                 f"vocabulary loader sets token attributes for names containing 'phi3' / 'phi-3' by looking up "
+                 f"'</s>' -- absent from the toy vocabulary, so a case named after Phi-3 failed to load "
+                 f"('unordered_map::at'); a real Phi-3 vocabulary has '</s>'.")
     return rows, notes
 
 

@@ -191,14 +191,15 @@ def _summary(cfg: dict[str, Any], conv: dict[str, Any], training: dict[str, Any]
     runtimes = conv.get("runtimes") or {}
     loads = [r for r, text in runtimes.items() if text.startswith(("loads", "converts"))] or ["transformers", "vLLM",
                                                                                              "llama.cpp"]
-    what = (f"A stock `LlamaForCausalLM` checkpoint ({size}) converted from the {family} (LayerNorm) model {source} "
+    norm = " (LayerNorm)" if conv.get("source_norm", "layer") == "layer" else ""
+    what = (f"A stock `LlamaForCausalLM` checkpoint ({size}) converted from the {family}{norm} model {source} "
             f"by KEPT (the open implementation of the Llamion report's method): it loads with stock "
             f"{', '.join(loads)}, no remote code.")
     lines = [what, ""]
     if conv.get("exactness"):
         changes = "; ".join(f"{d['module']}: {d['change']}" for d in conv.get("divergences") or [])
         lines += [f"Exactness class of the conversion: **{conv['exactness']}**" + (f" ({changes})" if changes else "")
-                  + " -- measured below against transformers' own class of the source family.", ""]
+                  + " -- measured below against the source family's own class.", ""]
     if training:
         step = training.get("step")
         state = f"a training snapshot at step {step} of {training.get('steps')}" if step else "the trained model"

@@ -1,9 +1,9 @@
-"""How close a converted student is to its source teacher before any training, and the Appendix-A fit.
+"""How close a converted student is to its source teacher before any training.
 
-Both models run layer by layer from disk (:class:`StreamingModel`): one decoder layer's weights are in memory at
-a time, built from transformers' own layer classes (the source family's, e.g. ``GPTNeoXLayer``; ``LlamaDecoderLayer``
-for the student), so measuring a 14B conversion needs memory for one layer, the hidden states and an LM head,
-not for two models.
+Both models run layer by layer from disk (:class:`kept.convert.stream.StreamingModel`): one decoder layer's
+weights are in memory at a time, in the classes of each model's own family (the source's, e.g. ``GPTNeoXLayer``;
+``LlamaDecoderLayer`` for the student), so measuring a 14B conversion needs memory for one layer, the hidden
+states and an LM head, not for two models.
 
 Metrics on a calibration batch (:func:`fidelity_report`): per-token KL(teacher || student) (mean, max), top-1
 agreement, max |logit difference|, the relative residual-stream error at each of the L+1 slots (embedding output
@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from kept.checkpoint import TensorReader
+from kept.convert.stream import StreamingModel
 from kept.errors import CheckpointError, ConfigError
 
 HEAD_BLOCK_BYTES = 16 * 2**20  # LM-head rows (float32) read from disk at once, per model
@@ -105,192 +104,6 @@ def split_batches(ids: torch.Tensor, *, tokens_per_batch: int = 8192) -> list[to
     return [ids[i : i + per] for i in range(0, ids.shape[0], per)]
 
 
-# ---- layer-streaming forward ----------------------------------------------------------------------------
-
-
-class StreamingModel:
-    """Runs a checkpoint one decoder layer at a time with transformers' own layer class: a source of any supported
-    family (its runtime, :class:`kept.convert.families.Runtime`) or a stock Llama checkpoint."""
-
-    def __init__(self, directory: str | Path, *, device: str | torch.device = "cpu") -> None:
-        import importlib
-
-        from kept.convert.families import read_source
-        from kept.convert.families.base import read_config
-        from kept.convert.plan import LEGACY_KEYS
-
-        self.directory = Path(directory)
-        self.device = torch.device(device)
-        raw = read_config(self.directory)
-        self.reader = TensorReader(self.directory)
-        names = set(self.reader.names())
-        if raw.get("model_type") == "llama":
-            from transformers import LlamaConfig
-
-            self.kind = "llama"
-            self.config = LlamaConfig(**{k: v for k, v in raw.items() if k not in LEGACY_KEYS})
-            module, layer_name, rope_name = "llama", "LlamaDecoderLayer", "LlamaRotaryEmbedding"
-            self.prefix, self.embed_name = "model.layers.{i}.", "model.embed_tokens.weight"
-            self.eps = self.config.rms_norm_eps
-            self.norm_kind, self.norm_w, self.norm_b = "rms", "model.norm.weight", None
-            tied = bool(self.config.tie_word_embeddings)
-            self.head_name, self.head_bias = (self.embed_name if tied else "lm_head.weight"), None
-            self.sites: dict[str, tuple[str, ...]] = {}
-        else:
-            family, arch, raw = read_source(self.directory)
-            self.kind = family.name
-            self.config = family.teacher_config(raw, self.directory / "config.json")
-            rt = family.runtime
-            module, layer_name, rope_name, self.prefix = rt.module, rt.layer_class, rt.rotary_class, rt.layer_prefix
-            self.sites = rt.norm_sites
-
-            def stored(logical: str) -> str:
-                return next((t for t in family.tensors[logical] if t in names), family.tensors[logical][0])
-
-            self.embed_name = stored("embed")
-            self.eps = arch.norm_eps
-            self.norm_kind = "layer"
-            self.norm_w = stored("final.w") if arch.norm_weight else None
-            self.norm_b = stored("final.b") if arch.norm_bias else None
-            self.head_name = self.embed_name if arch.tied else stored("head.w")
-            self.head_bias = stored("head.b") if arch.head_bias else None
-        mod = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
-        layer_cls, rope_cls = getattr(mod, layer_name), getattr(mod, rope_name)
-        self.config._attn_implementation = "sdpa"  # causal via is_causal when no mask is given
-        self.num_layers = self.config.num_hidden_layers
-        with torch.device("meta"):
-            layer = layer_cls(self.config, layer_idx=0)
-        # One layer's parameters (float32, on the device), allocated once and refilled for every layer from the
-        # file's mapped pages: memory stays flat over the layers.
-        self._layer = layer.to_empty(device=self.device).float().eval()
-        self._params = dict(self._layer.state_dict(keep_vars=True))
-        self.rotary = rope_cls(self.config).to(self.device)
-
-    def weight(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return self.reader.get(name).to(device=self.device, dtype=dtype)
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Embedding output (B, T, d), float32; reads only the rows of the ids present."""
-        uniq, inverse = torch.unique(ids.cpu(), return_inverse=True)
-        rows = torch.cat([self.reader.get_rows(self.embed_name, u, u + 1) for u in uniq.tolist()])
-        return F.embedding(inverse, rows).to(device=self.device, dtype=torch.float32)
-
-    def positions(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(h.shape[1], device=self.device).unsqueeze(0)
-        return self.rotary(h, position_ids=pos)
-
-    @torch.no_grad()
-    def load_layer(self, i: int) -> torch.nn.Module:
-        """Decoder layer ``i`` with its weights (float32, on the device)."""
-        for key, param in self._params.items():
-            name = self.prefix.format(i=i) + key
-            src = self._mapped(name)
-            if tuple(src.shape) != tuple(param.shape):
-                raise CheckpointError(f"{self.directory}: tensor {name!r} has shape {tuple(src.shape)}, "
-                                      f"expected {tuple(param.shape)}")
-            param.copy_(src)
-        return self._layer
-
-    def _mapped(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Rows of a tensor as the file's mapped pages (no copy), or read (a strided pickled view)."""
-        info = self.reader.info(name)
-        stop = (info.shape[0] if info.shape else 1) if stop is None else stop
-        if not info.dense:
-            return self.reader.get_rows(name, start, stop) if info.shape else self.reader.get(name)
-        rows = self.reader.mapped_rows(name, start, stop)
-        return rows if info.shape else rows.view(())
-
-    def head_rows(self, start: int, stop: int) -> torch.Tensor:
-        """LM-head rows ``start:stop`` (float32, on the device)."""
-        rows = self._mapped(self.head_name, start, stop)
-        if getattr(self, "_head", None) is None or self._head.shape[0] < rows.shape[0]:
-            self._head = torch.empty(rows.shape, dtype=torch.float32, device=self.device)
-        out = self._head[: rows.shape[0]]
-        out.copy_(rows)
-        return out
-
-    def head_bias_rows(self, start: int, stop: int) -> torch.Tensor | None:
-        """LM-head bias ``start:stop`` (float64), or None."""
-        if self.head_bias is None:
-            return None
-        return self.reader.get(self.head_bias)[start:stop].to(device=self.device, dtype=torch.float64)
-
-    def vocab_size(self) -> int:
-        return self.reader.info(self.head_name).shape[0]
-
-    def final_norm(self, h: torch.Tensor) -> torch.Tensor:
-        w = self.weight(self.norm_w) if self.norm_w else None
-        if self.norm_kind == "layer":
-            b = self.weight(self.norm_b) if self.norm_b else None
-            return F.layer_norm(h, (h.shape[-1],), w, b, self.eps)
-        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps) * w  # LlamaRMSNorm in float32
-
-    def close(self) -> None:
-        self.reader.close()
-
-
-# ---- Appendix-A fit -------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def fit_rms_gains(
-    *, teacher: str | Path, batches: Iterable[torch.Tensor], device: str | torch.device = "cpu"
-) -> dict[str, torch.Tensor]:
-    """Per-channel least-squares RMSNorm weights (Appendix A) for every norm site, from teacher activations.
-
-    For a LayerNorm site with input x and output y, the RMSNorm weight minimising E||g * x/r - y||^2, with
-    r = sqrt(mean(x^2) + eps) as in the student, is ``g_i = E[(x_i/r) y_i] / E[(x_i/r)^2]``. The sums are
-    accumulated in float64 over all calibration tokens; a channel that is never active keeps ``gamma``.
-    Returns float64 gains keyed by the Llama norm weight names.
-    """
-    model = StreamingModel(teacher, device=device)
-    sums: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def accumulate(sites: tuple[str, ...], x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor) -> None:
-        x64 = x.reshape(-1, x.shape[-1]).double()  # (N, d)
-        y64 = y.reshape(-1, y.shape[-1]).double()
-        u = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + model.eps)  # x / r
-        num, den = (u * y64).sum(0), u.pow(2).sum(0)
-        for site in sites:
-            if site in sums:
-                sums[site] = (num + sums[site][0], den + sums[site][1], gamma)
-            else:
-                sums[site] = (num, den, gamma)
-
-    try:
-        hidden = [model.embed(b) for b in batches]
-        if not hidden:
-            raise ConfigError("fit: no calibration batches")
-        pos = [model.positions(h) for h in hidden]
-        for i in range(model.num_layers):
-            layer = model.load_layer(i)
-            sites: dict[str, tuple[str, ...]] = {}
-            for module, targets in model.sites.items():  # a norm the layer lacks is served by the first one
-                present = module if getattr(layer, module, None) is not None else next(iter(model.sites))
-                sites[present] = sites.get(present, ()) + targets
-            hooks = [
-                getattr(layer, module).register_forward_hook(
-                    lambda mod, inp, out, sites=tuple(f"model.layers.{i}.{t}.weight" for t in targets): accumulate(
-                        sites, inp[0], out, mod.weight.detach().double().clone())
-                )
-                for module, targets in sites.items()
-            ]
-            try:
-                hidden = [_layer_out(layer(h, attention_mask=None, position_embeddings=p)) for h, p in zip(hidden, pos)]
-            finally:
-                for hook in hooks:
-                    hook.remove()
-        final_gamma = model.weight(model.norm_w, torch.float64)
-        for h in hidden:
-            accumulate(("model.norm.weight",), h, model.final_norm(h), final_gamma)
-        gains = {}
-        for site, (num, den, gamma) in sums.items():
-            gains[site] = torch.where(den > 0, num / den.clamp_min(1e-300), gamma).cpu()
-        return gains
-    finally:
-        model.close()
-
-
 # ---- fidelity -------------------------------------------------------------------------------------------
 
 
@@ -370,10 +183,10 @@ def fidelity_report(
     s_model = StreamingModel(student, device=device)
     try:
         batches = split_batches(ids)
-        ht = [t_model.embed(b.to(device)) for b in batches]
-        hs = [s_model.embed(b.to(device)) for b in batches]
-        pos_t = [t_model.positions(h) for h in ht]
-        pos_s = [s_model.positions(h) for h in hs]
+        prep_t = [t_model.prepare(b.to(device)) for b in batches]
+        prep_s = [s_model.prepare(b.to(device)) for b in batches]
+        ht = [h for h, _ in prep_t]
+        hs = [h for h, _ in prep_s]
 
         def slot_error() -> float:
             num = sum(float(torch.linalg.vector_norm((s - (t - t.mean(-1, keepdim=True) if centred else t)).double()) ** 2)
@@ -388,10 +201,12 @@ def fidelity_report(
         layer_err = [slot_error()]
         for i in range(t_model.num_layers):
             layer = t_model.load_layer(i)
-            ht = [_layer_out(layer(h, attention_mask=None, position_embeddings=p)) for h, p in zip(ht, pos_t)]
+            ht = [t_model.run_layer(layer, h, ctx[i]) for h, (_, ctx) in zip(ht, prep_t)]
+            t_model.release_layer(i)
             _check_stream(who_t, ht, t_model.prefix.format(i=i) + "*")
             layer = s_model.load_layer(i)
-            hs = [_layer_out(layer(h, attention_mask=None, position_embeddings=p)) for h, p in zip(hs, pos_s)]
+            hs = [s_model.run_layer(layer, h, ctx[i]) for h, (_, ctx) in zip(hs, prep_s)]
+            s_model.release_layer(i)
             _check_stream(who_s, hs, f"model.layers.{i}.*")
             layer_err.append(slot_error())
             if progress:
@@ -415,7 +230,8 @@ def fidelity_report(
                 zt = (nt[rows] @ w_t.T).double()  # (n, vb)
                 if b_t is not None:
                     zt += b_t
-                zs = (ns[rows] @ w_s.T).double()
+                zt = t_model.logits(zt)
+                zs = s_model.logits((ns[rows] @ w_s.T).double())
                 variants = [zs] if offset is None else [zs, zs + offset[v0 : v0 + w_t.shape[0]]]
                 stats.update(rows, v0, zt, variants)
             del w_t, w_s
@@ -433,11 +249,6 @@ def fidelity_report(
     finally:
         t_model.close()
         s_model.close()
-
-
-def _layer_out(out: Any) -> torch.Tensor:
-    """A decoder layer's output stream (some layer classes return a tuple)."""
-    return out[0] if isinstance(out, tuple) else out
 
 
 def _check_stream(who: str, hidden: list[torch.Tensor], tensors: str) -> None:

@@ -107,6 +107,12 @@ def declared_family(config: dict[str, Any], variant: str) -> str | None:
 # conversion job failing after the teacher is built.
 ALWAYS_REFUSED = {"olmo": {"fit": "OLMo's LayerNorms have no weights, so there are no gains to fit; with the stream "
                                   "centred, 'exact' (g = 1) is exact"}}
+# RMSNorm sources: no LayerNorm to map; 'exact' (= 'paper': the gains copied) is their one mapping
+RMS_FAMILIES = ("llama", "internlm3", "mistral", "ministral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text",
+                "vaultgemma", "granite", "hyperclovax", "olmo2", "olmo3", "exaone", "exaone4", "helium", "seed_oss",
+                "arcee", "smollm3", "glm", "glm4", "apertus", "hunyuan_v1_dense", "ernie4_5", "internlm2", "baichuan")
+ALWAYS_REFUSED.update({f: {n: "its norms are RMSNorm already (the gains are copied): use 'exact' (or 'paper', the "
+                              "same mapping)" for n in ("centered", "fit")} for f in RMS_FAMILIES})
 
 
 def refused_norms(family: str | None, norms: list[str]) -> list[tuple[str, str]]:

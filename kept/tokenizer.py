@@ -193,8 +193,10 @@ def load_hf_tokenizer(directory: str | Path) -> Any:
     directory = Path(directory)
     tok_cfg = _json(directory / "tokenizer_config.json")
     if (directory / "tokenizer.json").is_file() and tok_cfg.get("tokenizer_class") != "OrionTokenizer":
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+        if tok_cfg.get("tokenizer_class") == "PreTrainedTokenizerFast":  # AutoTokenizer of transformers 5 would pick
+            return PreTrainedTokenizerFast.from_pretrained(str(directory))  # config.json's family class (Qwen2's)
         return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
     from kept.chat import ORION_TEMPLATE
 
@@ -208,7 +210,8 @@ def load_hf_tokenizer(directory: str | Path) -> Any:
 
 
 def write_tokenizer(
-    *, model_file: str | Path, output: str | Path, model_max_length: int, chat_template: str | None = None
+    *, model_file: str | Path, output: str | Path, model_max_length: int, chat_template: str | None = None,
+    source_config: dict[str, Any] | None = None,
 ) -> None:
     """Write a converted model's tokenizer files: ``tokenizer.json`` (for the stock ``PreTrainedTokenizerFast``),
     the original ``tokenizer.model``, ``tokenizer_config.json`` (``add_bos_token``/``add_eos_token`` false, as
@@ -218,11 +221,24 @@ def write_tokenizer(
     cost the converter seconds and memory); the tests load the result with ``AutoTokenizer``."""
     import shutil
 
+    from tokenizers import AddedToken
+
     output = Path(output)
     proto = load_sp_proto(model_file)
-    build_tokenizer(model_file).save(str(output / "tokenizer.json"))
+    tok = build_tokenizer(model_file)
+    source_config = source_config or {}
+    added = [v for _, v in sorted(((int(k), v) for k, v in (source_config.get("added_tokens_decoder") or {}).items()))
+             if v.get("special")]
+    for entry in added:  # the source's specials: whole, never split, at the ids its vocabulary gives them
+        if tok.token_to_id(entry["content"]) is None:
+            raise CheckpointError(f"{model_file}: added special token {entry['content']!r} of tokenizer_config.json "
+                                  "is not a piece of the SentencePiece model")
+    tok.add_special_tokens([AddedToken(e["content"], special=True, normalized=False) for e in added])
+    tok.save(str(output / "tokenizer.json"))
     shutil.copyfile(model_file, output / "tokenizer.model")
     specials = {k: v for k, v in special_tokens(proto).items() if v is not None}
+    specials.update({k: v for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+                     if isinstance(v := source_config.get(k), str)})
     cfg: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **specials,

@@ -75,8 +75,10 @@ def test_missing_config(src, tmp_path):
 
 
 def test_wrong_model_type(src, tmp_path):
+    """An Orion checkpoint labelled as a family the converter knows: its tensors name the mismatch (before the
+    tokenizer, which would only say that a Llama checkpoint lacks tokenizer.json)."""
     _edit_json(src / "config.json", model_type="llama")
-    _expect_failure(src, tmp_path, CheckpointError, "model_type", "'llama'")
+    _expect_failure(src, tmp_path, MappingError, "input_layernorm.bias", "llama->Llama")
 
 
 @pytest.mark.parametrize("key,value", [("hidden_size", -64), ("num_attention_heads", 5), ("num_hidden_layers", "2"),
@@ -241,3 +243,28 @@ def test_malicious_pickle_is_refused_and_nothing_runs(src, tmp_path, payload):
     with pytest.raises(CheckpointError):
         TensorReader(src)
     assert not marker.exists()
+
+
+ZOO_BAD = [  # (family, config.json edits, what the one line must name)
+    ("falcon", {"alibi": True}, ("alibi=true", "ALiBi")),
+    ("baichuan", {"hidden_size": 5120, "num_attention_heads": 40}, ("hidden_size 5120", "ALiBi")),
+    ("qwen2", {"rope_scaling": {"rope_type": "mrope", "mrope_section": [2, 2, 4]}}, ("rope_type 'mrope'",)),
+    ("qwen3", {"num_attention_heads": 3, "num_key_value_heads": 1}, ("not divisible by num_attention_heads 3",)),
+    ("gemma", {"use_bidirectional_attention": True}, ("use_bidirectional_attention",)),
+]
+
+
+@pytest.mark.parametrize("family,edits,needles", ZOO_BAD, ids=[f"{f}-{'-'.join(e)}" for f, e, _ in ZOO_BAD])
+def test_zoo_config_refused_in_one_line(tmp_path, family, edits, needles):
+    """A zoo family's config.json asking for what stock Llama cannot hold (ALiBi, an unknown RoPE type, a width the
+    heads do not divide, bidirectional attention): one line naming the key, nothing written."""
+    from kept.convert.tiny import make_checkpoint
+
+    src = make_checkpoint(tmp_path / "src", family, num_hidden_layers=1)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, **edits}))
+    with pytest.raises(KeptError) as err:
+        convert_checkpoint(source=src, output=tmp_path / "out", fidelity_tokens=0)
+    msg = str(err.value)
+    assert "\n" not in msg and str(src / "config.json") in msg and all(n in msg for n in needles), msg
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]

@@ -54,7 +54,17 @@ def pristine(tmp_path_factory):
 
     families = {f"{fam}{tag}": make_checkpoint(root / f"{fam}{tag}", fam, num_hidden_layers=1, **cfg)
                 for fam, tag, cfg in (("olmo", "", {}), ("stablelm", "-qkln", {"qk_layernorm": True}),
-                                      ("gpt_neox", "", {}), ("phi", "", {}))}
+                                      ("gpt_neox", "", {}), ("phi", "", {}), ("phi3", "", {}), ("internlm2", "", {}),
+                                      ("persimmon", "", {}), ("qwen2", "", {}), ("nemotron", "", {}),
+                                      ("gemma", "", {}))}
+    from kept.convert.tiny import new_model
+
+    sharded = root / "qwen2-sharded"  # save_pretrained's index over several safetensors shards
+    vocab = json.loads((families["qwen2"] / "config.json").read_text())["vocab_size"]
+    new_model("qwen2", vocab_size=vocab, num_hidden_layers=2).save_pretrained(sharded, max_shard_size="40KB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(families["qwen2"] / name, sharded / name)
+    families["qwen2-sharded"] = sharded
     yield {"sp": sp, "src": src, "rope": with_rope, "shards": sorted(set(index["weight_map"].values())),
            "corpus": make_corpus(root / "corpus", sp_model=sp), **families}
     table = ["| case | expected | observed |", "|---|---|---|"]
@@ -126,6 +136,13 @@ class Ctx:
             shutil.copytree(self.pristine[which], dst)
         return dst
 
+    def reconfigured(self, which: str, **keys) -> Path:
+        """A fresh copy of ``which`` with ``keys`` set in its config.json."""
+        src = self.src(which)
+        cfg = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**cfg, **keys}))
+        return src
+
     def run(self, argv: list[str], *, status: int, needles: tuple[str, ...] = (), own: tuple[Path, ...] = (),
             absent: tuple[str, ...] = (), before: dict[str, str] | None = None, note: str = "") -> str:
         """Run ``kept argv`` in-process; check the exit status, the message, and the tree outside ``own``."""
@@ -168,8 +185,9 @@ def case(name: str, expected: str):
     return register
 
 
-def convert(ctx: Ctx, src: Path, out: Path, *extra: str, norm: str = "paper") -> list[str]:
-    return ["convert", str(src), str(out), "--norm", norm, "--fidelity-tokens", "0", *extra]
+def convert(ctx: Ctx, src: Path, out: Path, *extra: str, norm: str | None = "paper") -> list[str]:
+    """``kept convert``'s argv (``norm`` None: no --norm, the default mapping)."""
+    return ["convert", str(src), str(out), *(["--norm", norm] if norm else []), "--fidelity-tokens", "0", *extra]
 
 
 # ---- where the output goes ------------------------------------------------------------------------------------
@@ -679,13 +697,76 @@ def _olmo_fit(ctx: Ctx) -> None:
             status=1, needles=("'fit'", "olmo", "no weights"))
 
 
-@case("unsupported model_type (gpt2)", "exit 1, names it and lists the supported families")
+@case("learned-position model_type (gpt2)", "exit 1, names it and why stock Llama cannot hold its positions")
 def _gpt2(ctx: Ctx) -> None:
-    src = ctx.src("olmo")
-    cfg = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    src = ctx.reconfigured("olmo", model_type="gpt2", architectures=["GPT2LMHeadModel"])
     ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1,
-            needles=("'gpt2'", "orion, olmo, stablelm, gpt_neox, phi"))
+            needles=("'gpt2'", "learned absolute position embeddings", "cannot be converted"))
+
+
+@case("unknown model_type (mamba)", "exit 1, names it and lists the supported families")
+def _unknown(ctx: Ctx) -> None:
+    src = ctx.reconfigured("olmo", model_type="mamba", architectures=["MambaForCausalLM"])
+    ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1,
+            needles=("'mamba'", "orion, olmo, stablelm, gpt_neox, phi, llama", "internlm2, baichuan"))
+
+
+@case("remote-code-only config (auto_map, unknown model_type)", "exit 1, names it: remote code, no weights map")
+def _remote_only(ctx: Ctx) -> None:
+    src = ctx.reconfigured("qwen2", model_type="telechat", architectures=["TelechatForCausalLM"],
+                           auto_map={"AutoConfig": "configuration_telechat.TelechatConfig",
+                                     "AutoModelForCausalLM": "modeling_telechat.TelechatForCausalLM"})
+    ctx.run(convert(ctx, src, ctx.root / "out"), status=1, needles=("'telechat'", "remote code", "no weights map"))
+
+
+@case("phi3: fused qkv_proj of the wrong size", "exit 1, names the tensor and shapes")
+def _phi3_qkv(ctx: Ctx) -> None:
+    src, name = ctx.src("phi3"), "model.layers.0.self_attn.qkv_proj.weight"
+    _edit_safetensors(src, lambda s: s.__setitem__(name, s[name][:-16].contiguous()))
+    ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1, needles=(repr(name), "(112, 64)", "(128, 64)"))
+
+
+@case("internlm2: grouped wqkv of the wrong size", "exit 1, names the tensor and shapes")
+def _internlm2_wqkv(ctx: Ctx) -> None:
+    src, name = ctx.src("internlm2"), "model.layers.0.attention.wqkv.weight"
+    _edit_safetensors(src, lambda s: s.__setitem__(name, s[name][:-16].contiguous()))
+    ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1, needles=(repr(name), "(112, 64)", "(128, 64)"))
+
+
+@case("qwen2: a shard of the index missing", "exit 1, names the missing shard file")
+def _qwen2_missing_shard(ctx: Ctx) -> None:
+    src = ctx.src("qwen2-sharded")
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[-1]
+    (src / shard).unlink()
+    ctx.run(convert(ctx, src, ctx.root / "out"), status=1, needles=(shard,))
+
+
+@case("persimmon qk_layernorm=true, --norm exact", "exit 1, names qk_layernorm, says why")
+def _persimmon_exact(ctx: Ctx) -> None:
+    src = ctx.src("persimmon")
+    ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1,
+            needles=("config.json", "qk_layernorm", "no stock Llama equivalent"))
+
+
+@case("qwen2 --norm centered (an RMSNorm source)", "exit 1, names the family, says why")
+def _qwen2_centered(ctx: Ctx) -> None:
+    src = ctx.src("qwen2")
+    ctx.run(convert(ctx, src, ctx.root / "out", norm="centered"), status=1,
+            needles=("'centered'", "qwen2", "RMSNorm already"))
+
+
+@case("nemotron --mlp-target runtimes (relu2)", "exit 1, names the activation, says why")
+def _nemotron_runtimes(ctx: Ctx) -> None:
+    src = ctx.src("nemotron")
+    ctx.run(convert(ctx, src, ctx.root / "out", "--mlp-target", "runtimes", norm="exact"), status=1,
+            needles=("'runtimes'", "'relu2'", "no SiLU form"))
+
+
+@case("gemma with use_bidirectional_attention (an encoder)", "exit 1, names the key")
+def _gemma_bidirectional(ctx: Ctx) -> None:
+    src = ctx.reconfigured("gemma", use_bidirectional_attention=True)
+    ctx.run(convert(ctx, src, ctx.root / "out"), status=1, needles=("use_bidirectional_attention", "causal"))
 
 
 @case("phi: tokenizer.json missing", "exit 1, names the file")

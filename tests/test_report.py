@@ -561,3 +561,10 @@ def test_divergence_figure(tmp_path, monkeypatch):
     ax = captured["fig"].axes[0]
     assert ax.get_title() == "init: OPM"
     assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["base", "neox"]
+    # below: each family's cost (share of the teacher's margin regained) against its KL, per method
+    assert g.at[("neox", "OPM", "XKD-z"), "regained"] == pytest.approx(80.0)  # (60 - 20) / (70 - 20)
+    cost = next(a for a in captured["fig"].axes if a.get_ylabel() == "teacher's margin regained (%)"
+                and a.get_title().startswith("init: OPM"))
+    lines = {c.get_label(): c.lines[0] for c in cost.containers}  # errorbar containers: the data line first
+    assert cost.get_xscale() == "log" and list(lines["XKD-z"].get_xdata()) == [0.5, 6.0]
+    assert list(lines["XKD-z"].get_ydata()) == pytest.approx([90.0, 80.0])

@@ -123,6 +123,9 @@ def test_dry_run_of_shipped_config(workflow_copy, configfile):
         converted = {(j["wildcards"]["variant"], j["wildcards"]["norm"]) for j in jobs if j["rule"] == "convert"}
         assert {n for v, n in converted if v == "olmo"} == {"paper", "centered", "exact"}
         assert {n for v, n in converted if v == "phi"} == {"paper", "centered", "exact", "fit"}
+        for rms in ("qwen2", "qwen3"):  # the zoo's RMSNorm teachers: their one mapping, under both init names
+            assert {n for v, n in converted if v == rms} == {"paper", "exact"}
+        assert {n for v, n in converted if v == "falcon"} == {"paper", "centered", "exact", "fit"}
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ from kept.world.tokenizer import load_sp, train_tokenizer
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128,
             seq_len=32, steps=2, batch_size=2, lr=1e-3, warmup_steps=1, embed_offset=0.3, norm_bias_std=0.2)
 CLASSES = {"olmo": "OlmoForCausalLM", "gpt_neox": "GPTNeoXForCausalLM", "stablelm": "StableLmForCausalLM",
-           "phi": "PhiForCausalLM"}
+           "phi": "PhiForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+           "falcon": "FalconForCausalLM"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def _cfg(data, family, **kw) -> PretrainConfig:
     return PretrainConfig(**{**settings, **kw})
 
 
-@pytest.mark.parametrize("family", ["olmo", "gpt_neox", "stablelm", "phi"])
+@pytest.mark.parametrize("family", list(CLASSES))
 def test_family_teacher_layout_loads_and_converts(data, family):
     import transformers
 
@@ -70,21 +71,23 @@ def test_family_teacher_layout_loads_and_converts(data, family):
     ids = torch.tensor([sp.encode(text)])
     with torch.no_grad():
         lt, ls = model(ids).logits, llama(ids).logits
-    # olmo converts exactly; stablelm up to the final norm's logit offset; gpt_neox and phi (parallel residual,
-    # GELU -> SiLU) approximately
-    tol = 1e-4 if family == "olmo" else 0.5
+    # olmo and qwen2 convert exactly; stablelm up to the final norm's logit offset; gpt_neox, phi and falcon (parallel
+    # residual, GELU) and qwen3 (q/k norms as fitted scales) approximately
+    tol = 1e-4 if family in ("olmo", "qwen2") else 0.5
     assert (lt - ls).abs().max().item() < tol
 
 
-def test_family_slots_line_up(data):
-    """XKD-h's L+1 slots of a GPT-NeoX teacher (hooks on any family) equal HF's hidden_states at the boundaries."""
+@pytest.mark.parametrize("family", ["gpt_neox", "falcon"])
+def test_family_slots_line_up(data, family):
+    """XKD-h's L+1 slots of a GPT-NeoX / Falcon teacher (hooks on any family: Falcon keeps its layers in ``h`` and
+    returns tuples) equal HF's hidden_states at the boundaries."""
     import transformers
 
     from kept.train.objectives import StreamCapture, teacher_outputs
 
-    out = data / "gpt_neox"
+    out = data / family
     if not out.is_dir():
-        pretrain_teacher(_cfg(data, "gpt_neox"))
+        pretrain_teacher(_cfg(data, family))
     model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=False).eval()
     cap = StreamCapture(model)
     ids = torch.tensor([[1, 5, 9, 30, 7, 2]])

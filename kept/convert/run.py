@@ -23,7 +23,7 @@ from kept.atomic import atomic_dir, check_output
 from kept.checkpoint import FLOAT_DTYPES, TensorReader
 from kept.convert.families import Arch, Family, read_source
 from kept.convert.ops import arith_dtype, logit_offset
-from kept.convert.plan import CENTRED_NORMS, MLP_TARGETS, NORMS, check_mapping, plan_conversion
+from kept.convert.plan import CENTRED_NORMS, MLP_TARGETS, NORMS, check_mapping, default_norm, plan_conversion
 from kept.convert.writer import _Source, bound_heap, parse_size, write_weights
 from kept.errors import CheckpointError, ConfigError
 from kept.progress import Progress
@@ -43,8 +43,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def check_tokenizer(source: Path, family: Family, arch: Arch) -> Path:
     """The source's tokenizer must exist, parse, and fit config.json's vocabulary (and, for SentencePiece, its
-    bos/eos ids). Returns the tokenizer file (``tokenizer.model`` or ``tokenizer.json``)."""
-    if family.tokenizer == "sentencepiece":
+    bos/eos ids). Returns the tokenizer file: ``tokenizer.json`` where the source has one (Orion: never), else
+    ``tokenizer.model``."""
+    if family.name == "orion" or (family.tokenizer == "sentencepiece" and not (source / "tokenizer.json").is_file()):
         from kept.tokenizer import load_sp_proto
 
         path = source / "tokenizer.model"
@@ -53,7 +54,7 @@ def check_tokenizer(source: Path, family: Family, arch: Arch) -> Path:
         ts = proto.trainer_spec
         for key, sp_id in (("bos_token_id", ts.bos_id), ("eos_token_id", ts.eos_id)):
             want = arch.special_ids.get(key)
-            if want is not None and want != sp_id:
+            if isinstance(want, int) and want != sp_id:
                 raise CheckpointError(f"{path}: tokenizer's {key.split('_')[0]} id is {sp_id}, config.json {key} is "
                                       f"{want}")
     else:
@@ -61,7 +62,8 @@ def check_tokenizer(source: Path, family: Family, arch: Arch) -> Path:
 
         path = source / "tokenizer.json"
         if not path.is_file():
-            raise CheckpointError(f"{path}: missing tokenizer.json ({family.name} checkpoints ship a tokenizers BPE)")
+            raise CheckpointError(f"{path}: missing tokenizer.json ({family.name} checkpoints ship a tokenizers "
+                                  "tokenizer)")
         try:
             n = Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
         except Exception as exc:  # the tokenizers library raises its own Exception subclasses
@@ -93,8 +95,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _generation_config(source: Path, arch: Arch) -> dict[str, Any]:
     src = _read_json(source / "generation_config.json")
-    gen = {k: src[k] for k in GENERATION_KEYS if k in src}
-    gen.update({k: v for k, v in arch.special_ids.items() if v is not None})
+    gen = {k: v for k, v in arch.special_ids.items() if v is not None}
+    gen.update({k: src[k] for k in GENERATION_KEYS + ("bos_token_id", "eos_token_id", "pad_token_id")
+                if src.get(k) is not None})  # a chat model's own end-of-turn ids (eos_token_id lists) included
     return gen
 
 
@@ -106,15 +109,20 @@ def _is_chat(source: Path) -> bool:
 def runtimes(plan_exactness: str, llama_cfg: dict[str, Any]) -> dict[str, str]:
     """Which runtimes compute the converted model as transformers does, and what the others would compute."""
     act = llama_cfg["hidden_act"]
+    rope = llama_cfg["rope_parameters"]["rope_type"]
     out = {"transformers": "loads it as stock LlamaForCausalLM (the reference for every fidelity figure)"}
     if act == "silu":
         out["vLLM"] = "loads it (LlamaForCausalLM, SiLU MLP)"
-        out["llama.cpp"] = "converts and runs it (llama architecture" + (
-            ", partial rotary through rope_freqs)" if llama_cfg["rope_parameters"]["rope_type"] == "llama3" else ")")
+        out["llama.cpp"] = "converts and runs it (llama architecture" + {
+            "llama3": ", partial rotary through rope_freqs)", "longrope": (
+                "; its Llama converter writes no per-frequency longrope factors, so RoPE would differ: not checked)"),
+            "dynamic": "; it ignores dynamic NTK scaling: equal up to max_position_embeddings)"}.get(rope, ")")
     else:
         out["vLLM"] = f"refuses it: its Llama MLP accepts only hidden_act 'silu', this model has {act!r}"
         out["llama.cpp"] = (f"would compute something else: its Llama graph always applies SiLU, this model needs "
-                            f"{act!r}; convert with mlp_target='runtimes' for a model it runs")
+                            f"{act!r}; convert with mlp_target='runtimes' for a model it runs" + (
+                                "" if act.startswith("gelu") or act == "quick_gelu" else
+                                f" (not possible for {act!r}: it has no SiLU form)"))
     return out
 
 
@@ -125,14 +133,14 @@ def convert_checkpoint(
     *,
     source: str | Path,
     output: str | Path,
-    norm: str,
+    norm: str | None = None,
     dtype: str | None = None,
     max_shard_size: str = "5GB",
     calibration: str | Path | None = None,
     fidelity_tokens: int = 2048,
     fit_tokens: int = 8192,
     chat: bool | None = None,
-    mlp_target: str = "runtimes",
+    mlp_target: str | None = None,
     device: str = "cpu",
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -140,11 +148,13 @@ def convert_checkpoint(
     return the fidelity report (also written as fidelity.json / fidelity.md, with conversion.json, next to the
     weights).
 
-    ``norm``: ``paper`` | ``centered`` | ``exact`` | ``fit`` (see :mod:`kept.convert.plan`). ``mlp_target`` (only
-    for non-gated MLPs): ``runtimes`` (SiLU-gated, approximate, loads in vLLM and llama.cpp) or ``transformers``
-    (the source's activation, exact, transformers only). ``dtype``: output dtype, default the source's. ``calibration``:
-    a packed corpus directory; required for ``fit`` (gains fitted on its first ``fit_tokens`` tokens) and used for
-    the fidelity report (its last ``fidelity_tokens`` tokens; without it a built-in multilingual sample).
+    ``norm``: ``paper`` | ``centered`` | ``exact`` | ``fit`` (see :mod:`kept.convert.plan`; RMSNorm sources take
+    ``exact``, the same as ``paper``); None: the most faithful the source allows (:func:`~kept.convert.plan.default_norm`).
+    ``mlp_target`` (non-SiLU MLPs): ``runtimes`` (SiLU-gated, approximate, loads in vLLM and llama.cpp) or
+    ``transformers`` (the source's activation, exact, transformers only); None: ``transformers``. ``dtype``: output
+    dtype, default the source's. ``calibration``: a packed corpus directory; required for ``fit`` (gains fitted on
+    its first ``fit_tokens`` tokens), read by the fits of norms Llama cannot hold (else the built-in sample), and
+    used for the fidelity report (its last ``fidelity_tokens`` tokens; without it a built-in multilingual sample).
     ``fidelity_tokens=0`` skips the metrics. ``chat`` (Orion): write the Llama-3 chat template (default: when the
     source's tokenizer_config names a chat format); other families carry their tokenizer files, chat template
     included, unchanged. ``output`` is replaced only if an earlier conversion wrote it (:mod:`kept.atomic`), or
@@ -152,26 +162,25 @@ def convert_checkpoint(
     :class:`~kept.errors.KeptError` naming the file, tensor or key on bad input, and then leaves ``output`` as it was.
     """
     from kept.card import source_card_metadata, write_model_card
+    from kept.convert.stream import fit_sites
     from kept.fidelity import (
         builtin_tokens,
         calibration_tokens,
         check_ids,
         fidelity_markdown,
         fidelity_report,
-        fit_rms_gains,
         split_batches,
     )
 
     source, output = Path(source), Path(output)
     bound_heap()
-    if norm not in NORMS:
+    if norm is not None and norm not in NORMS:
         raise ConfigError(f"unknown norm mapping {norm!r}; expected one of {', '.join(NORMS)}")
+    mlp_target = mlp_target or "transformers"
     if mlp_target not in MLP_TARGETS:
         raise ConfigError(f"unknown mlp_target {mlp_target!r}; expected one of {', '.join(MLP_TARGETS)}")
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    if norm == "fit" and calibration is None:
-        raise ConfigError("norm 'fit' needs calibration text: pass calibration=<packed corpus dir>")
     if fidelity_tokens < 0 or fit_tokens <= 0:
         raise ConfigError(f"fidelity_tokens ({fidelity_tokens}) must be >= 0 and fit_tokens ({fit_tokens}) > 0")
     max_bytes = parse_size(max_shard_size)
@@ -179,15 +188,11 @@ def convert_checkpoint(
     check_output(output, inputs=inputs, overwrite=overwrite, hint=OVERWRITE_HINT)
 
     family, arch, raw_cfg = read_source(source)
+    if norm is None:
+        norm = default_norm(family, arch, mlp_target=mlp_target, where=str(source / "config.json"))
     check_mapping(family, arch, norm=norm, mlp_target=mlp_target, where=str(source / "config.json"))
-    tok_file = check_tokenizer(source, family, arch)
-    tok_warnings: list[dict[str, str]] = []
-    if family.tokenizer == "sentencepiece":
-        from kept.tokenizer import runtime_warnings
-
-        tok_warnings = runtime_warnings(tok_file)
-    for w in tok_warnings:
-        log.warning("tokenizer: %s (%s). %s What to do: %s", w["property"], w["detail"], w["effect"], w["advice"])
+    if norm == "fit" and calibration is None:
+        raise ConfigError("norm 'fit' needs calibration text: pass calibration=<packed corpus dir>")
     with TensorReader(source) as reader:
         for name in reader.names():
             info = reader.info(name)
@@ -210,23 +215,41 @@ def convert_checkpoint(
         out_dtype = DTYPES[out_name]
         plan = plan_conversion(family=family, arch=arch, source_shapes=shapes, norm=norm, dtype=out_name,
                                mlp_target=mlp_target, where=str(source))
-        log.info("%s -> Llama, norm %s: %s%s", family.name, norm, plan.exactness,
+        log.info("%s -> Llama, norm %s, mlp_target %s: %s%s", family.name, norm, mlp_target, plan.exactness,
                  "".join(f"; {d['module']}: {d['change']}" for d in plan.divergences))
+        # the tokenizer after the weights: a checkpoint labelled as another family is named by its tensors first
+        tok_file = check_tokenizer(source, family, arch)
+        tok_warnings: list[dict[str, str]] = []
+        if tok_file.name == "tokenizer.model":
+            from kept.tokenizer import runtime_warnings
+
+            tok_warnings = runtime_warnings(tok_file)
+        for w in tok_warnings:
+            log.warning("tokenizer: %s (%s). %s What to do: %s", w["property"], w["detail"], w["effect"],
+                        w["advice"])
 
         gains = None
-        if norm == "fit":
-            fit_ids = calibration_tokens(calibration, n_tokens=fit_tokens)
-            check_ids(fit_ids, arch.vocab_size, f"{calibration}")
-            log.info("fit: teacher activations on %d calibration tokens", fit_ids.numel())
-            manifest = json.loads((Path(calibration) / "manifest.json").read_text())
-            if fidelity_tokens and manifest.get("num_sequences", 0) * manifest.get("max_length", 0) < (
-                    fit_tokens + fidelity_tokens):
-                log.warning("calibration corpus %s is smaller than fit_tokens + fidelity_tokens: the fitting and "
-                            "the fidelity batches overlap, which flatters the fit mapping", calibration)
-            gains = fit_rms_gains(teacher=source, batches=split_batches(fit_ids), device=device)
+        if plan.fits:  # gains of 'fit', and the norms stock Llama cannot hold: fitted on the source's activations
+            if calibration is not None:
+                fit_ids = calibration_tokens(calibration, n_tokens=fit_tokens)
+                where = str(calibration)
+                manifest = json.loads((Path(calibration) / "manifest.json").read_text())
+                if fidelity_tokens and manifest.get("num_sequences", 0) * manifest.get("max_length", 0) < (
+                        fit_tokens + fidelity_tokens):
+                    log.warning("calibration corpus %s is smaller than fit_tokens + fidelity_tokens: the fitting and "
+                                "the fidelity batches overlap, which flatters the fitted mapping", calibration)
+            else:
+                fit_ids = builtin_tokens(tok_file, bos=arch.special_ids.get("bos_token_id"))
+                where = str(tok_file)
+                log.warning("fitting %d values on the built-in sample (%d tokens); pass calibration= (a packed "
+                            "corpus) for a better fit", len(plan.fits), fit_ids.numel())
+            check_ids(fit_ids, arch.vocab_size, where)
+            log.info("fit: %d values on the source's activations over %d calibration tokens", len(plan.fits),
+                     fit_ids.numel())
+            gains = fit_sites(teacher=source, batches=split_batches(fit_ids), sites=plan.fits, device=device)
             for site, g in gains.items():
                 if not bool(torch.isfinite(g).all()):
-                    raise CheckpointError(f"{calibration}: fitted gain {site!r} is not finite")
+                    raise CheckpointError(f"{where}: fitted value {site!r} is not finite")
 
         src = _Source(reader, arith=arith_dtype(out_dtype))
         chat = _is_chat(source) if chat is None else chat
@@ -235,10 +258,10 @@ def convert_checkpoint(
             off = plan.offset
             write_weights(reader=src, plan=plan, out_dir=tmp, out_dtype=out_dtype, max_shard_size=max_bytes,
                           gains=gains, aside=lambda s: offsets.append(logit_offset(s, **off)),
-                          aside_reads=tuple(n for n in off.values() if n))
+                          aside_reads=tuple(n for n in (off["head"], off["beta"], off["bias"]) if n))
             offset = offsets[0]
             head_step = next((s for s in plan.steps if s.target == "lm_head.weight"), None)
-            same_head = (head_step is not None and head_step.sources[0] == off["head"]
+            same_head = (head_step is not None and head_step.verbatim and head_step.sources[0] == off["head"]
                          and reader.info(off["head"]).dtype == out_dtype)  # the head is copied as stored
             del src  # release the work buffers before the fidelity pass
             (tmp / "config.json").write_text(json.dumps(plan.llama_config, indent=2) + "\n")
@@ -247,9 +270,10 @@ def convert_checkpoint(
 
             common = {
                 "family": family.name,
+                "source_norm": arch.norm_kind,
                 "norm": norm,
                 "centered": norm in CENTRED_NORMS,
-                "mlp_target": mlp_target if not arch.gated_mlp else None,
+                "mlp_target": mlp_target if arch.hidden_act != "silu" or not arch.gated_mlp else None,
                 "source": str(source),
                 "dtype": out_name,
                 "exactness": plan.exactness,
@@ -298,15 +322,25 @@ def _write_tokenizer(source: Path, tmp: Path, family: Family, arch: Arch, tok_fi
     """The converted model's tokenizer files; returns which chat template it carries (``llama3``, ``source``, None).
 
     Orion (SentencePiece): ``tokenizer.json`` built for the stock fast tokenizer, with the Llama-3 chat template for
-    chat models (:func:`kept.tokenizer.write_tokenizer`). Other families: the source's files unchanged (special
-    tokens and chat template included)."""
-    if family.tokenizer == "sentencepiece":
+    chat models (:func:`kept.tokenizer.write_tokenizer`). A source with a ``tokenizer.json``: its files unchanged
+    (special tokens and chat template included). A remote-code SentencePiece source (InternLM2, Baichuan2):
+    ``tokenizer.json`` built from its ``tokenizer.model``, its added specials and chat template carried over."""
+    from kept.tokenizer import write_tokenizer
+
+    if family.name == "orion":
         from kept.chat import LLAMA3_TEMPLATE
-        from kept.tokenizer import write_tokenizer
 
         write_tokenizer(model_file=tok_file, output=tmp, model_max_length=arch.max_position_embeddings,
                         chat_template=LLAMA3_TEMPLATE if chat else None)
         return "llama3" if chat else None
+    if tok_file.name == "tokenizer.model":
+        src_cfg = _read_json(source / "tokenizer_config.json")
+        template = src_cfg.get("chat_template")
+        if template is None and (source / "chat_template.jinja").is_file():
+            template = (source / "chat_template.jinja").read_text()
+        write_tokenizer(model_file=tok_file, output=tmp, model_max_length=arch.max_position_embeddings,
+                        chat_template=template, source_config=src_cfg)
+        return "source" if template else None
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, tmp / name)
@@ -325,22 +359,26 @@ def _layer_progress(n_layers: int) -> Any:
 
 
 def cli(argv: list[str]) -> int:
-    """``kept convert SOURCE OUTPUT --norm ...``"""
+    """``kept convert SOURCE OUTPUT [--norm ...]``"""
     from kept.convert.families import FAMILIES
 
-    ap = argparse.ArgumentParser(prog="kept convert", description="Convert a pre-norm LayerNorm decoder "
-                                 f"({', '.join(FAMILIES)}) to stock Llama.")
+    ap = argparse.ArgumentParser(prog="kept convert", description="Convert a decoder-only LLM of any supported "
+                                 f"family ({', '.join(FAMILIES)}) to stock Llama: exact where the algebra allows, "
+                                 "else approximate and measured.")
     ap.add_argument("source", help="checkpoint directory, or a hub id REPO@REVISION (weights/config/tokenizer only)")
     ap.add_argument("output", help="output directory (written atomically)")
-    ap.add_argument("--norm", required=True, choices=NORMS, help="LayerNorm -> RMSNorm mapping")
-    ap.add_argument("--mlp-target", choices=MLP_TARGETS, default="runtimes",
-                    help="non-gated MLPs: 'runtimes' = SiLU-gated (approximate; vLLM and llama.cpp load it), "
-                         "'transformers' = the source's activation (exact; transformers only)")
+    ap.add_argument("--norm", default=None, choices=NORMS,
+                    help="LayerNorm -> RMSNorm mapping (default: the most faithful the source allows; RMSNorm "
+                         "sources: exact)")
+    ap.add_argument("--mlp-target", choices=MLP_TARGETS, default=None,
+                    help="non-SiLU MLPs: 'transformers' (default) = the source's activation (exact; transformers "
+                         "only), 'runtimes' = SiLU-gated (approximate; vLLM and llama.cpp load it)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="output dtype (default: the source's)")
     ap.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
-    ap.add_argument("--calibration", default=None, help="packed corpus dir (needed for --norm fit; fidelity report)")
+    ap.add_argument("--calibration", default=None,
+                    help="packed corpus dir (needed for --norm fit; the fits of norms Llama cannot hold; fidelity)")
     ap.add_argument("--fidelity-tokens", type=int, default=2048, help="tokens for the fidelity report (0: skip)")
-    ap.add_argument("--fit-tokens", type=int, default=8192, help="calibration tokens for --norm fit")
+    ap.add_argument("--fit-tokens", type=int, default=8192, help="calibration tokens for the fitted values")
     ap.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                     help="Orion: write the Llama-3 chat template (default: if the source is a chat model)")
     ap.add_argument("--device", default="cpu", help="device for the fit and fidelity forward passes")
@@ -358,7 +396,8 @@ def cli(argv: list[str]) -> int:
         calibration=args.calibration, fidelity_tokens=args.fidelity_tokens, fit_tokens=args.fit_tokens,
         chat=args.chat, mlp_target=args.mlp_target, device=args.device, overwrite=args.overwrite,
     )
-    summary = {k: report.get(k) for k in ("family", "norm", "exactness", "n_tokens", "kl_mean", "top1_agreement",
-                                          "max_abs_dlogit", "final_norm_logit_offset_norm")}
+    summary = {k: report.get(k) for k in ("family", "norm", "mlp_target", "exactness", "divergences", "n_tokens",
+                                          "kl_mean", "top1_agreement", "max_abs_dlogit",
+                                          "final_norm_logit_offset_norm", "offset_corrected") if k in report}
     print(json.dumps(summary, indent=2))
     return 0

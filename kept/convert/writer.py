@@ -423,7 +423,7 @@ def write_weights(
     (:class:`_Tasks`, with a :meth:`_Source.twin` of the source); ``aside`` (the final-norm offset) is one more such
     task (reading ``aside_reads``). Then every source tensor not checked finite yet is checked: the copied ones, and
     those no step reads (dropped biases, RoPE buffers)."""
-    from kept.convert.ops import kernel_copy, produce
+    from kept.convert.ops import kernel_span, produce
 
     src = reader if isinstance(reader, _Source) else _Source(reader)
     shards = plan_shards(plan.steps, itemsize=out_dtype.itemsize, max_bytes=max_shard_size)
@@ -451,10 +451,10 @@ def write_weights(
         # computed tensors, whose writes go to the other I/O thread.
         computed = []
         for step, fd, pos in placed:
-            if kernel_copy(step, src, out_dtype):
-                info = src.reader.info(step.sources[0])
-                out.copy(src.reader.fileno(step.sources[0]), info.data_offset, fd, pos, info.nbytes)  # checked below
-                progress.update(info.nbytes)  # queued: the kernel copies run while the arithmetic does
+            span = kernel_span(step, src, out_dtype)
+            if span is not None:
+                out.copy(src.reader.fileno(step.sources[0]), span[0], fd, pos, span[1])  # checked below
+                progress.update(span[1])  # queued: the kernel copies run while the arithmetic does
             else:
                 computed.append((step, fd, pos))
         log.info("%d tensors in %d shards: %d copied as stored, %d computed", len(placed), len(shards),

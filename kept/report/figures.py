@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker as ticker  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -27,7 +28,7 @@ from kept.errors import KeptError  # noqa: E402
 from kept.report import stats, units  # noqa: E402
 from kept.report.inputs import Item, check_labels, check_number, get, number, read_json, read_jsonl  # noqa: E402
 from kept.report.tables import (  # noqa: E402
-    DIVERGENCE_METHODS, FORMAT_NAMES, INIT_NAMES, METHOD_NAMES, divergence_table, h6_table, judged, model_label,
+    DIVERGENCE_METHODS, FORMAT_NAMES, INIT_NAMES, METHOD_NAMES, PARITY_SHARE, divergence_table, h6_table, judged, model_label,
     mtbench_table, read_conversion, read_longctx, recovery_points, subset_score,
 )
 
@@ -371,9 +372,13 @@ def divergence_frame(*, items: list[Item], train_init: str) -> pd.DataFrame:
             s, s_se = frame.at[i, col], table.se.at[i, col]
             if pd.isna(s) or pd.isna(t):
                 continue
+            share, tokens = f"{who} regained (%)", f"Tokens to {PARITY_SHARE:g} {who}"  # a method's cost
             rows.append({"variant": it.variant, "family": family,
                          "mapping": INIT_NAMES.get(init, init), "kl": frame.at[i, "KL"], "who": who,
-                         "gap": s - t, "se": math.hypot(s_se, t_se) if pd.notna(s_se) and pd.notna(t_se) else math.nan})
+                         "gap": s - t, "se": math.hypot(s_se, t_se) if pd.notna(s_se) and pd.notna(t_se) else math.nan,
+                         "regained": frame.at[i, share] if share in frame else math.nan,
+                         "regained_se": table.se.at[i, share] if share in frame else math.nan,
+                         "tokens": frame.at[i, tokens] if tokens in frame else math.nan})
     if not rows:
         raise KeptError("divergence figure: no row has both the teacher's and a student's H6")
     return pd.DataFrame(rows)
@@ -381,19 +386,46 @@ def divergence_frame(*, items: list[Item], train_init: str) -> pd.DataFrame:
 
 def divergence_figure(*, items: list[Item], train_init: str, png: str | Path, pdf: str | Path,
                       dpi: int = 150) -> pd.DataFrame:
-    """The divergence study at a glance: one panel per init mapping, the variants (source families) along x in
-    order of the mapping's KL before training, and per variant the gap of the mapping alone and of UT / XKD-h /
-    XKD-z at the matched budget to the teacher's H6 average, ± one standard error; the teacher is the dashed zero
-    line. Cost growing with divergence reads as gaps deepening to the right; XKD beating UT as its points above
-    UT's within a family."""
+    """The divergence study at a glance: one column of panels per init mapping. Top: the variants (source
+    families) along x in order of the mapping's KL before training, and per variant the gap of the mapping alone
+    and of UT / XKD-h / XKD-z at the matched budget to the teacher's H6 average, ± one standard error; the teacher
+    is the dashed zero line. Below, each family's cost against that KL (log scale), per method: the share of the
+    teacher's margin it regains at the matched budget (± se), and, with recovery curves, the tokens it needed to
+    reach 0.99 of the teacher (families that did not within the budget are left out of that panel). Cost growing
+    with divergence reads as gaps deepening to the right and shares falling / tokens rising with KL; XKD beating
+    UT as its points above UT's (below, for tokens)."""
     frame = divergence_frame(items=items, train_init=train_init)
     style, context = _theme()
     with style, context:
         mappings = list(dict.fromkeys(frame.mapping))
         whos = list(dict.fromkeys(frame.who))
         n_x = frame.groupby("mapping").variant.nunique().max()
-        fig, axes = plt.subplots(1, len(mappings), figsize=(max(3.2, 1.5 * n_x + 1.2) * len(mappings), 3.6),
-                                 squeeze=False, sharey=True)
+        tokens = bool(np.isfinite(frame.tokens.astype(float)).any())
+        n_rows = 3 if tokens else 2
+        fig, grid = plt.subplots(n_rows, len(mappings), squeeze=False,
+                                 figsize=(max(3.2, 1.5 * n_x + 1.2) * len(mappings), 3.6 + 3.0 * (n_rows - 1)))
+        axes = grid[:1]
+        for col, mapping in enumerate(mappings):
+            mine = frame[(frame.mapping == mapping) & (frame.who != "mapping alone")]
+            for j, who in enumerate(whos):
+                part = mine[mine.who == who].sort_values("kl")
+                if part.empty:
+                    continue
+                ax = grid[1][col]
+                ax.errorbar(part.kl, part.regained, yerr=part.regained_se.fillna(0), fmt="o-", color=f"C{j}",
+                            capsize=2, lw=1, label=who)
+                ax.set_xscale("log")
+                ax.set_xlabel(f"KL of the {mapping} mapping before training")
+                ax.set_ylabel("teacher's margin regained (%)")
+                if tokens:
+                    done = part[np.isfinite(part.tokens.astype(float))]
+                    grid[2][col].plot(done.kl, done.tokens, "o-", color=f"C{j}", lw=1, label=who)
+                    grid[2][col].set_xscale("log")
+                    grid[2][col].set_yscale("log")
+                    grid[2][col].set_xlabel(f"KL of the {mapping} mapping before training")
+                    grid[2][col].set_ylabel(f"tokens to {PARITY_SHARE:g} of the teacher")
+            for r in range(1, n_rows):
+                grid[r][col].set_title(f"init: {mapping}: cost against divergence", fontsize="small")
         width = 0.7 / max(len(whos), 1)
         for ax, mapping in zip(axes[0], mappings):
             mine = frame[frame.mapping == mapping]

@@ -242,6 +242,12 @@ def decoder(model: nn.Module) -> nn.Module:
     return model.base_model
 
 
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a causal LM of any family: ``base_model.layers``, Falcon's / GPT-J's ``h``."""
+    base = decoder(model)
+    return base.layers if hasattr(base, "layers") else base.h
+
+
 def head_weight(model: nn.Module) -> torch.Tensor:
     """The (V, d) LM-head weight of a causal LM of any family (``lm_head``, GPT-NeoX's ``embed_out``)."""
     return model.get_output_embeddings().weight
@@ -263,16 +269,16 @@ def head_inputs(model: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, t
 class StreamCapture:
     """Forward hooks recording the residual stream at the L+1 slots: the embedding output and the raw output of
     every decoder layer (HF's ``output_hidden_states`` replaces the last slot by the final-normed state). Any
-    family: the hooks sit on ``get_input_embeddings()`` and ``base_model.layers`` (docs/architecture.md, "How each
+    family: the hooks sit on ``get_input_embeddings()`` and the decoder layers (:func:`decoder_layers`; docs/architecture.md, "How each
     family's residual slots line up")."""
 
     def __init__(self, model: nn.Module) -> None:
-        base = decoder(model)
-        self.num_slots = len(base.layers) + 1
+        layers = decoder_layers(model)
+        self.num_slots = len(layers) + 1
         self._out: list[torch.Tensor | None] = [None] * self.num_slots
         self.armed = False  # record only during the forward passes we ask for (not gradient-checkpoint recomputes)
         self._handles = [model.get_input_embeddings().register_forward_hook(self._hook(0))]
-        for i, layer in enumerate(base.layers):
+        for i, layer in enumerate(layers):
             self._handles.append(layer.register_forward_hook(self._hook(i + 1)))
 
     def _hook(self, slot: int):

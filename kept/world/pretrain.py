@@ -1,7 +1,7 @@
 """Pretrain the toy teachers through the shared trainer (``kept.train``, objective "ut"), in Orion's format or, with
-``family`` set, as a model of another source family (olmo, stablelm, gpt_neox, phi: transformers' own class of the
-family, written with its ``save_pretrained``, the family's on-disk layout) on the same world text, tokenizer and
-budget, so that differences between families come from the architecture alone.
+``family`` set, as a model of another source family (olmo, stablelm, gpt_neox, phi, qwen2, qwen3, falcon:
+transformers' own class of the family, written with its ``save_pretrained``, the family's on-disk layout) on the same
+world text, tokenizer and budget, so that differences between families come from the architecture alone.
 
 - base: a fresh Orion model (LayerNorm with bias) trained on a mixture of all world domains;
 - chat: base, marked with Orion's chat format, further trained mostly on dialogues;
@@ -40,19 +40,27 @@ from kept.jsonl import read_jsonl
 from kept.world.render import DOMAINS
 
 ROLES = ("base", "chat", "longchat")
-FAMILIES = ("orion", "olmo", "stablelm", "gpt_neox", "phi")
+FAMILIES = ("orion", "olmo", "stablelm", "gpt_neox", "phi", "qwen2", "qwen3", "falcon")
 # transformers' config and model classes of each HF family (as kept.convert.tiny), and the options the toy teachers
 # use unless family_options overrides them: each family's own published defaults for the choices that matter to the
 # conversion (gpt_neox: parallel residual, partial rotary 0.25, GELU; stablelm: sequential, partial rotary 0.25,
 # no qkv bias; phi: partial rotary 0.5, gelu_new; olmo: bias-free, non-parametric LayerNorm, SwiGLU)
 FAMILY_CLASSES = {"olmo": ("OlmoConfig", "OlmoForCausalLM"), "stablelm": ("StableLmConfig", "StableLmForCausalLM"),
-                  "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"), "phi": ("PhiConfig", "PhiForCausalLM")}
+                  "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"), "phi": ("PhiConfig", "PhiForCausalLM"),
+                  "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+                  "falcon": ("FalconConfig", "FalconForCausalLM")}
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "olmo": {"hidden_act": "silu", "clip_qkv": None},
     "stablelm": {"partial_rotary_factor": 0.25, "use_parallel_residual": False, "use_qkv_bias": False,
                  "qk_layernorm": False, "hidden_act": "silu"},
     "gpt_neox": {"partial_rotary_factor": 0.25, "use_parallel_residual": True, "hidden_act": "gelu"},
     "phi": {"partial_rotary_factor": 0.5, "hidden_act": "gelu_new"},
+    # the zoo (issue 27): Qwen2 (RMSNorm, q/k/v biases: exact), Qwen3 (per-head q/k RMSNorms: approximate), Falcon-7B
+    # (multi-query attention in a parallel block under one shared LayerNorm, GELU: approximate)
+    "qwen2": {"hidden_act": "silu", "use_sliding_window": False},
+    "qwen3": {"hidden_act": "silu", "use_sliding_window": False},
+    "falcon": {"multi_query": True, "parallel_attn": True, "new_decoder_architecture": False, "bias": False,
+               "activation": "gelu"},
 }
 
 
@@ -184,10 +192,12 @@ def new_family_model(cfg: PretrainConfig, *, vocab_size: int, special_ids: dict[
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"pretrain: family_options {unknown} are not {cfg_name} settings")
-    config = cfg_cls(vocab_size=vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                     num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                     max_position_embeddings=cfg.max_position_embeddings, rope_parameters=rope,
-                     tie_word_embeddings=False, **special_ids, **options)
+    sizes = {"ffn_hidden_size" if "ffn_hidden_size" in known else "intermediate_size": cfg.intermediate_size}
+    if "head_dim" in known and "head_dim" not in options and cfg_name != "FalconConfig":  # Qwen3's default is 128
+        sizes["head_dim"] = cfg.hidden_size // cfg.num_heads
+    config = cfg_cls(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                     num_attention_heads=cfg.num_heads, max_position_embeddings=cfg.max_position_embeddings,
+                     rope_parameters=rope, tie_word_embeddings=False, **sizes, **special_ids, **options)
     if "num_key_value_heads" in known and "num_key_value_heads" not in options:
         config.num_key_value_heads = cfg.num_heads
     torch.manual_seed(cfg.seed)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kept.convert.families.base import Arch, Family, Runtime, check_dims, hf_config, rope_setting
-from kept.convert.families.base import rotary_dim, special_ids
+from kept.convert.families.base import SEQUENTIAL_NORMS, Arch, Family, Runtime, check_dims, hf_config, rope_setting
+from kept.convert.families.base import rope_scaling, rotary_dim, special_ids
 
 _L = "gpt_neox.layers.{i}"
 
@@ -23,9 +23,10 @@ def read_arch(cfg: dict[str, Any], path: Path) -> Arch:
         num_kv_heads=heads, head_dim=head_dim,
         rotary_dim=rotary_dim(head_dim, rope_setting(cfg, "partial_rotary_factor", "rotary_pct", default=0.25), path),
         rope_theta=rope_setting(cfg, "rope_theta", "rotary_emb_base", default=10000.0),
+        rope_scaling=rope_scaling(cfg, path),
         max_position_embeddings=cfg["max_position_embeddings"], norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
         norm_weight=True, norm_bias=True, parallel_residual=bool(cfg.get("use_parallel_residual", True)),
-        gated_mlp=False, hidden_act=cfg.get("hidden_act", "gelu"), fused_qkv=True, qkv_bias=bias, o_bias=bias,
+        gated_mlp=False, hidden_act=cfg.get("hidden_act", "gelu"), qkv_layout="heads", qkv_bias=bias, o_bias=bias,
         mlp_bias=True, tied=bool(cfg.get("tie_word_embeddings", False)),
         torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"), special_ids=special_ids(cfg),
     )
@@ -59,9 +60,7 @@ FAMILY = Family(
         f"{_L}.attention.rotary_emb.inv_freq": "RoPE buffer, recomputed from rope_theta",
         "gpt_neox.rotary_emb.inv_freq": "RoPE buffer, recomputed from rope_theta",
     },
-    runtime=Runtime(module="gpt_neox", layer_class="GPTNeoXLayer", rotary_class="GPTNeoXRotaryEmbedding",
-                    layer_prefix=f"{_L}.", norm_sites={"input_layernorm": ("input_layernorm",),
-                                                     "post_attention_layernorm": ("post_attention_layernorm",)}),
+    runtime=Runtime(layer_prefix=f"{_L}.", final_norm="gpt_neox.final_layer_norm", norm_sites=SEQUENTIAL_NORMS),
     teacher_config=hf_config,
     tokenizer="tokenizers",
     hf_class="GPTNeoXForCausalLM",

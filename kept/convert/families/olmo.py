@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kept.convert.families.base import ROPE_BUFFERS, Arch, Family, Runtime, check_dims, hf_config, layout, rope_setting
-from kept.convert.families.base import special_ids
+from kept.convert.families.base import rope_scaling, special_ids
 from kept.errors import CheckpointError
 
 _L = "model.layers.{i}"
@@ -26,7 +26,7 @@ def read_arch(cfg: dict[str, Any], path: Path) -> Arch:
         family="olmo", vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
         intermediate_size=cfg["intermediate_size"], num_layers=cfg["num_hidden_layers"], num_heads=heads,
         num_kv_heads=cfg.get("num_key_value_heads") or heads, head_dim=head_dim, rotary_dim=head_dim,
-        rope_theta=rope_setting(cfg, "rope_theta", default=10000.0),
+        rope_theta=rope_setting(cfg, "rope_theta", default=10000.0), rope_scaling=rope_scaling(cfg, path),
         max_position_embeddings=cfg["max_position_embeddings"],
         norm_eps=1e-5,  # OlmoLayerNorm's eps is fixed
         norm_weight=False, norm_bias=False, hidden_act=cfg.get("hidden_act", "silu"),
@@ -41,8 +41,7 @@ FAMILY = Family(
     read_arch=read_arch,
     tensors=layout("embed", "q.w", "k.w", "v.w", "o.w", "gate.w", "up.w", "down.w", "head.w"),
     dropped=ROPE_BUFFERS,
-    runtime=Runtime(module="olmo", layer_class="OlmoDecoderLayer", rotary_class="OlmoRotaryEmbedding",
-                    layer_prefix=f"{_L}.", norm_sites={}),
+    runtime=Runtime(layer_prefix=f"{_L}.", final_norm="model.norm"),
     teacher_config=hf_config,
     tokenizer="tokenizers",
     hf_class="OlmoForCausalLM",

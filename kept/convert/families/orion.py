@@ -47,8 +47,7 @@ FAMILY = Family(
     tensors=layout("embed", "q.w", "k.w", "v.w", "o.w", "gate.w", "up.w", "down.w", "ln1.w", "ln1.b", "ln2.w",
                    "ln2.b", "final.w", "final.b", "head.w"),
     dropped=ROPE_BUFFERS,
-    runtime=Runtime(module="stablelm", layer_class="StableLmDecoderLayer", rotary_class="StableLmRotaryEmbedding",
-                    layer_prefix=f"{_L}.", norm_sites=SEQUENTIAL_NORMS),
+    runtime=Runtime(layer_prefix=f"{_L}.", final_norm="model.norm", norm_sites=SEQUENTIAL_NORMS),
     teacher_config=teacher_config,
     tokenizer="sentencepiece",
     hf_class="StableLmForCausalLM",  # configured as Orion (no remote code); see kept.orion

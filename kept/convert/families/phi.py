@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kept.convert.families.base import ROPE_BUFFERS, Arch, Family, Runtime, check_dims, hf_config, rope_setting
-from kept.convert.families.base import rotary_dim, special_ids
+from kept.convert.families.base import rope_scaling, rotary_dim, special_ids
 
 _L = "model.layers.{i}"
 
@@ -21,7 +21,7 @@ def read_arch(cfg: dict[str, Any], path: Path) -> Arch:
         intermediate_size=cfg["intermediate_size"], num_layers=cfg["num_hidden_layers"], num_heads=heads,
         num_kv_heads=cfg.get("num_key_value_heads") or heads, head_dim=head_dim,
         rotary_dim=rotary_dim(head_dim, rope_setting(cfg, "partial_rotary_factor", default=0.5), path),
-        rope_theta=rope_setting(cfg, "rope_theta", default=10000.0),
+        rope_theta=rope_setting(cfg, "rope_theta", default=10000.0), rope_scaling=rope_scaling(cfg, path),
         max_position_embeddings=cfg["max_position_embeddings"], norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
         norm_weight=True, norm_bias=True, shared_norm=True, parallel_residual=True, gated_mlp=False,
         hidden_act=cfg.get("hidden_act", "gelu_new"), qkv_bias=True, o_bias=True, mlp_bias=True, head_bias=True,
@@ -62,8 +62,8 @@ FAMILY = Family(
         f"{_L}.self_attn.k_layernorm.bias": "per-head k LayerNorm (qk_layernorm): no Llama equivalent",
         **ROPE_BUFFERS,
     },
-    runtime=Runtime(module="phi", layer_class="PhiDecoderLayer", rotary_class="PhiRotaryEmbedding",
-                    layer_prefix=f"{_L}.", norm_sites={"input_layernorm": ("input_layernorm", "post_attention_layernorm")}),
+    runtime=Runtime(layer_prefix=f"{_L}.", final_norm="model.final_layernorm",
+                    norm_sites={"input_layernorm": ("input_layernorm", "post_attention_layernorm")}),
     teacher_config=hf_config,
     tokenizer="tokenizers",
     hf_class="PhiForCausalLM",

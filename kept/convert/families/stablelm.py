@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kept.convert.families.base import ROPE_BUFFERS, SEQUENTIAL_NORMS, Arch, Family, Runtime, check_dims, hf_config
-from kept.convert.families.base import layout, rope_setting, rotary_dim, special_ids
+from kept.convert.families.base import layout, rope_scaling, rope_setting, rotary_dim, special_ids
 
 _L = "model.layers.{i}"
 
@@ -21,7 +21,7 @@ def read_arch(cfg: dict[str, Any], path: Path) -> Arch:
         intermediate_size=cfg["intermediate_size"], num_layers=cfg["num_hidden_layers"], num_heads=heads,
         num_kv_heads=cfg.get("num_key_value_heads") or heads, head_dim=head_dim,
         rotary_dim=rotary_dim(head_dim, rope_setting(cfg, "partial_rotary_factor", default=0.25), path),
-        rope_theta=rope_setting(cfg, "rope_theta", default=10000.0),
+        rope_theta=rope_setting(cfg, "rope_theta", default=10000.0), rope_scaling=rope_scaling(cfg, path),
         max_position_embeddings=cfg["max_position_embeddings"], norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
         norm_weight=True, norm_bias=True, shared_norm=parallel, parallel_residual=parallel,
         hidden_act=cfg.get("hidden_act", "silu"), qkv_bias=bool(cfg.get("use_qkv_bias", False)),
@@ -41,8 +41,7 @@ FAMILY = Family(
         f"{_L}.self_attn.k_layernorm.norms.{{h}}.weight": "per-head k LayerNorm (qk_layernorm): no Llama equivalent",
         **ROPE_BUFFERS,
     },
-    runtime=Runtime(module="stablelm", layer_class="StableLmDecoderLayer", rotary_class="StableLmRotaryEmbedding",
-                    layer_prefix=f"{_L}.", norm_sites=SEQUENTIAL_NORMS),
+    runtime=Runtime(layer_prefix=f"{_L}.", final_norm="model.norm", norm_sites=SEQUENTIAL_NORMS),
     teacher_config=hf_config,
     tokenizer="tokenizers",
     hf_class="StableLmForCausalLM",
