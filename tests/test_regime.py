@@ -150,6 +150,18 @@ def test_the_control_is_named_in_the_grid_and_is_ut_only():
         trained("xkd_z", init="teacher", corpus=None, seed=1, primary_init="paper", primary_seed=1)
 
 
+@pytest.mark.parametrize("configfile", ["config.yaml", "config/families.yaml"])
+def test_every_toy_teacher_of_a_shipped_config_has_its_control(configfile):
+    """Issue 26: every teacher of the default and the families run is checked by its Teacher + UT; a variant added
+    without one (the zoo's qwen2 / qwen3 / falcon before this test) would silently get no regime row, since the
+    workflow keeps only the named variants that exist."""
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parent.parent / configfile).read_text())
+    toy = {name for name, v in cfg["variants"].items() if v["source"]["kind"] == "toy"}
+    assert toy and toy <= set(cfg["train"]["teacher_ut"]), sorted(toy - set(cfg["train"]["teacher_ut"]))
+
+
 # ---- the regime check on a real undertrained teacher ---------------------------------------------------------
 
 def test_regime_check_fails_for_an_undertrained_teacher(world):
