@@ -5,6 +5,11 @@ records ``{docid, title, text}``, one file set per language) through ``datasets`
 stage downloads them on the submitting host (:func:`fetch_miracl`); the toy config reads the world's encyclopedic
 passages (same fields plus ``lang``). Each document is ``title + "\\n" + text``.
 
+Coverage (toy world only): with ``coverage`` < 1 the corpus is a narrow slice of what the teachers know: only
+documents whose ``about`` entities are all covered (:func:`kept.world.generator.covered_entities`) enter it, so
+the facts of the other entities are never stated in it, in any wording or language; the manifest lists the
+uncovered entities and the documents left out.
+
 Balancing: every language gets ``token_budget // len(languages)`` tokens (EOS included). The next document is
 drawn from a language chosen at random with weight equal to its remaining budget, so languages interleave and
 run out together; the last document of a language is cut to land exactly on its budget. A language whose source
@@ -50,6 +55,8 @@ class CorpusConfig:
     passages: str | None = None  # source "world": the world's text/passages.jsonl
     world_texts: list[str] = field(default_factory=list)  # source "world": other world text files (quiz, dialogue,
     # code: text/<domain>.jsonl) whose documents join each language's pool (the corpus-breadth ablation)
+    coverage: float = 1.0  # source "world": share of the entities whose documents enter (a narrow slice below 1)
+    world: str | None = None  # source "world" with coverage < 1: the world directory (world.json: who is covered)
     miracl_repo: str = MIRACL_REPO
     miracl_revision: str | None = None  # pinned commit of the MIRACL repo (source "miracl")
     data_files: dict[str, list[str]] | None = None  # source "miracl": per-language files instead of the hub
@@ -69,6 +76,11 @@ class CorpusConfig:
             raise ConfigError("corpus: source 'world' needs the passages file (key 'passages')")
         if self.world_texts and self.source != "world":
             raise ConfigError(f"corpus: world_texts {self.world_texts!r} only apply to source 'world'")
+        if not 0.0 < self.coverage <= 1.0:
+            raise ConfigError(f"corpus: coverage {self.coverage!r} must be in (0, 1]")
+        if self.coverage < 1.0 and (self.source != "world" or not self.world):
+            raise ConfigError("corpus: coverage < 1 selects entities of the toy world: it needs source 'world' and "
+                              "the world directory (key 'world')")
 
 
 # ---- sources ---------------------------------------------------------------------------------------------------
@@ -79,16 +91,37 @@ def document_text(record: dict[str, Any]) -> str:
     return f"{title}\n{text}" if title else text
 
 
+def _covered_records(path: Path, lang: str, covered: set[str] | None, dropped: dict[str, int]) -> list[str]:
+    """The documents of ``path`` in ``lang`` whose ``about`` entities are all in ``covered`` (all, if None);
+    ``dropped[lang]`` counts the others."""
+    docs = []
+    for i, rec in enumerate(read_jsonl(path, what="world text"), start=1):
+        if rec.get("lang") != lang:
+            continue
+        if covered is not None:
+            about = rec.get("about")
+            if not isinstance(about, list):
+                raise KeptError(f"{path}:{i}: record without an 'about' list (rebuild the world; coverage < 1 needs it)")
+            if not set(about) <= covered:
+                dropped[lang] = dropped.get(lang, 0) + 1
+                continue
+        docs.append(document_text(rec))
+    return docs
+
+
 def world_documents(passages: str | Path, lang: str, *, seed: int, passes: dict[str, int] | None = None,
-                    extra: Iterable[str | Path] = ()) -> Iterator[str]:
-    """The world's passages in ``lang`` (plus the ``lang`` documents of the ``extra`` world text files),
-    shuffled, endlessly (each pass in a new order)."""
+                    extra: Iterable[str | Path] = (), covered: set[str] | None = None,
+                    dropped: dict[str, int] | None = None) -> Iterator[str]:
+    """The world's passages in ``lang`` (plus the ``lang`` documents of the ``extra`` world text files), only
+    those about ``covered`` entities when it is given (``dropped`` counts the others per language), shuffled,
+    endlessly (each pass in a new order)."""
     path = Path(passages)
-    docs = [document_text(rec) for rec in read_jsonl(path, what="passages") if rec.get("lang") == lang]
+    dropped = {} if dropped is None else dropped
+    docs = _covered_records(path, lang, covered, dropped)
     for other in extra:
-        docs += [document_text(rec) for rec in read_jsonl(Path(other), what="world text") if rec.get("lang") == lang]
+        docs += _covered_records(Path(other), lang, covered, dropped)
     if not docs:
-        raise KeptError(f"{path}: no passages in language {lang!r}")
+        raise KeptError(f"{path}: no passages in language {lang!r}" + (" about a covered entity" if covered else ""))
     rng = random.Random(f"{seed}:{lang}")
     while True:
         if passes is not None:
@@ -290,11 +323,19 @@ def prepare_corpus(cfg: CorpusConfig) -> dict[str, Any]:
     if eos < 0:
         raise KeptError(f"{tok_path}: the tokenizer has no EOS piece")
     passes: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    covered = None
+    if cfg.coverage < 1.0:
+        from kept.world.generator import covered_entities
+        from kept.world.render import load_world
+
+        world = load_world(cfg.world)
+        covered = covered_entities(world, cfg.coverage)
     streams: dict[str, Iterator[tuple[str, list[int]]]] = {}
     for lang in cfg.languages:
         if cfg.source == "world":
             texts: Iterable[str] = world_documents(cfg.passages, lang, seed=cfg.seed, passes=passes,
-                                                   extra=cfg.world_texts)
+                                                   extra=cfg.world_texts, covered=covered, dropped=dropped)
         else:
             files = (cfg.data_files or {}).get(lang) if cfg.data_files is not None else None
             if cfg.data_files is not None and not files:
@@ -311,6 +352,11 @@ def prepare_corpus(cfg: CorpusConfig) -> dict[str, Any]:
         "tokenizer_sha256": file_sha256(tok_path),
         "passes_per_language": passes,
     }
+    if cfg.source == "world":
+        extra["coverage"] = cfg.coverage
+        if covered is not None:
+            extra["uncovered_entities"] = sorted(set(world.entities) - covered)
+            extra["documents_left_out_per_language"] = dropped  # filled as the streams are read (JSON sorts keys)
     manifest = pack(documents=streams, budgets={lang: per for lang in cfg.languages}, output=cfg.output,
                     max_length=cfg.max_length, eos_id=eos, seed=cfg.seed, rows_per_shard=cfg.rows_per_shard,
                     manifest_extra=extra)

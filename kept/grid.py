@@ -12,6 +12,11 @@ grid"):
 So with the default settings the names are the plain method names (``xkd_z``), and the paths of the primary
 runs read as before (``results/base/xkd_z/model``); ``xkd_z@exact``, ``ut+broad`` and ``xkd_z.s1235`` are their
 siblings. The workflow (rules/common.smk) and the report both parse names with :func:`parse`.
+
+One name is not a student: ``ut@teacher`` (:data:`CONTROL`), the regime control ``Teacher + UT``: the teacher
+itself, in its own architecture (no conversion), trained with UT's settings on the transfer corpus at the matched
+budget. It answers "can the transfer budget still teach the teacher?" (kept.report.regime); it is no arm of any
+claim and no contender in the tables.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from kept.errors import ConfigError
 
 METHODS = ("ut", "xkd_h", "xkd_z")
+TEACHER_INIT = "teacher"  # the init of the regime control: the unconverted teacher
 _NAME = re.compile(r"^(?P<method>ut|xkd_h|xkd_z)(?:@(?P<init>[A-Za-z0-9]+))?(?:\+(?P<corpus>[A-Za-z0-9]+))?"
                    r"(?P<stop>-parity)?(?:\.s(?P<seed>\d+))?$")
 
@@ -51,6 +57,11 @@ class Trained:
         return out
 
     @property
+    def control(self) -> bool:
+        """The regime control (Teacher + UT), not a student of the grid."""
+        return self.init == TEACHER_INIT
+
+    @property
     def row(self) -> str:
         """The name without its seed: the table row that pools this student's seeds."""
         return Trained(self.method, self.init, self.corpus, stop=self.stop).name
@@ -62,6 +73,9 @@ def trained(method: str, *, init: str, corpus: str | None, seed: int, primary_in
     primary init and seed."""
     if method not in METHODS:
         raise ConfigError(f"train method {method!r}: expected one of {METHODS}")
+    if init == TEACHER_INIT and method != "ut":
+        raise ConfigError(f"train method {method!r} from the teacher itself: only UT (the regime control) starts "
+                          "there; distilling a teacher into itself has nothing to learn")
     return Trained(method, None if init == primary_init else init, corpus,
                    None if seed == primary_seed else int(seed), stop)
 
@@ -74,6 +88,15 @@ def parse(name: str) -> Trained | None:
     seed = m.group("seed")
     return Trained(m.group("method"), m.group("init"), m.group("corpus"), int(seed) if seed else None,
                    m.group("stop") is not None)
+
+
+CONTROL = Trained("ut", TEACHER_INIT).name  # "ut@teacher"
+
+
+def is_control(model: str) -> bool:
+    """Whether a grid model name is the regime control (Teacher + UT)."""
+    t = parse(model)
+    return t is not None and t.control
 
 
 def row_name(model: str) -> str:

@@ -17,8 +17,9 @@ def card_evals(variant, model):
 
 
 def card_models(variant):
-    """Students (converted or trained) with at least one evaluation."""
-    return [m for m in model_names(variant) if m != "teacher" and card_evals(variant, m)]
+    """Students (converted or trained) with at least one evaluation (not the regime control: no conversion to
+    describe)."""
+    return [m for m in model_names(variant) if m != "teacher" and not is_control(m) and card_evals(variant, m)]
 
 
 def card_input(wildcards):

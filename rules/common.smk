@@ -5,7 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from kept.grid import parse as parse_trained, row_name, trained as trained_model
+from kept.grid import CONTROL, is_control, parse as parse_trained, row_name, trained as trained_model
 from kept.smk import declared_family, refused_norms
 
 
@@ -28,6 +28,10 @@ FAST = config["train"].get("fast") or {}
 FAST_VARIANTS = [v for v in FAST.get("variants", []) if v in config["variants"]]
 if FAST_VARIANTS and FAST["init"] not in NORMS:
     raise ValueError(f"train.fast.init: {FAST['init']!r} is not converted; add it to convert.norms ({NORMS})")
+# train.teacher_ut: the variants whose teacher also trains as the regime control `ut@teacher` (Teacher + UT: the
+# teacher itself, unconverted, with UT's settings on the transfer corpus at the matched budget; kept.grid.CONTROL),
+# primary seed only: it measures the teacher, not a method's seed spread
+CONTROL_VARIANTS = [v for v in (config["train"].get("teacher_ut") or []) if v in config["variants"]]
 
 
 # Final targets: each rule file appends the outputs it wants `rule all` to build.
@@ -119,10 +123,11 @@ def variant_methods(variant=None):
     return [m for m in METHODS if m in own]
 
 
-def trained_names(variant=None, *, seeds=None, ablations=True, fast=True):
-    """Trained students of a variant (every variant if None): each method from each init with each seed (all
+def trained_names(variant=None, *, seeds=None, ablations=True, fast=True, control=True):
+    """Trained models of a variant (every variant if None): each method from each init with each seed (all
     seeds unless `seeds` is given), then the corpus ablations of train.ablations that name the variant, then the
-    fast-path students of train.fast (unless `fast` is False)."""
+    fast-path students of train.fast (unless `fast` is False), then the regime control of train.teacher_ut
+    (unless `control` is False; with the primary seed)."""
     seeds = SEEDS if seeds is None else seeds
     names = [
         trained_model(m, init=i, corpus=None, seed=s, primary_init=TRAIN_INIT, primary_seed=SEEDS[0]).name
@@ -142,6 +147,8 @@ def trained_names(variant=None, *, seeds=None, ablations=True, fast=True):
             ]
     if fast:
         names += fast_names(variant, seeds=seeds)
+    if control and SEEDS[0] in seeds and (variant in CONTROL_VARIANTS if variant is not None else CONTROL_VARIANTS):
+        names.append(CONTROL)
     return list(dict.fromkeys(names))
 
 
@@ -178,15 +185,17 @@ def variants_with(eval_name):
 
 
 def eval_models(variant, eval_name):
-    """Grid models that `eval_name` evaluates in `variant` (config eval.models; [] if the variant skips it).
-    Tokens: all, teacher, init (= init-<first train.init>), inits, trained (every trained student of the grid:
-    methods x inits x seeds and the corpus ablations), fast (the fast-path students of train.fast), or a model name
-    (a student's name covers all its seeds)."""
+    """Grid models that `eval_name` evaluates in `variant` (variants.<name>.eval_models.<eval>, else config
+    eval.models; [] if the variant skips it). Tokens: all, teacher, init (= init-<first train.init>), inits, trained
+    (every trained model of the grid: methods x inits x seeds, the corpus ablations and the regime control), fast
+    (the fast-path students of train.fast), control (the regime control, ut@teacher), or a model name (a student's
+    name covers all its seeds)."""
     if eval_name not in evals_of(variant):
         return []
     names = model_names(variant)
     chosen = set()
-    for token in config["eval"]["models"][eval_name]:
+    tokens = (variant_cfg(variant).get("eval_models") or {}).get(eval_name)
+    for token in tokens if tokens is not None else config["eval"]["models"][eval_name]:
         if token == "all":
             chosen.update(names)
         elif token == "init":
@@ -197,6 +206,8 @@ def eval_models(variant, eval_name):
             chosen.update(trained_names(variant, fast=False))
         elif token == "fast":
             chosen.update(fast_names(variant))
+        elif token == "control":
+            chosen.update(n for n in names if is_control(n))
         else:  # a model name; a trained student's name also selects its other seeds
             chosen.update(n for n in names if n == token or row_name(n) == token)
     return [n for n in names if n in chosen]

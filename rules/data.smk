@@ -53,6 +53,8 @@ rule eval_data:
     params:
         settings={k: v for k, v in WORLD["eval"].items() if k != "longctx_factor"},
         longctx_min_tokens=WORLD["eval"]["longctx_factor"] * CORPUS["max_length"],
+        coverage=CORPUS.get("coverage", 1.0),  # the in/out-of-corpus tags of the items: what the transfer
+        corpus_domains=CORPUS["domains"],  # corpus keeps of these domains at this coverage states
     log:
         R("logs/data/eval_data.log"),
     benchmark:
@@ -96,6 +98,7 @@ rule pretrain_teacher:
         tokenizer=R("tokenizer", "tokenizer.model"),
     output:
         teacher=directory(R("teachers", "{variant}")),
+        log=R("teachers", "{variant}.train_log.jsonl"),
     params:
         settings=lambda w: teacher_settings(w.variant),
         seed=config["seed"],

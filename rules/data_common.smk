@@ -63,10 +63,13 @@ for _name, _abl in config["train"].get("ablations", {}).items():
 
 def corpus_settings(wildcards):
     """The settings of the corpus named by {corpus}: `corpus` (the transfer corpus) or `corpus-<ablation>`
-    (corpus.ablations.<ablation> overriding domains / languages of the transfer corpus; same budget and length)."""
+    (corpus.ablations.<ablation> overriding domains / languages / coverage of the transfer corpus; same budget and
+    length)."""
     name = wildcards.corpus[len("corpus-"):] if wildcards.corpus != "corpus" else None
     settings = {k: CORPUS[k] for k in ("source", "languages", "token_budget", "max_length", "domains")}
     settings.update({k: v for k, v in (CORPUS_ABLATIONS[name] if name else {}).items() if v is not None})
+    if CORPUS.get("coverage") is not None:  # an ablation inherits the transfer corpus's coverage unless it sets one
+        settings.setdefault("coverage", CORPUS["coverage"])
     return settings
 
 

@@ -50,8 +50,8 @@ def recovery_variants():
 def recovery_models(variant):
     """Trained students of a variant with recovery curves: every method from every init, primary seed, transfer
     corpus (not the fast path: a run that stops at parity has snapshots only up to its stop, which the static DAG
-    cannot know)."""
-    return trained_names(variant, seeds=SEEDS[:1], ablations=False, fast=False)
+    cannot know; not the regime control, which writes no snapshots)."""
+    return trained_names(variant, seeds=SEEDS[:1], ablations=False, fast=False, control=False)
 
 
 def recovery_steps(variant, model):

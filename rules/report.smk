@@ -97,7 +97,9 @@ REPORT_ARTIFACTS["table_fast_path"] = ("table", "fast_path", fast_path_items())
 # Where the variant has recovery curves, the snapshots and train logs of its students (tokens to 0.99 of the teacher).
 # A variant enters where H6 evaluates its matched-budget students (not in config/fast.yaml, which has no grid).
 DIVERGENCE_VARIANTS = [
-    v for v in VARIANTS if any(parse_trained(m) and not parse_trained(m).stop for m in eval_models(v, "h6"))
+    v
+    for v in VARIANTS
+    if any(parse_trained(m) and not parse_trained(m).stop and not is_control(m) for m in eval_models(v, "h6"))
 ]
 REPORT_ARTIFACTS["table_divergence"] = (
     "table",
@@ -121,6 +123,64 @@ REPORT_ARTIFACTS["table_divergence"] = (
 # Its figure: each family's gap to its teacher, the mapping alone and each method, per init mapping.
 REPORT_ARTIFACTS["figure_divergence"] = ("figure", "divergence", REPORT_ARTIFACTS["table_divergence"][2])
 REPORT_ARTIFACTS["figure_longctx"] = ("figure", "longctx", REPORT_ARTIFACTS["table_transfer_longctx"][2])
+# The regime (issue 26; kept.report.regime, rules/regime.smk): per toy variant with a Teacher + UT control evaluated
+# on H6 beside its teacher, their H6 and held-out pretraining-mixture loss, the control's train log (transfer tokens)
+# and the pretraining logs of the teacher and of the teachers it descends from (pretraining tokens, final slope).
+REGIME_TABLE_VARIANTS = [v for v in REGIME_VARIANTS if {"teacher", CONTROL} <= set(eval_models(v, "h6"))]
+REPORT_ARTIFACTS["table_regime"] = (
+    "table",
+    "regime",
+    [((v, m, "h6"), R(v, "eval", m, "h6.json"), R(v, "eval", m, "h6")) for v in REGIME_TABLE_VARIANTS for m in REGIME_MODELS]
+    + [
+        ((v, m, "mixture"), R(v, "eval", m, "mixture_loss.json"), R(v, "eval", m, "mixture_loss.json"))
+        for v in REGIME_TABLE_VARIANTS
+        for m in REGIME_MODELS
+    ]
+    + [((v, CONTROL, "train"), R(v, CONTROL, "train_log.jsonl"), R(v, CONTROL, "train_log.jsonl")) for v in REGIME_TABLE_VARIANTS]
+    + [
+        ((v, "teacher", f"pretrain-{t}"), R("teachers", f"{t}.train_log.jsonl"), R("teachers", f"{t}.train_log.jsonl"))
+        for v in REGIME_TABLE_VARIANTS
+        for t in teacher_chain(v)
+    ],
+)
+# The split (toy suites only: their items carry the in / out-of-corpus tag): H6 and KoMMLU per model, and the
+# MT-Bench rubric facts of each model's Orion-format answers (the toy judge's rubric is their detail).
+SPLIT_MT = MTB["data"] == "toy"
+REPORT_ARTIFACTS["table_split"] = (
+    "table",
+    "split",
+    (
+        [((v, m, "h6"), p, d) for (v, m, _), p, d in REPORT_ARTIFACTS["table_h6"][2]]
+        + [((v, m, "kommlu"), p, d) for (v, m, _), p, d in REPORT_ARTIFACTS["table_kommlu"][2]]
+        + [
+            ((v, m, f"mtfacts-{f}"), R(v, "mtbench", "model_answer", f"{m}-{f}.jsonl"), MTB_FILES["rubric"])
+            for v in VARIANTS
+            for m in eval_models(v, "mtbench")
+            for f in mtbench_formats(m)
+            if SPLIT_MT and f == "orion"
+        ]
+    )
+    if HARNESS["tasks_from"] == "toy"
+    else [],
+)
+# Power: the minimum detectable paired H6 difference (80% power) of XKD against UT, from the H6 table's inputs.
+# A variant enters where H6 evaluates UT and an XKD method from the same init on the transfer corpus.
+H6_STUDENTS = {
+    v: {(t.init, t.method) for t in map(parse_trained, eval_models(v, "h6")) if t and not t.corpus and not t.stop}
+    for v in VARIANTS
+}
+POWER_VARIANTS = [
+    v for v, found in H6_STUDENTS.items() if any((i, "ut") in found and {(i, "xkd_z"), (i, "xkd_h")} & found for i, _ in found)
+]
+REPORT_ARTIFACTS["table_power"] = (
+    "table",
+    "power",
+    [
+        ((v, m, "h6"), p, d)
+        for (v, m, _), p, d in REPORT_ARTIFACTS["table_h6"][2]
+        if v in POWER_VARIANTS and parse_trained(m) and not is_control(m)
+    ],
+)
 REPORT_ARTIFACTS["figure_mtbench_categories"] = (
     "figure",
     "mtbench_categories",
@@ -162,6 +222,9 @@ REPORT_TITLES = {
     "table_fidelity": "Fidelity before training",
     "table_fast_path": "The fast path: stopped at parity",
     "table_divergence": "Divergence: cost of conversion per source family",
+    "table_regime": "Regime: can the transfer budget still teach the teacher?",
+    "table_split": "In / out of the transfer corpus",
+    "table_power": "Power: the smallest paired H6 difference the bench detects",
     "figure_divergence": "Divergence: each family's gap to its teacher (± SE)",
     "figure_longctx": "Figure 4: long-context perplexity",
     "figure_mtbench_categories": "MT-Bench by category",
@@ -225,7 +288,14 @@ FINDINGS_ITEMS = (
     + [((v, "pilot", "pilot"), p, p) for (v, _, _), p in REPORT_ARTIFACTS["figure_pilot"][2]]
     # each family's class (conversion.json in the init's model dir, its own detail): the divergence claim (L3)
     + [((v, m, "conversion"), p, p) for (v, m, t), p, _ in REPORT_ARTIFACTS["table_divergence"][2] if t == "fidelity"]
+    # the regime check (an explanation of every XKD-versus-UT claim): mixture losses and the logs behind the budget
+    + [entry for entry in REPORT_ARTIFACTS["table_regime"][2] if entry[0][2] != "h6"]
 )
+# the explanation each ablation corpus tests: its coverage alone (the full-coverage corpus), or its breadth
+ARM_EXPLANATIONS = {
+    name: "coverage" if abl.get("coverage") is not None and not abl.get("domains") and not abl.get("languages") else "corpus"
+    for name, abl in CORPUS_ABLATIONS.items()
+}
 if FINDINGS_ITEMS:
     TARGETS.append(R("report", "findings.md"))
 
@@ -240,6 +310,8 @@ rule report_findings:
     params:
         labels=[list(label) for label, _, _ in FINDINGS_ITEMS],
         train_init=TRAIN_INIT,
+        splits=HARNESS["tasks_from"] == "toy",  # the toy suites tag every item in / out of the transfer corpus
+        arm_explanations=ARM_EXPLANATIONS,
     log:
         R("logs/report/findings.log"),
     threads: 1

@@ -48,9 +48,12 @@ FAST_STOP_KEYS = ("stop_every", "stop_kl", "stop_kl_share", "stop_sequences")
 
 def student_settings(wildcards):
     """train_settings of the trained student named by {method} (kept.grid: method, init, corpus, seed), plus the
-    stop-at-parity settings of train.fast for a fast-path student (`-parity`)."""
+    stop-at-parity settings of train.fast for a fast-path student (`-parity`); the regime control (ut@teacher)
+    keeps the teacher's own format and writes no snapshots (it has no recovery curve)."""
     method, _, _, seed = trained_spec(wildcards.method)
     settings = train_settings(method, seed, wildcards.variant)
+    if is_control(wildcards.method):
+        settings.update(export_format="own", snapshot_every=0)
     if parse_trained(wildcards.method).stop:
         settings.update({key: FAST[key] for key in FAST_STOP_KEYS})
         if FAST.get("lr") is not None:
@@ -75,7 +78,8 @@ def train_input(wildcards):
     """The init, the corpus (an ablation's own, or the transfer corpus) and the teacher (or its cache) of the
     trained student named by {method}."""
     method, init, corpus, _ = trained_spec(wildcards.method)
-    inputs = {"student": R(wildcards.variant, f"init-{init}", "model"), "corpus": corpus_dir(corpus)}
+    student = teacher_dir(wildcards.variant) if is_control(wildcards.method) else R(wildcards.variant, f"init-{init}", "model")
+    inputs = {"student": student, "corpus": corpus_dir(corpus)}
     if method == "xkd_z" and OFFLINE and corpus is None:
         inputs["teacher_cache"] = R(wildcards.variant, "teacher_cache")
     elif method != "ut":

@@ -15,6 +15,8 @@ manifest = write_eval_data(EvalDataConfig(
     tokenizer=smk.input.tokenizer,
     output=str(Path(smk.output.manifest).parent),  # every output lies under eval_data/, written at once
     longctx_min_tokens=smk.params.longctx_min_tokens,
+    coverage=smk.params.coverage,
+    corpus_domains=list(smk.params.corpus_domains),
     **smk.params.settings,
 ))
 logging.info("done: %s", manifest)

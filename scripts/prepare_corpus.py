@@ -25,6 +25,8 @@ manifest = prepare_corpus(CorpusConfig(
     seed=p.seed,
     passages=str(text / "passages.jsonl") if text else None,
     world_texts=[str(text / f"{d}.jsonl") for d in s["domains"] if d != "passages"] if text else [],
+    coverage=s.get("coverage", 1.0),
+    world=smk.input.get("world"),
     miracl_repo=miracl["repo"],
     miracl_revision=miracl["revision"],
     data_files=data_files,

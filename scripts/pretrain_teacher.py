@@ -13,6 +13,7 @@ summary = pretrain_teacher(PretrainConfig(
     tokenizer=smk.input.tokenizer,
     output=smk.output.teacher,
     work_dir=smk.params.work_dir,
+    train_log=smk.output.log,
     init_from=smk.input.get("init"),
     seed=smk.params.seed,
     **smk.params.settings,

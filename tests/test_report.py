@@ -568,3 +568,20 @@ def test_divergence_figure(tmp_path, monkeypatch):
     lines = {c.get_label(): c.lines[0] for c in cost.containers}  # errorbar containers: the data line first
     assert cost.get_xscale() == "log" and list(lines["XKD-z"].get_xdata()) == [0.5, 6.0]
     assert list(lines["XKD-z"].get_ydata()) == pytest.approx([90.0, 80.0])
+
+
+def test_divergence_log_axes_take_zero_and_unreached_tokens():
+    """The default run's divergence figure failed to draw once the regime's teachers converged: every Exact student
+    was at 0.99 of its teacher from step 0 (0 tokens) and no OPM student reached it (inf). A log axis takes
+    neither; _log_axis falls back to symlog for zeros and leaves an axis with nothing finite linear."""
+    import matplotlib.pyplot as plt
+
+    from kept.report.figures import _log_axis
+
+    fig, axes = plt.subplots(1, 3)
+    for ax, values in zip(axes, ([0.0, 0.0], [float("inf"), None], [0.5, 20.0])):
+        ax.plot([1, 2], [1, 2])
+        _log_axis(ax.set_yscale, values)
+    assert [ax.get_yscale() for ax in axes] == ["symlog", "linear", "log"]
+    fig.canvas.draw()
+    plt.close(fig)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kept.errors import ConfigError
-from kept.report import figures, tables
+from kept.report import figures, regime, tables
 from kept.report.inputs import Item
 
 TABLES = {
@@ -21,6 +21,9 @@ TABLES = {
     "fidelity": tables.fidelity_table,
     "fast_path": tables.fast_path_table,
     "divergence": tables.divergence_table,
+    "regime": regime.regime_table,
+    "split": regime.split_table,
+    "power": regime.power_table,
 }
 PAPER_TABLES = {"h6", "mtbench", "kommlu"}  # the tables the paper reports numbers for
 
@@ -64,7 +67,8 @@ def build_report(job: ReportJob) -> None:
     if job.kind == "table":
         kwargs = {"paper_reference": job.paper_reference} if job.name in PAPER_TABLES else {}
         table = TABLES[job.name](items=items, train_init=job.train_init, **kwargs)
-        tables.write_table(table, csv=job.outputs["csv"], md=job.outputs["md"], tex=job.outputs["tex"])
+        write = regime.write_text_table if isinstance(table, regime.TextTable) else tables.write_table
+        write(table, csv=job.outputs["csv"], md=job.outputs["md"], tex=job.outputs["tex"])
     else:
         kwargs = {} if job.name == "pilot" else {"train_init": job.train_init}
         FIGURES[job.name](items=items, png=job.outputs["png"], pdf=job.outputs["pdf"], dpi=job.dpi, **kwargs)

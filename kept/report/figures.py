@@ -384,6 +384,21 @@ def divergence_frame(*, items: list[Item], train_init: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _log_axis(set_scale, values) -> None:
+    """A log axis for positive data; symlog (linear below the smallest positive value) when some value is 0 or
+    less, which a log axis cannot place (a student at 0.99 of its teacher from step 0: 0 tokens); linear when no
+    value is finite."""
+    v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:  # nothing to place (no student reached parity from this init): a log axis would have no limits
+        return
+    if (v <= 0).any():
+        pos = v[v > 0]
+        set_scale("symlog", linthresh=float(pos.min()) if pos.size else 1.0)
+    else:
+        set_scale("log")
+
+
 def divergence_figure(*, items: list[Item], train_init: str, png: str | Path, pdf: str | Path,
                       dpi: int = 150) -> pd.DataFrame:
     """The divergence study at a glance: one column of panels per init mapping. Top: the variants (source
@@ -414,18 +429,18 @@ def divergence_figure(*, items: list[Item], train_init: str, png: str | Path, pd
                 ax = grid[1][col]
                 ax.errorbar(part.kl, part.regained, yerr=part.regained_se.fillna(0), fmt="o-", color=f"C{j}",
                             capsize=2, lw=1, label=who)
-                ax.set_xscale("log")
                 ax.set_xlabel(f"KL of the {mapping} mapping before training")
                 ax.set_ylabel("teacher's margin regained (%)")
                 if tokens:
                     done = part[np.isfinite(part.tokens.astype(float))]
                     grid[2][col].plot(done.kl, done.tokens, "o-", color=f"C{j}", lw=1, label=who)
-                    grid[2][col].set_xscale("log")
-                    grid[2][col].set_yscale("log")
                     grid[2][col].set_xlabel(f"KL of the {mapping} mapping before training")
                     grid[2][col].set_ylabel(f"tokens to {PARITY_SHARE:g} of the teacher")
             for r in range(1, n_rows):
                 grid[r][col].set_title(f"init: {mapping}: cost against divergence", fontsize="small")
+                _log_axis(grid[r][col].set_xscale, mine.kl)
+            if tokens:
+                _log_axis(grid[2][col].set_yscale, mine.tokens)
         width = 0.7 / max(len(whos), 1)
         for ax, mapping in zip(axes[0], mappings):
             mine = frame[frame.mapping == mapping]

@@ -8,9 +8,15 @@ every claim the toy does not reproduce (or cannot separate), the same measuremen
 run (the corpus-breadth ablation of ``train.ablations``, the other mappings of ``train.init``, the teacher in the
 Llama-3 format) tests an explanation (``EXPLANATIONS``), judged by the claim's own criterion.
 
+The regime of the bench (issue 26, :mod:`kept.report.regime`) adds two claims the in / out-of-corpus split of the
+toy suites makes testable -- XKD keeps out-of-corpus knowledge better than UT, and UT forgets out-of-corpus
+knowledge -- and one explanation for every XKD-versus-UT claim that does not hold: the teacher is still learning
+(the Teacher + UT control beats it).
+
 Inputs are :class:`kept.report.inputs.Item` with ``tag`` naming the kind of file: ``h6`` (summary, detail = raw
 lm-eval directory), ``mtbench-<format>`` (summary, detail = judgments), ``code`` (summary, detail = items),
-``longctx`` (summary with per-document NLL) and ``pilot`` (cosine.jsonl).
+``longctx`` (summary with per-document NLL), ``pilot`` (cosine.jsonl), and for the regime check ``mixture``,
+``train`` and ``pretrain-<teacher>`` (kept.report.results).
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ import numpy as np
 
 from kept.atomic import atomic_file
 from kept.errors import KeptError
+from kept.grid import CONTROL
 from kept.grid import parse as parse_trained
-from kept.grid import row_name
-from kept.report import paper, stats, units
-from kept.report.inputs import Item, check_labels, number, read_json, read_jsonl
-from kept.report.tables import model_label
+from kept.report import paper, stats
+from kept.report.inputs import Item, number
+from kept.report.regime import RegimeCheck, regime_checks
+from kept.report.results import RunResults
+from kept.report.tables import INIT_NAMES, model_label
 
 COLLAPSE = 0.5  # "collapse": keeps less than this share of the teacher's margin above chance (floor)
 RECOVER = 0.9  # "recovers": regains at least this share of what the conversion lost
@@ -98,64 +106,6 @@ def _direction(diff: float, p: float, *, expected: int) -> str:
     return "agrees" if np.sign(diff) == expected else "disagrees"
 
 
-class RunResults:
-    """This run's per-unit samples, by (variant, row model), seeds pooled (kept.grid row names)."""
-
-    def __init__(self, items: list[Item]) -> None:
-        self.h6: dict[tuple[str, str], list[tuple[dict, dict[str, stats.Sample]]]] = {}
-        self.mt: dict[tuple[str, str, str], list[stats.Sample]] = {}
-        self.code: dict[tuple[str, str], list[stats.Sample]] = {}
-        self.longctx: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
-        self.pilot: dict[str, list[dict]] = {}
-        self.conversion: dict[tuple[str, str], dict] = {}  # (variant, init) -> conversion.json
-        for it in items:
-            key = (it.variant, row_name(it.model))
-            if it.tag == "pilot":
-                self.pilot[it.variant] = list(read_jsonl(it.path))
-                continue
-            if it.tag == "conversion":  # an init's model directory
-                self.conversion[(it.variant, it.model.removeprefix("init-"))] = read_json(Path(it.path) / "conversion.json")
-                continue
-            obj = read_json(it.path)
-            check_labels(obj, it, path=it.path)
-            if it.tag == "h6":
-                self.h6.setdefault(key, []).append((obj, units.harness_samples(it.path, it.detail)))
-            elif it.tag.startswith("mtbench-"):
-                found = units.mtbench_samples(it.detail)
-                if "average" in found:
-                    self.mt.setdefault((*key, it.tag[len("mtbench-"):]), []).append(found["average"])
-            elif it.tag == "code":
-                self.code.setdefault(key, []).append(units.code_samples(it.detail)["accuracy"])
-            elif it.tag == "longctx":
-                self.longctx.setdefault(key, []).append((obj, units.longctx_samples(obj, path=it.path)))
-            else:
-                raise KeptError(f"{it.path}: unknown findings input kind {it.tag!r}")
-
-    def h6_avg(self, variant: str, model: str) -> stats.Sample | None:
-        runs = self.h6.get((variant, model))
-        if not runs or any("Average" not in s for _, s in runs):
-            return None
-        return stats.seed_mean([s["Average"] for _, s in runs])
-
-    def h6_chance(self, variant: str) -> float:
-        for (v, _), runs in self.h6.items():
-            if v == variant:
-                cols = runs[0][0]["columns"]
-                return 100.0 * sum(c.get("chance") or 0.0 for c in cols) / len(cols)
-        return math.nan
-
-    def mt_avg(self, variant: str, model: str, fmt: str) -> stats.Sample | None:
-        runs = self.mt.get((variant, model, fmt))
-        return stats.seed_mean(runs) if runs else None
-
-    def code_acc(self, variant: str, model: str) -> stats.Sample | None:
-        runs = self.code.get((variant, model))
-        return stats.seed_mean(runs) if runs else None
-
-    def variants(self, table: dict) -> list[str]:
-        return list(dict.fromkeys(k[0] for k in table))
-
-
 def _joint(samples: list[stats.Sample | None], fn: Callable[..., float]) -> tuple[float, float, float]:
     """(point, 95% low, 95% high) of fn over several models' statistics on the same units."""
     if any(s is None for s in samples):
@@ -203,6 +153,14 @@ EXPLANATIONS = {
              "measurement for the same methods and budget from a mapping next to the teacher (train.init)"),
     "template": ("the toy teacher never saw the Llama-3 template, so no model of the grid can answer in it. Test: "
                  "the teacher itself in the Llama-3 format"),
+    "coverage": ("the transfer corpus is a narrow slice (corpus.coverage): UT cannot relearn from it what it never "
+                 "states. Test: the same measurement for students trained on the full-coverage corpus (every "
+                 "entity's facts, the corpus of the earlier regime) at the same budget (train.ablations)"),
+    "regime": ("the teacher is still learning, so UT on the transfer corpus is more pretraining while XKD copies an "
+               "unfinished teacher. Test: the regime check (the regime table): Teacher + UT, the teacher itself "
+               "trained with UT's settings on the transfer corpus at the same budget, against the teacher on toy-H6 "
+               "(all items, in-corpus items) and on its held-out pretraining mixture; the explanation is supported "
+               "when Teacher + UT beats the teacher there"),
 }
 
 
@@ -210,28 +168,34 @@ class Checker:
     """Builds the findings rows from a :class:`RunResults`: every claim is a measurement on the paper's arm;
     where it does not hold, the same measurement on each alternative arm of this run tests an explanation."""
 
-    def __init__(self, run: RunResults, *, train_init: str) -> None:
+    def __init__(self, run: RunResults, *, train_init: str, arm_explanations: dict[str, str] | None = None) -> None:
         self.run = run
         self.train_init = train_init
         names = [parse_trained(m) for key in (run.h6, run.mt, run.code, run.longctx) for (_, m, *_) in key]
-        names = [t for t in names if t is not None and not t.stop]  # the fast path is no arm: not at the budget
-        corpora = sorted({t.corpus for t in names if t is not None and t.corpus})
-        inits = sorted({t.init for t in names if t is not None and t.init})
-        self.arms = ([Arm(f"{c} corpus", f"+{c}", "corpus") for c in corpora]
-                     + [Arm(f"from the {i} mapping", f"@{i}", "init") for i in inits])
+        # the fast path is no arm (not at the budget), nor is the regime control (no student)
+        names = [t for t in names if t is not None and not t.stop and not t.control]
+        corpora = sorted({t.corpus for t in names if t.corpus})
+        self.inits = sorted({t.init for t in names if t.init})
+        explain = arm_explanations or {}
+        self.arms = ([Arm(f"{c} corpus", f"+{c}", explain.get(c, "corpus")) for c in corpora]
+                     + [Arm(f"from the {i} mapping", f"@{i}", "init") for i in self.inits])
+        self.regime: dict[str, RegimeCheck] = {c.variant: c for c in regime_checks(run)}
 
     def label(self, model: str) -> str:
         return model_label(model, train_init=self.train_init)
 
     def finding(self, claim: str, variant: str, paper_text: str, criterion: str, measure: MEASURE,
-                extra: list[tuple[str, str, Callable[[], tuple[str, str]]]] = ()) -> Finding:
+                extra: list[tuple[str, str, Callable[[], tuple[str, str]]]] = (), *,
+                arms: list[Arm] | None = None) -> Finding:
         """A claim measured on the paper's arm; if it does not hold, the same ``measure`` on every alternative
-        arm of the run (plus ``extra`` tests: (label, explanation key, measure)) tests the explanations."""
+        arm of the run (``arms``, default all; plus ``extra`` tests: (label, explanation key, measure)) tests the
+        explanations."""
         toy, verdict = measure(PAPER)
         f = Finding(claim, variant, paper_text, toy, verdict, criterion)
         if verdict == "agrees":
             return f
-        tests = [(arm.label, arm.explanation, lambda arm=arm: measure(arm)) for arm in self.arms] + list(extra)
+        arms = self.arms if arms is None else arms
+        tests = [(arm.label, arm.explanation, lambda arm=arm: measure(arm)) for arm in arms] + list(extra)
         for label, key, run in tests:
             figure, outcome = run()
             if outcome != "no data":
@@ -343,6 +307,8 @@ class Checker:
 
         sign = ">=" if (better, worse) == ("xkd_z", "xkd_h") else ">"
         extra = [self.template_test(variant)] if metric != "h6" and fmt == "llama3" else []
+        if worse == "ut":  # is UT ahead because the teacher is still learning?
+            extra += self.regime_test(variant)
         return self.finding(f"XKD-{better[-1]} {sign} {METHOD_LABEL[worse]} ({name})", variant,
                             f"{pv:+.2f} {unit}" if math.isfinite(pv) else "–",
                             "sign of the difference, paired sign-flip test p < 0.05", measure, extra)
@@ -457,6 +423,86 @@ class Checker:
             f"difference of the shares kept > 0 (95% interval); modules changed beyond {ref}'s: "
             f"{', '.join(changed) or 'none'}")
 
+    # ---- the regime and the in / out-of-corpus split (issue 26) -------------------------------------------------
+    def regime_test(self, variant: str) -> list[tuple[str, str, Callable[[], tuple[str, str]]]]:
+        """The regime check of ``variant`` as an explanation test (none where the run has no control there):
+        "agrees" (the explanation is supported) when Teacher + UT beats the teacher."""
+        check = self.regime.get(variant)
+        if check is None or not check.measured:
+            return []
+
+        def measure() -> tuple[str, str]:
+            (d, lo, hi), (di, loi, hii), (m, mlo, mhi) = check.h6[None], check.h6["in"], check.mixture
+            figure = (f"Teacher + UT - teacher: toy-H6 {_fmt(d, '+.2f')} {_ci(lo, hi, '+.2f')} (all items), "
+                      f"{_fmt(di, '+.2f')} {_ci(loi, hii, '+.2f')} (in corpus); held-out mixture loss "
+                      f"{_fmt(m, '+.4f')} {_ci(mlo, mhi, '+.4f')} nats/token")
+            return figure, "agrees" if check.failures else "disagrees"
+
+        return [("the regime check (Teacher + UT vs the teacher)", "regime", measure)]
+
+    def keeps_out_of_corpus(self, variant: str, method: str, init: str) -> Finding:
+        """L1/L4: what the transfer corpus never states survives XKD better than UT (out-of-corpus H6 items)."""
+        r = self.run
+        suffix = "" if init == self.train_init else f"@{init}"
+        better, worse = method + suffix, "ut" + suffix
+
+        def measure(_: Arm) -> tuple[str, str]:
+            diff, p = _paired(r.h6_avg(variant, better, "out"), r.h6_avg(variant, worse, "out"))
+            return (f"{self.label(better)} - {self.label(worse)} = {_fmt(diff, '+.2f')} H6 points on the "
+                    f"out-of-corpus items, paired p = {_fmt(p, '.3g') if p is not None else 'nan'}",
+                    _direction(diff, p, expected=1))
+
+        return self.finding(
+            f"{METHOD_LABEL[method]} keeps out-of-corpus knowledge better than UT (H6, from "
+            f"{INIT_NAMES.get(init, init)})", variant,
+            "the transfer corpus need not cover what the model knows: XKD keeps it, UT drifts (L1, L4)",
+            "sign of the difference on the out-of-corpus items, paired sign-flip test p < 0.05", measure,
+            self.regime_test(variant), arms=[])
+
+    def control_forgets(self, variant: str) -> Finding:
+        """UT forgets what its corpus never states, on the teacher itself: Teacher + UT against the teacher on the
+        out-of-corpus items."""
+        r = self.run
+
+        def measure(_: Arm) -> tuple[str, str]:
+            point, lo, hi = _joint([r.h6_avg(variant, CONTROL, "out"), r.h6_avg(variant, "teacher", "out")],
+                                   lambda a, t: a - t)
+            return (f"Teacher + UT - teacher = {_fmt(point, '+.2f')} {_ci(lo, hi, '+.2f')} H6 points on the "
+                    "out-of-corpus items", _band(lo, hi, 0.0, above=False))
+
+        return self.finding("UT forgets out-of-corpus knowledge (the teacher + UT)", variant,
+                            "UT on a corpus that does not cover what the model knows drifts away from it (L1)",
+                            "difference < 0 (95% interval)", measure, arms=[])
+
+    def student_forgets(self, variant: str) -> Finding:
+        """UT from OPM regains less of what the conversion destroyed on the out-of-corpus items than on the
+        in-corpus ones (the in and out items resampled independently)."""
+        r = self.run
+
+        def shares(split: str, seed: int) -> tuple[float, np.ndarray] | None:
+            samples = [r.h6_avg(variant, "ut", split), r.h6_avg(variant, "init-paper", split),
+                       r.h6_avg(variant, "teacher", split)]
+            if any(x is None for x in samples):
+                return None
+            u, o, t = (x.value() for x in samples)
+            point = _share(u, t, o)
+            reps = stats.joint_replicates(samples, seed=seed)
+            return point, np.array([_share(u, t, o) for u, o, t in reps])
+
+        def measure(_: Arm) -> tuple[str, str]:
+            out, inn = shares("out", stats.SEED + 3), shares("in", stats.SEED + 4)
+            if out is None or inn is None or self.train_init != "paper":
+                return "–", "no data"
+            lo, hi = stats.interval(out[1] - inn[1])
+            return (f"{self.label('ut')} regains {_fmt(out[0], '.2f')} of what OPM lost on the out-of-corpus items vs "
+                    f"{_fmt(inn[0], '.2f')} on the in-corpus items; difference {_fmt(out[0] - inn[0], '+.2f')} "
+                    f"{_ci(lo, hi, '+.2f')}", _band(lo, hi, 0.0, above=False))
+
+        return self.finding("UT forgets out-of-corpus knowledge (OPM + UT)", variant,
+                            "UT on a corpus that does not cover what the model knows drifts away from it (L1)",
+                            "share of OPM's loss regained, out-of-corpus minus in-corpus items < 0 (95% interval)",
+                            measure, arms=[])
+
     def pilot(self, variant: str) -> Finding:
         recs = self.run.pilot[variant]
         first, last = recs[0], recs[-1]
@@ -478,11 +524,13 @@ FORMAT_LABEL = {"orion": "Orion", "llama3": "Llama-3"}
 METHOD_LABEL = {"ut": "UT", "xkd_h": "XKD-h", "xkd_z": "XKD-z"}
 
 
-def collect_findings(items: list[Item], *, train_init: str) -> list[Finding]:
+def collect_findings(items: list[Item], *, train_init: str, splits: bool = False,
+                     arm_explanations: dict[str, str] | None = None) -> list[Finding]:
     """Every claim the run has the data for, in the paper's order (a claim whose models the run lacks is left
-    out)."""
+    out). ``splits``: the H6 items carry the in / out-of-corpus tag (the toy suites), so the split's claims run;
+    ``arm_explanations``: the explanation each ablation corpus tests (corpus name -> key of EXPLANATIONS)."""
     run = RunResults(items)
-    c = Checker(run, train_init=train_init)
+    c = Checker(run, train_init=train_init, arm_explanations=arm_explanations)
     rows: list[Finding] = []
     h6_variants = run.variants(run.h6)
     mt_variants = list(dict.fromkeys(k[0] for k in run.mt))
@@ -500,6 +548,11 @@ def collect_findings(items: list[Item], *, train_init: str) -> list[Finding]:
                  c.ordering(v, "xkd_z", "ut", metric="h6")]
     for v in mt_variants:
         rows += [c.ordering(v, "xkd_z", "ut", metric="mt", fmt=fmt) for fmt in fmts]
+    if splits:
+        for v in h6_variants:
+            rows += [c.keeps_out_of_corpus(v, m, i) for i in [train_init] + c.inits for m in ("xkd_z", "xkd_h")]
+        for v in h6_variants:
+            rows += [c.control_forgets(v), c.student_forgets(v)]
     for v in [v for v in mt_variants if v in h6_variants]:
         rows += [c.generative_gap(v, fmt) for fmt in fmts]
     for v in run.variants(run.code):
@@ -564,13 +617,17 @@ all H6 tasks, MT-Bench questions, code-probe items, long-context documents); ord
 permutation test over the same units. A row pools all training seeds of each student. Thresholds: collapse =
 keeps < {collapse} of the teacher's margin over chance (H6) or the floor (MT-Bench); recovers = regains >= {recover}
 of what OPM lost; survives = keeps >= {survive} of the teacher's code accuracy, or perplexity within
-{margin:.0%} of the teacher's. "not separable": the interval straddles the criterion.
+{margin:.0%} of the teacher's. "not separable": the interval straddles the criterion. Out-of-corpus items: the
+toy suites' items whose fact the transfer corpus never states (corpus.coverage; with GSM8K and the vocabulary
+questions, which no corpus document states either); the regime check (Teacher + UT against the teacher) is the
+regime table (results/report/tables/regime.md).
 """
 
 
-def write_findings(*, items: list[Item], md: str | Path, train_init: str) -> list[Finding]:
+def write_findings(*, items: list[Item], md: str | Path, train_init: str, splits: bool = False,
+                   arm_explanations: dict[str, str] | None = None) -> list[Finding]:
     """Compute every finding, then write the Markdown page atomically."""
-    rows = collect_findings(items, train_init=train_init)
+    rows = collect_findings(items, train_init=train_init, splits=splits, arm_explanations=arm_explanations)
     if not rows:
         raise KeptError("findings: the run has none of the results the claims need")
     text = findings_markdown(rows, header=HEADER.format(iters=stats.BOOTSTRAP_ITERS, collapse=COLLAPSE,

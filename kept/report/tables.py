@@ -26,7 +26,7 @@ import pandas as pd
 
 from kept.atomic import atomic_file
 from kept.errors import ConfigError, KeptError
-from kept.grid import parse as parse_trained
+from kept.grid import is_control, parse as parse_trained
 from kept.grid import row_name
 from kept.report import paper, stats, units
 from kept.report.inputs import Item, check_labels, check_number, get, number, read_json
@@ -51,6 +51,8 @@ def model_label(model: str, *, train_init: str) -> str:
     xkd_z@exact, ``OPM + UT (broad corpus)`` for ut+broad; seeds of one student share its label."""
     if model == "teacher":
         return "Original (teacher)"
+    if is_control(model):
+        return "Teacher + UT"
     if model.startswith("init-"):
         return INIT_NAMES.get(model[5:], model)
     t = parse_trained(model)
@@ -175,7 +177,7 @@ def build_table(entries: list[tuple[str, str, dict[str, Cell]]], *, columns: lis
         sd_rows.append(sd_row)
         samples.append(sample_row)
         seeds.append(len(runs))
-        contender.append(model != "teacher")
+        contender.append(model != "teacher" and not is_control(model))  # the regime control is no student
     table = _rows_to_table(rows, columns=columns, better=better, formats=formats, contender=contender)
     table.se = pd.DataFrame(se_rows, index=table.frame.index, columns=columns).astype(float)
     table.sd = pd.DataFrame(sd_rows, index=table.frame.index, columns=columns).astype(float)

@@ -6,6 +6,9 @@ question, document or sequence. The sources (formats in docs/architecture.md):
 - lm-eval suites (``h6``, ``kommlu``): the per-sample logs ``samples_<task>.jsonl`` in the raw directory beside
   the summary (``log_samples``), one row per document and filter; a column over an lm-eval group has one
   stratum per leaf task (macro average: weight 1/leaves; lm-eval's size-weighted group value: one pooled stratum);
+  ``split`` keeps the documents the toy suites tag ``corpus: in`` / ``out`` (in / out of the transfer corpus);
+- MT-Bench rubric facts (toy judge): the answer file and the rubric, one unit per required group of a turn, met
+  or not, tagged in / out of the transfer corpus (:func:`kept.world.judge.rubric_facts`);
 - MT-Bench: the FastChat judgment file (a unit is a question; failed judgments, score -1, are left out);
 - code probe: ``code.items.jsonl`` (per item ``correct``, ``nll``, ``tokens``);
 - long context: ``longctx.json``'s ``doc_nll`` (per document, the summed NLL of its first L tokens);
@@ -37,8 +40,12 @@ def _leaves(name: str, group_map: dict[str, list[str]]) -> list[str]:
     return [leaf for child in group_map[name] for leaf in _leaves(child, group_map)]
 
 
-def _task_units(raw_dir: Path, task: str, metric: str) -> Stratum:
-    """Per-document values of ``metric`` (``name,filter``) in one leaf task's per-sample log."""
+SPLITS = ("in", "out")  # the toy suites' corpus tags: in / out of the transfer corpus (kept.world.evaldata)
+
+
+def _task_units(raw_dir: Path, task: str, metric: str, split: str | None = None) -> Stratum | None:
+    """Per-document values of ``metric`` (``name,filter``) in one leaf task's per-sample log; with ``split``, only
+    the documents tagged ``corpus: split`` (None when there are none)."""
     name, filt = metric.split(",", 1)
     path = raw_dir / f"samples_{_safe_name(task)}.jsonl"
     if not path.is_file():
@@ -50,21 +57,34 @@ def _task_units(raw_dir: Path, task: str, metric: str) -> Stratum:
         where = f"{path}:{i}"
         if name not in row:
             raise KeptError(f"{where}: no metric {name!r} in the per-sample row")
+        if split is not None:
+            tag = (row.get("doc") or {}).get("corpus")
+            if tag not in SPLITS:
+                raise KeptError(f"{where}: the document has no corpus tag ('in' / 'out', kept.world.evaldata), "
+                                f"found {tag!r}: rebuild the eval data")
+            if tag != split:
+                continue
         ids.append(f"{task}:{get(row, 'doc_id', path=where)}")
         values.append(check_number(row[name], where=f"{where} {name}"))
     if not ids:
+        if split is not None:
+            return None
         raise KeptError(f"{path}: no rows for filter {filt!r}")
     return Stratum(ids, np.asarray(values), np.ones(len(values)))
 
 
-def harness_column(raw_dir: str | Path, column: dict[str, Any], *, scale: float = 100.0) -> Sample:
-    """The per-unit sample of one column of a harness summary (``column``: its summary entry)."""
+def harness_column(raw_dir: str | Path, column: dict[str, Any], *, scale: float = 100.0,
+                   split: str | None = None) -> Sample | None:
+    """The per-unit sample of one column of a harness summary (``column``: its summary entry); with ``split``,
+    over the column's items in / out of the transfer corpus only (None when it has none there)."""
     raw_dir = Path(raw_dir)
     results = read_json(raw_dir / "results.json")
     group_map = results.get("group_subtasks", {}) or {}
     task, metric = column["task"], column["metric"]
     leaves = _leaves(task, group_map)
-    strata = [_task_units(raw_dir, leaf, metric) for leaf in leaves]
+    strata = [s for s in (_task_units(raw_dir, leaf, metric, split) for leaf in leaves) if s is not None]
+    if not strata:
+        return None
     if len(strata) == 1:
         return Sample(strata, scale=scale)
     if column.get("average") == "macro" or column.get("value") == column.get("macro"):
@@ -74,17 +94,35 @@ def harness_column(raw_dir: str | Path, column: dict[str, Any], *, scale: float 
     return Sample([pooled], scale=scale)
 
 
-def harness_samples(summary_path: str | Path, raw_dir: str | Path | None, *, scale: float = 100.0
-                    ) -> dict[str, Sample]:
+def harness_samples(summary_path: str | Path, raw_dir: str | Path | None, *, scale: float = 100.0,
+                    split: str | None = None) -> dict[str, Sample]:
     """Column name -> per-unit sample, plus ``"Average"`` (the mean over the columns), from a harness summary
-    and its raw directory; ``{}`` when there is no raw directory."""
+    and its raw directory; ``{}`` when there is no raw directory. With ``split`` (``in`` / ``out``), over the
+    items of that side of the transfer corpus only: a column with no such item is left out of the average."""
     if raw_dir is None:
         return {}
     obj = read_json(summary_path)
     out = {}
     for col in get(obj, "columns", path=summary_path, kind=list):
-        out[col["name"]] = harness_column(raw_dir, col, scale=scale)
-    out["Average"] = average_sample(list(out.values()))
+        found = harness_column(raw_dir, col, scale=scale, split=split)
+        if found is not None:
+            out[col["name"]] = found
+    if out or split is None:
+        out["Average"] = average_sample(list(out.values()))
+    return out
+
+
+def rubric_fact_samples(answers: str | Path, rubric: str | Path) -> dict[str, Sample]:
+    """``in`` / ``out`` -> the share (percent) of the MT-Bench rubric's required groups an answer file meets, over
+    the groups of that side of the transfer corpus (units: question, turn, group)."""
+    from kept.world.judge import rubric_facts
+
+    rows = rubric_facts(rubric_path=rubric, answers_path=answers)
+    out = {}
+    for split in SPLITS:
+        mine = [r for r in rows if r["corpus"] == split]
+        if mine:
+            out[split] = mean_sample([r["id"] for r in mine], [float(r["met"]) for r in mine], scale=100.0)
     return out
 
 

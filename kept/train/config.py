@@ -11,7 +11,7 @@ from typing import Any
 from kept.errors import ConfigError
 
 OBJECTIVES = ("ut", "xkd_h", "xkd_z")
-EXPORT_FORMATS = ("llama", "orion", "source")
+EXPORT_FORMATS = ("llama", "orion", "source", "own")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -39,7 +39,8 @@ class TrainConfig:
     seed: int = 0  # data order and any randomness of the run
     snapshot_every: int = 0  # stock-Llama snapshots for recovery curves (0 = none)
     save_state_every: int = 0  # resumable state (0 = only at the end)
-    export_format: str = "llama"  # "orion" / "source" (the student's own family layout) for toy teachers
+    export_format: str = "llama"  # "orion" / "source" (the student's own family layout) for toy teachers; "own":
+    # whichever of the two the student is in (the regime control: a teacher trained further, unconverted)
     mixed_precision: str = "no"  # accelerate autocast: "no" | "bf16" | "fp16"
     gradient_checkpointing: bool = False
     temperature: float = 1.0  # XKD-z: KL between softmax(z/T) distributions, scaled by T^2

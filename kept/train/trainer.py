@@ -7,6 +7,7 @@ module adds the objectives, the data order, snapshots, the log and the exports.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -252,6 +253,8 @@ def fit(
 
     # ---- models and data -------------------------------------------------------------------------------------
     is_orion = model_type(cfg.student) == "orion"
+    if cfg.export_format == "own":  # the student's own layout: Orion's, or its family's save_pretrained
+        cfg = dataclasses.replace(cfg, export_format="orion" if is_orion else "source")
     if cfg.export_format == "llama" and is_orion:
         raise ConfigError(f"{cfg.student}: an Orion-format student can only be exported with export_format 'orion'")
     if cfg.export_format == "orion" and not is_orion:

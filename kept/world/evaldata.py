@@ -18,6 +18,12 @@ OLMES evaluates small models in cloze form. See docs/toy-world.md.
 
 Test items are held out of all training text (see :meth:`kept.world.generator.World.heldout`); few-shot pools
 are drawn from items that are not.
+
+Every test item carries ``corpus``: ``in`` when a document the transfer corpus keeps (its ``corpus_domains`` at
+``coverage``: :func:`kept.world.generator.covered_entities`, :func:`kept.world.render.stated_facts`) states the
+fact it asks, ``out`` when none does: a fact of an entity the corpus leaves out, or knowledge the corpus never
+states in any form (arithmetic problems, vocabulary questions, programs). Each MT-Bench rubric turn tags its
+required groups the same way (``corpus``, beside the ``facts`` behind each group).
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from kept.atomic import atomic_dir
 from kept.errors import ConfigError, KeptError
 from kept.world import items as it
 from kept.world import lmeval_hooks
-from kept.world.generator import World
-from kept.world.render import load_world, write_jsonl
+from kept.world.generator import World, covered_entities
+from kept.world.render import load_world, stated_facts, write_jsonl
 
 # task -> (builder over a fact pair, shots, metric as lm-eval reports it, chance level or None = per item)
 FACT_TASKS: dict[str, tuple[Callable, int, str]] = {
@@ -69,6 +75,8 @@ class EvalDataConfig:
     longctx_min_tokens: int = 4096  # each long document has at least this many tokens
     code_items: int = 60
     gsm8k_max_gen_toks: int = 64  # generation cap for toy_gsm8k (answers are one line)
+    coverage: float = 1.0  # share of entities the transfer corpus covers (corpus.coverage): the in/out tags
+    corpus_domains: list[str] = field(default_factory=lambda: ["passages"])  # the transfer corpus's world domains
 
     def __post_init__(self) -> None:
         for key in ("items_per_task", "shots_pool", "mtbench_per_category", "longctx_docs", "longctx_min_tokens",
@@ -149,7 +157,24 @@ def _metric(name: str) -> dict[str, Any]:
 
 
 # ---- item selection ------------------------------------------------------------------------------------------------
-def _fact_items(world: World, task: str, n: int, *, heldout: bool) -> list[dict[str, Any]]:
+IN, OUT = "in", "out"
+
+
+def corpus_tag(facts: list[str], stated: set[str]) -> str:
+    """``in`` when the transfer corpus states every fact ``entity:relation`` of ``facts`` (and there is one), else
+    ``out``."""
+    return IN if facts and all(f in stated for f in facts) else OUT
+
+
+def tag_rubric(rubric: dict[str, Any], stated: set[str]) -> dict[str, Any]:
+    """One MT-Bench rubric turn with ``corpus`` per required group: ``in`` when some alternative of the group
+    needs only facts the corpus states, ``out`` otherwise (no fact of the world, or one the corpus never states)."""
+    tags = [IN if any(corpus_tag(alt, stated) == IN for alt in group) else OUT for group in rubric["facts"]]
+    return {**rubric, "corpus": tags}
+
+
+def _fact_items(world: World, task: str, n: int, *, heldout: bool, stated: set[str] | None = None
+                ) -> list[dict[str, Any]]:
     build = FACT_TASKS[task][0]
     rng = random.Random(f"{task}:{'test' if heldout else 'shots'}:{world.spec.seed}")
     pairs = world.pairs(heldout=heldout)
@@ -160,7 +185,8 @@ def _fact_items(world: World, task: str, n: int, *, heldout: bool) -> list[dict[
     for i in range(n):
         eid, rel = pairs[i % len(pairs)]
         doc = build(world, rng, eid, rel)
-        out.append({"id": f"{task}-{i}", "fact": f"{eid}:{rel}", **doc})
+        tag = {"corpus": corpus_tag([f"{eid}:{rel}"], stated)} if stated is not None else {}
+        out.append({"id": f"{task}-{i}", "fact": f"{eid}:{rel}", **doc, **tag})
         if heldout and i + 1 >= len(pairs):
             break  # each held-out fact at most once
     return out
@@ -178,11 +204,14 @@ def _category_items(world: World, task: str, n: int, *, heldout: bool) -> list[d
     return _unique(world, rng, make, n, heldout=heldout, what=f"{task} vocabulary")
 
 
-def _mc_items(world: World, task: str, n: int, *, heldout: bool) -> list[dict[str, Any]]:
+def _mc_items(world: World, task: str, n: int, *, heldout: bool, stated: set[str] | None = None
+              ) -> list[dict[str, Any]]:
     """toy_mmlu / toy_kommlu: fact questions and vocabulary questions (``mc_category_share``), interleaved."""
     n_cat = round(n * world.spec.mc_category_share)
-    facts = _fact_items(world, task, n - n_cat, heldout=heldout)
+    facts = _fact_items(world, task, n - n_cat, heldout=heldout, stated=stated)
     cats = _category_items(world, task, n_cat, heldout=heldout) if n_cat else []
+    if stated is not None:
+        cats = [{**doc, "corpus": OUT} for doc in cats]  # no passage says which kind a word is
     mixed = facts + cats
     random.Random(f"{task}:mix:{heldout}:{world.spec.seed}").shuffle(mixed)
     return [{**doc, "id": f"{task}-{i}"} for i, doc in enumerate(mixed)]
@@ -230,8 +259,10 @@ def code_items(world: World, n: int) -> list[dict[str, Any]]:
     return out
 
 
-def mtbench_items(world: World, per_category: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """FastChat questions (ids from 81, like MT-Bench) and the toy judge's rubrics."""
+def mtbench_items(world: World, per_category: int, *, stated: set[str] | None = None
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """FastChat questions (ids from 81, like MT-Bench) and the toy judge's rubrics (each turn's groups tagged
+    ``in`` / ``out`` of the transfer corpus when ``stated``, the facts it states, is given)."""
     rng = random.Random(f"mtbench:{world.spec.seed}")
     questions, rubrics = [], []
     qid = 81
@@ -245,7 +276,8 @@ def mtbench_items(world: World, per_category: int) -> tuple[list[dict[str, Any]]
             if d["reference"]:
                 q["reference"] = d["reference"]
             questions.append(q)
-            rubrics.append({"question_id": qid, "turns": d["rubric"], "answers": d["answers"]})
+            turns = [tag_rubric(r, stated) for r in d["rubric"]] if stated is not None else d["rubric"]
+            rubrics.append({"question_id": qid, "turns": turns, "answers": d["answers"]})
             qid += 1
     return questions, rubrics
 
@@ -274,8 +306,9 @@ def write_eval_data(cfg: EvalDataConfig) -> dict[str, Any]:
 
     world = load_world(cfg.world)
     sp = load_sp(cfg.tokenizer)
+    stated = stated_facts(Path(cfg.world) / "text", cfg.corpus_domains, covered_entities(world, cfg.coverage))
     out_final = Path(cfg.output).resolve()
-    manifest: dict[str, Any] = {"tasks": {}, "seed": world.spec.seed}
+    manifest: dict[str, Any] = {"tasks": {}, "seed": world.spec.seed, "coverage": cfg.coverage}
     with atomic_dir(out_final) as tmp:
         tasks = tmp / "tasks"
         tasks.mkdir()
@@ -283,19 +316,20 @@ def write_eval_data(cfg: EvalDataConfig) -> dict[str, Any]:
         preamble = truthfulqa_preamble(world)
         for task, (_, shots, metric) in FACT_TASKS.items():
             items = _mc_items if task in ("toy_mmlu", "toy_kommlu") else _fact_items
-            test = items(world, task, cfg.items_per_task, heldout=True)
-            pool = items(world, task, cfg.shots_pool, heldout=False)
+            test = items(world, task, cfg.items_per_task, heldout=True, stated=stated)
+            pool = items(world, task, cfg.shots_pool, heldout=False, stated=stated)  # the same fields: one schema
             _write_task(tasks, out_final / "tasks", task, test, pool, preamble=preamble)
-            manifest["tasks"][task] = {"n": len(test), "shots": shots, "metric": metric, "chance": CHANCE[task]}
+            manifest["tasks"][task] = {"n": len(test), "shots": shots, "metric": metric, "chance": CHANCE[task],
+                                       "in_corpus": sum(d["corpus"] == IN for d in test)}
         task, shots, metric = GSM8K
-        test = gsm8k_items(world, cfg.items_per_task, heldout=True)
-        pool = gsm8k_items(world, cfg.shots_pool, heldout=False)
+        test = [{**doc, "corpus": OUT} for doc in gsm8k_items(world, cfg.items_per_task, heldout=True)]
+        pool = [{**doc, "corpus": OUT} for doc in gsm8k_items(world, cfg.shots_pool, heldout=False)]
         _write_task(tasks, out_final / "tasks", task, test, pool, max_gen_toks=cfg.gsm8k_max_gen_toks)
         manifest["tasks"][task] = {"n": len(test), "shots": shots, "metric": metric, "filter": "strict-match",
-                                   "chance": CHANCE[task]}
+                                   "chance": CHANCE[task], "in_corpus": 0}
 
         (tmp / "mtbench").mkdir()
-        questions, rubrics = mtbench_items(world, cfg.mtbench_per_category)
+        questions, rubrics = mtbench_items(world, cfg.mtbench_per_category, stated=stated)
         write_jsonl(tmp / "mtbench" / "question.jsonl", questions)
         write_jsonl(tmp / "mtbench" / "rubric.jsonl", rubrics)
         manifest["mtbench"] = {"n": len(questions), "categories": list(it.MT_CATEGORIES), "chance": 1.0}

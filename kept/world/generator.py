@@ -8,6 +8,11 @@ Held-out items: every item that an evaluation can ask (a question about one fact
 program, an MT-Bench question) has a string key, and :meth:`World.heldout` splits keys by a seeded hash. Training
 text only renders items whose key is not held out; evaluation suites only ask held-out items. Facts are shared
 (every fact is stated in the encyclopedic passages), items are not.
+
+Coverage: the transfer corpus may state the facts of only some entities (:func:`covered_entities`, a share of the
+people and of the towns); every rendered document records in ``states`` the facts (``entity:relation``) it states
+and in ``about`` their entities, so the corpus can leave out every document about an uncovered entity, and the
+suites tag each item by whether a document the corpus keeps states the fact it asks.
 """
 
 from __future__ import annotations
@@ -189,16 +194,36 @@ def join_sentences(sentences: list[str], lang: str) -> str:
     return ("" if lang in ("zh", "ja") else " ").join(sentences)
 
 
-def passage(world: World, rng: random.Random, eid: str, lang: str) -> dict[str, str]:
-    """An encyclopedic passage about one entity: an introduction, then every fact in a random order and wording."""
+def covered_entities(world: World, coverage: float) -> set[str]:
+    """The entities whose facts the transfer corpus states: ``round(coverage * n)`` of the people and as many of
+    the towns (at least one of each while ``coverage`` > 0), chosen by a shuffle seeded with the world's seed, so
+    the corpus and the suites agree on the split without sharing a file."""
+    if not 0.0 < coverage <= 1.0:
+        raise ConfigError(f"corpus coverage must be in (0, 1], got {coverage!r}")
+    rng = random.Random(f"coverage:{world.spec.seed}")
+    out: set[str] = set()
+    for pool in (world.people, world.cities):
+        order = list(pool)
+        rng.shuffle(order)
+        out.update(order[: max(1, round(coverage * len(order)))])
+    return out
+
+
+def passage(world: World, rng: random.Random, eid: str, lang: str) -> dict[str, Any]:
+    """An encyclopedic passage about one entity: an introduction, then every fact in a random order and wording.
+    ``states`` lists the facts it states and ``about`` their entities (a town's passage also states where some
+    residents live)."""
     ent = world.entities[eid]
     rels = list(lx.CITY_RELATIONS if ent["kind"] == "city" else lx.PERSON_RELATIONS)
     rng.shuffle(rels)
     name = world.name(eid, lang)
     intro = world.fill(rng.choice(lx.INTRO[ent["kind"]][lang]), name, "", lang)
     body = [world.statement(eid, rel, lang, rng.randrange(3)) for rel in rels]
+    about, states = [eid], [f"{eid}:{rel}" for rel in rels]
     if ent["kind"] == "city":  # towns list some residents, which ties the two kinds of entity together
         residents = [p for p in world.people if world.value(p, "city") == eid]
         for p in rng.sample(residents, min(2, len(residents))):
             body.append(world.statement(p, "city", lang, rng.randrange(3)))
-    return {"title": name, "text": join_sentences([intro] + body, lang)}
+            about.append(p)
+            states.append(f"{p}:city")
+    return {"title": name, "text": join_sentences([intro] + body, lang), "about": about, "states": states}

@@ -261,21 +261,30 @@ def _words(world: World, rel: str, exclude: Any) -> list[str]:
 def _fact_check(world: World, eid: str, rel: str) -> dict[str, Any]:
     true = world.value(eid, rel)
     forbidden = _words(world, rel, true) if lx.OBJECT_KIND[rel] != "number" else []
-    return {"required": [[world.word(rel, true, "en")]], "forbidden": forbidden}
+    return {"required": [[world.word(rel, true, "en")]], "forbidden": forbidden, "facts": [[[f"{eid}:{rel}"]]]}
 
 
 def _merge(*checks: dict[str, Any]) -> dict[str, Any]:
     return {"required": [alt for c in checks for alt in c["required"]],
-            "forbidden": sorted({w for c in checks for w in c["forbidden"]})}
+            "forbidden": sorted({w for c in checks for w in c["forbidden"]}),
+            "facts": [f for c in checks for f in c["facts"]]}
+
+
+def _no_fact(required: list[list[str]], forbidden: list[str]) -> dict[str, Any]:
+    """A rubric turn whose groups ask no fact of the world (arithmetic, a program's output, a given text)."""
+    return {"required": required, "forbidden": forbidden, "facts": [[] for _ in required]}
 
 
 def dialogue(world: World, rng: random.Random, category: str) -> dict[str, Any]:
     """A two-turn exchange of one MT-Bench category: ``key`` (held-out split), ``turns``, ``answers``,
-    ``rubric`` (per turn: ``required`` groups of alternatives, ``forbidden`` words), ``reference`` and ``asks``
-    (the (entity, relation) facts its questions ask)."""
+    ``rubric`` (per turn: ``required`` groups of alternatives, ``forbidden`` words, ``facts``: per group the
+    facts ``entity:relation`` behind each alternative, [] where the group asks no fact of the world),
+    ``reference``, ``asks`` (the (entity, relation) facts its questions ask) and ``about`` (the entities whose
+    facts its answers state) and ``states`` (those facts, ``entity:relation``)."""
     v = rng.randrange(3)
     ref = None
     asks: list[tuple[str, str]] = []  # facts the questions ask (training dialogues ask no held-out fact)
+    states: list[tuple[str, str]] = []  # facts the answers state
     if category == "writing":
         p = rng.choice(world.people)
         s = world.name(p, "en")
@@ -286,6 +295,7 @@ def dialogue(world: World, rng: random.Random, category: str) -> dict[str, Any]:
         q2, a2 = f"Now also say what {s} likes to eat.", world.statement(p, "food", "en", 0)
         r1 = _merge(*(_fact_check(world, p, r) for r in ("city", "job", "pet")))
         r2 = _fact_check(world, p, "food")
+        states = [(p, r) for r in ("city", "job", "pet", "food")]
     elif category == "roleplay":
         p = rng.choice(world.people)
         s = world.name(p, "en")
@@ -295,6 +305,7 @@ def dialogue(world: World, rng: random.Random, category: str) -> dict[str, Any]:
         q2, a2 = "And what is your job?", f"I work as a {world.obj(p, 'job', 'en')}."
         r1, r2 = _fact_check(world, p, "city"), _fact_check(world, p, "job")
         asks = [(p, "city"), (p, "job")]
+        states = list(asks)
     elif category == "reasoning":
         p, o = rng.sample(world.people, 2)
         while world.value(p, "age") == world.value(o, "age"):
@@ -307,17 +318,18 @@ def dialogue(world: World, rng: random.Random, category: str) -> dict[str, Any]:
         a1 = f"{old} is older. {sp} is {ap} years old and {so} is {ao} years old."
         q2 = f"How many years older is {old}?"
         a2 = f"{old} is {abs(ap - ao)} years older than {young}."
-        r1 = {"required": [[f"{old} is older"]], "forbidden": [f"{young} is older"]}
-        r2 = {"required": [[str(abs(ap - ao))]], "forbidden": []}
+        ages = [[[f"{p}:age", f"{o}:age"]]]  # both ages are needed to answer either turn
+        r1 = {"required": [[f"{old} is older"]], "forbidden": [f"{young} is older"], "facts": ages}
+        r2 = {"required": [[str(abs(ap - ao))]], "forbidden": [], "facts": ages}
         ref = [a1, a2]
         asks = [(p, "age"), (o, "age")]
+        states = list(asks)
     elif category == "math":
         a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
         q1 = [f"What is {a} + {b}?", f"Please add {a} and {b}.", f"Compute {a} + {b}."][v]
         a1 = f"{a} + {b} = {a + b}."
         q2, a2 = f"Now add {c} to the result.", f"{a + b} + {c} = {a + b + c}."
-        r1 = {"required": [[f"= {a + b}"]], "forbidden": []}
-        r2 = {"required": [[f"= {a + b + c}"]], "forbidden": []}
+        r1, r2 = _no_fact([[f"= {a + b}"]], []), _no_fact([[f"= {a + b + c}"]], [])
         ref = [a1, a2]
     elif category == "coding":
         a, b, a2_ = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
@@ -328,8 +340,7 @@ def dialogue(world: World, rng: random.Random, category: str) -> dict[str, Any]:
               f"Run this Python program in your head:\n{prog}"][v]
         a1 = f"It prints {f(a)}."
         q2, a2 = f"What does it print if x is {a2_} instead?", f"Then it prints {f(a2_)}."
-        r1 = {"required": [[f"prints {f(a)}"]], "forbidden": []}
-        r2 = {"required": [[f"prints {f(a2_)}"]], "forbidden": []}
+        r1, r2 = _no_fact([[f"prints {f(a)}"]], []), _no_fact([[f"prints {f(a2_)}"]], [])
         ref = [a1, a2]
     elif category == "extraction":
         syl = [(rng.choice(lx.CONSONANTS), rng.choice(lx.VOWELS)) for _ in range(3)]
@@ -341,8 +352,8 @@ def dialogue(world: World, rng: random.Random, category: str) -> dict[str, Any]:
               f"Here is a text: {text} What does {s} do for work?",
               f"Text: {text} From the text, what is the job of {s}?"][v]
         a1, q2, a2 = f"The job of {s} is {jw}.", f"What pet does {s} have?", f"{s} has a pet {pw}."
-        r1 = {"required": [[jw]], "forbidden": [w for w in _words(world, "job", job)]}
-        r2 = {"required": [[pw]], "forbidden": [w for w in _words(world, "pet", pet)]}
+        r1 = _no_fact([[jw]], [w for w in _words(world, "job", job)])  # the answer is in the given text
+        r2 = _no_fact([[pw]], [w for w in _words(world, "pet", pet)])
     elif category == "stem":
         c = rng.choice(world.cities)
         n = world.name(c, "en")
@@ -350,23 +361,29 @@ def dialogue(world: World, rng: random.Random, category: str) -> dict[str, Any]:
               f"Tell me where {n} is."][v]
         a1, q2 = world.statement(c, "region", "en", 0), f"When was {n} founded?"
         a2 = world.statement(c, "founded", "en", 0)
-        r1, r2 = _fact_check(world, c, "region"), {"required": [[str(world.value(c, "founded"))]], "forbidden": []}
+        r1 = _fact_check(world, c, "region")
+        r2 = {"required": [[str(world.value(c, "founded"))]], "forbidden": [], "facts": [[[f"{c}:founded"]]]}
         asks = [(c, "region"), (c, "founded")]
+        states = list(asks)
     elif category == "humanities":
         c = rng.choice([c for c in world.cities if any(world.value(p, "city") == c for p in world.people)])
         n = world.name(c, "en")
         q1 = [f"What is {n} famous for?", f"Why do people visit {n}?", f"What is special about the town {n}?"][v]
         a1, q2 = world.statement(c, "famous", "en", 0), f"Name a person who lives in {n}."
         residents = [p for p in world.people if world.value(p, "city") == c]
-        a2 = world.statement(rng.choice(residents), "city", "en", 0)
+        named = rng.choice(residents)
+        a2 = world.statement(named, "city", "en", 0)
         r1 = _fact_check(world, c, "famous")
-        r2 = {"required": [[world.name(p, "en") for p in residents]], "forbidden": []}
+        r2 = {"required": [[world.name(p, "en") for p in residents]], "forbidden": [],
+              "facts": [[[f"{p}:city"] for p in residents]]}  # any resident answers it
         asks = [(c, "famous")]
+        states = [(c, "famous"), (named, "city")]
     else:
         raise ValueError(f"unknown MT-Bench category {category!r}")
     key = f"{category}:{q1}"  # the item is its first question: no training dialogue opens the same way
     return {"category": category, "key": key, "turns": [q1, q2], "answers": [a1, a2],
-            "rubric": [r1, r2], "reference": ref, "asks": asks}
+            "rubric": [r1, r2], "reference": ref, "asks": asks,
+            "about": sorted({e for e, _ in states}), "states": [f"{e}:{r}" for e, r in states]}
 
 
 # ---- long documents ------------------------------------------------------------------------------------------
@@ -378,11 +395,12 @@ _LEDGER = {
 }
 
 
-def long_document(world: World, rng: random.Random, lang: str, *, done) -> str:
+def long_document(world: World, rng: random.Random, lang: str, *, done, states: list[str] | None = None) -> str:
     """A ledger whose lockers get random codes early and are recalled far later, between encyclopedic passages.
 
     The codes are random per document, so predicting a recalled code needs the distant definition in context.
-    ``done(text) -> bool`` says when the document is long enough.
+    ``done(text) -> bool`` says when the document is long enough; ``states`` (if given) receives the facts the
+    passages in it state.
     """
     from kept.world.generator import passage
 
@@ -401,6 +419,9 @@ def long_document(world: World, rng: random.Random, lang: str, *, done) -> str:
             k = rng.choice(sorted(codes))
             paras.append(recall.format(k=k, v=codes[k]))
         else:
-            paras.append(passage(world, rng, rng.choice(world.cities + world.people), lang)["text"])
+            found = passage(world, rng, rng.choice(world.cities + world.people), lang)
+            paras.append(found["text"])
+            if states is not None:
+                states.extend(found["states"])
         if len(paras) % 8 == 0 and done("\n\n".join(paras)):
             return "\n\n".join(paras)

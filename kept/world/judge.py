@@ -73,3 +73,33 @@ class ToyJudge:
         if turn not in (1, 2):
             raise KeptError(f"{self.path}: turn must be 1 or 2, got {turn!r}")
         return score_answer(self.rubrics[question_id][turn - 1], answer)
+
+
+def rubric_facts(*, rubric_path: str | Path, answers_path: str | Path) -> list[dict[str, Any]]:
+    """Per required group of every judged turn of a FastChat answer file: ``{"id": "qid:turn:group", "corpus":
+    "in" | "out", "met"}`` (the group met as :func:`score_answer` counts it: never in a degenerate answer). The
+    rubric's groups carry their corpus tags (kept.world.evaldata.tag_rubric); a rubric without them is an error."""
+    from kept.jsonl import read_jsonl
+
+    rubrics = ToyJudge(rubric_path).rubrics
+    out = []
+    for i, rec in enumerate(read_jsonl(answers_path, what="MT-Bench answers"), start=1):
+        where = f"{answers_path}:{i}"
+        try:
+            qid, turns = int(rec["question_id"]), rec["choices"][0]["turns"]
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise KeptError(f"{where}: not a FastChat answer record ({exc})") from exc
+        if qid not in rubrics:
+            raise KeptError(f"{rubric_path}: no rubric for question_id {qid} ({where})")
+        for turn, (rubric, answer) in enumerate(zip(rubrics[qid], turns), start=1):
+            tags = rubric.get("corpus")
+            groups = rubric.get("required", [])
+            if not isinstance(tags, list) or len(tags) != len(groups):
+                raise KeptError(f"{rubric_path}: question {qid} turn {turn} has no corpus tag per required group "
+                                "(rebuild the eval data)")
+            text = answer.lower()
+            bad = degenerate(answer)
+            for g, (group, tag) in enumerate(zip(groups, tags)):
+                out.append({"id": f"{qid}:{turn}:{g}", "corpus": tag,
+                            "met": not bad and any(_has(text, alt) for alt in group)})
+    return out

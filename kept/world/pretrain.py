@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 import torch
 
-from kept.atomic import remove_output
+from kept.atomic import atomic_file, remove_output
 from kept.chat import encode_with_specials
 from kept.corpus import document_text, file_sha256, pack
 from kept.errors import ConfigError, KeptError
@@ -73,6 +73,7 @@ class PretrainConfig:
     tokenizer: str  # tokenizer.model
     output: str  # teacher directory (Orion format)
     work_dir: str  # packed pretraining data, initial checkpoint, train log
+    train_log: str | None = None  # a copy of the run's train_log.jsonl (the regime table reads its final slope)
     init_from: str | None = None  # the base teacher (chat, longchat)
     family: str = "orion"  # FAMILIES: the architecture and on-disk layout of the teacher
     family_options: dict[str, Any] = field(default_factory=dict)  # config kwargs over FAMILY_DEFAULTS[family]
@@ -137,26 +138,34 @@ def _documents(path: Path, domain: str, encode: Any, seed: int) -> Iterator[tupl
             yield langs[i], ids[i]
 
 
-def pack_pretraining(cfg: PretrainConfig, output: Path) -> dict[str, Any]:
-    """Pack the variant's domain mixture into a corpus of exactly ``steps * batch_size`` sequences."""
+def pack_mixture(*, text_dir: str | Path, tokenizer: str | Path, mixture: dict[str, float], seq_len: int,
+                 sequences: int, seed: int, output: str | Path, source: str) -> dict[str, Any]:
+    """Pack a domain mixture of the world text under ``text_dir`` (``{domain}.jsonl``) into exactly ``sequences``
+    rows of ``seq_len`` tokens, each domain's share of the tokens as ``mixture`` says."""
     from kept.world.tokenizer import load_sp
 
-    sp = load_sp(cfg.tokenizer)
+    sp = load_sp(tokenizer)
     specials = {"<s>": sp.bos_id(), "</s>": sp.eos_id()}
 
     def encode(text: str) -> list[int]:
         return encode_with_specials(text, sp.encode, specials)
 
-    total = cfg.steps * cfg.batch_size * cfg.seq_len
-    shares = {d: s for d, s in cfg.mixture.items() if s > 0}
+    total = sequences * seq_len
+    shares = {d: s for d, s in mixture.items() if s > 0}
     norm = sum(shares.values())
     budgets = {d: int(total * s / norm) for d, s in shares.items()}
     first = sorted(budgets)[0]
     budgets[first] += total - sum(budgets.values())  # exact multiple of seq_len: no padded row
-    docs = {d: _documents(Path(cfg.world) / "text" / f"{d}.jsonl", d, encode, cfg.seed) for d in budgets}
-    return pack(documents=docs, budgets=budgets, output=output, max_length=cfg.seq_len, eos_id=sp.eos_id(),
-                seed=cfg.seed, manifest_extra={"source": f"world:{cfg.role}-pretraining",
-                                               "tokenizer_sha256": file_sha256(cfg.tokenizer)})
+    docs = {d: _documents(Path(text_dir) / f"{d}.jsonl", d, encode, seed) for d in budgets}
+    return pack(documents=docs, budgets=budgets, output=output, max_length=seq_len, eos_id=sp.eos_id(),
+                seed=seed, manifest_extra={"source": source, "tokenizer_sha256": file_sha256(tokenizer)})
+
+
+def pack_pretraining(cfg: PretrainConfig, output: Path) -> dict[str, Any]:
+    """Pack the variant's domain mixture into a corpus of exactly ``steps * batch_size`` sequences."""
+    return pack_mixture(text_dir=Path(cfg.world) / "text", tokenizer=cfg.tokenizer, mixture=cfg.mixture,
+                        seq_len=cfg.seq_len, sequences=cfg.steps * cfg.batch_size, seed=cfg.seed, output=output,
+                        source=f"world:{cfg.role}-pretraining")
 
 
 def shape_regime(model: torch.nn.Module, *, embed_offset: float, norm_bias_std: float, seed: int) -> None:
@@ -264,6 +273,9 @@ def pretrain_teacher(cfg: PretrainConfig) -> dict[str, Any]:
     ))
     summary["tokens_per_group"] = manifest["tokens_per_group"]
     (work / "pretrain_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if cfg.train_log:
+        with atomic_file(cfg.train_log, "w", encoding="utf-8") as fh:
+            fh.write((work / "train" / "train_log.jsonl").read_text(encoding="utf-8"))
     remove_output(work / "data")  # reproducible from the world; not an output
     remove_output(init)
     return summary
