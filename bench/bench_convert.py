@@ -51,7 +51,8 @@ FULL = {
 CHILD = r"""
 import json, resource, sys, time
 import torch
-torch.set_num_threads(1)
+kwargs = json.loads(sys.argv[3])
+torch.set_num_threads(kwargs.pop("threads", 1))
 
 def status(key):
     with open("/proc/self/status") as fh:
@@ -66,8 +67,7 @@ def cpu():
 
 before = status("VmRSS")
 t0, c0 = time.perf_counter(), cpu()
-convert_checkpoint(source=sys.argv[1], output=sys.argv[2], norm="exact", fidelity_tokens=int(sys.argv[3]),
-                   max_shard_size="5GB")
+convert_checkpoint(source=sys.argv[1], output=sys.argv[2], max_shard_size="5GB", **kwargs)
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds, "cpu": cpu() - c0, "before": before, "peak": status("VmHWM")}))
 """
@@ -168,11 +168,14 @@ def _pycopy(src: Path, dst: Path, chunk: int = 16 * MiB) -> float:
     return time.perf_counter() - t0
 
 
-def _convert(src: Path, dst: Path, fidelity_tokens: int = 0) -> dict:
+def _convert(src: Path, dst: Path, fidelity_tokens: int = 0, **kwargs) -> dict:
+    """One conversion (``norm="exact"`` unless ``kwargs`` say otherwise; ``threads``: torch threads, default 1) in a
+    fresh child process: its wall and CPU seconds inside the call, its resident memory before the call and its peak."""
     if dst.exists():
         shutil.rmtree(dst)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(dst), str(fidelity_tokens)],
+    args = json.dumps({"norm": "exact", "fidelity_tokens": fidelity_tokens, **kwargs})
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(dst), args],
                           capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:

@@ -280,32 +280,35 @@ def _agree(want: list[list[int]], got: list[Any]) -> str:
 
 
 # Tiny checkpoints of the other source families (kept.convert.tiny), converted with norm="exact": (label, family,
-# config overrides, mlp_target, what llama.cpp is expected to do). The two GPT-NeoX cases share one source.
+# config overrides, mlp_target, what llama.cpp is expected to do, more convert_checkpoint arguments). The two GPT-NeoX
+# cases share one source, and so do the two OLMo cases.
 FAMILY_CASES = [
-    ("olmo", "olmo", {}, "runtimes", "same model (exact conversion; bias-free, full rotary)"),
+    ("olmo", "olmo", {}, "runtimes", "same model (exact conversion; bias-free, full rotary)", {}),
     ("stablelm, partial rotary 0.25, qkv bias", "stablelm", {"partial_rotary_factor": 0.25, "use_qkv_bias": True},
-     "runtimes", "same model (partial rotary as llama3 rope_freqs with frozen channels)"),
+     "runtimes", "same model (partial rotary as llama3 rope_freqs with frozen channels)", {}),
     ("gpt_neox (Pythia-like), mlp_target runtimes", "gpt_neox",
-     {"use_parallel_residual": True, "hidden_act": "gelu"}, "runtimes", "same model (SiLU-gated MLP)"),
+     {"use_parallel_residual": True, "hidden_act": "gelu"}, "runtimes", "same model (SiLU-gated MLP)", {}),
     ("gpt_neox (Pythia-like), mlp_target transformers", "gpt_neox",
      {"use_parallel_residual": True, "hidden_act": "gelu"}, "transformers",
-     "a different model: its Llama graph applies SiLU where config.json says gelu"),
+     "a different model: its Llama graph applies SiLU where config.json says gelu", {}),
     ("gpt_neox, sequential residual, mlp_target transformers", "gpt_neox",
      {"use_parallel_residual": False, "hidden_act": "gelu"}, "transformers",
-     "a different model: its Llama graph applies SiLU where config.json says gelu"),
-    ("phi, mlp_target runtimes", "phi", {}, "runtimes", "same model (SiLU-gated MLP)"),
+     "a different model: its Llama graph applies SiLU where config.json says gelu", {}),
+    ("phi, mlp_target runtimes", "phi", {}, "runtimes", "same model (SiLU-gated MLP)", {}),
+    ("olmo, MHA -> GQA graft: 4 KV heads merged into 2 (kv_init fit)", "olmo", {}, "runtimes",
+     "same model (grouped-query attention: n_head_kv 2 from num_key_value_heads)", {"kv_heads": 2, "kv_init": "fit"}),
     # the zoo (issue 27): RMSNorm families, exact
-    ("qwen2 (q/k/v biases, zero o bias, GQA)", "qwen2", {}, "runtimes", "same model (attention biases)"),
+    ("qwen2 (q/k/v biases, zero o bias, GQA)", "qwen2", {}, "runtimes", "same model (attention biases)", {}),
     ("granite (muP multipliers folded, tied head untied)", "granite", {}, "runtimes",
-     "same model (multipliers folded into the weights)"),
+     "same model (multipliers folded into the weights)", {}),
     ("gemma, mlp_target runtimes ((1 + w) norms, sqrt(d) embedding)", "gemma", {}, "runtimes",
-     "same model (SiLU form of its gated GELU)"),
+     "same model (SiLU form of its gated GELU)", {}),
     ("gemma, mlp_target transformers", "gemma", {}, "transformers",
-     "a different model: its Llama graph applies SiLU where config.json says gelu_pytorch_tanh"),
+     "a different model: its Llama graph applies SiLU where config.json says gelu_pytorch_tanh", {}),
     ("phi3 (fused qkv / gate_up, partial rotary 0.75)", "phi3", {}, "runtimes",
-     "same model (partial rotary as llama3 rope_freqs with frozen channels)"),
+     "same model (partial rotary as llama3 rope_freqs with frozen channels)", {}),
     ("glm (fused gate_up, interleaved partial rotary 0.5)", "glm", {}, "runtimes",
-     "same model (interleaved rotary permuted to halves; llama3 rope_freqs)"),
+     "same model (interleaved rotary permuted to halves; llama3 rope_freqs)", {}),
 ]
 FAMILY_SEQ_LEN = 40
 # kept.convert.tiny.train_bpe's default (96) is below the byte-level alphabet (256 + 3 specials): that tokenizer has
@@ -392,7 +395,7 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
                  + f". The family cases below therefore train the same tokenizer with vocab_size {FAMILY_BPE_VOCAB}.")
     sources: dict[tuple[str, str], Path] = {}
     tok_checked = False
-    for n, (label, family, overrides, mlp_target, expect) in enumerate(FAMILY_CASES):
+    for n, (label, family, overrides, mlp_target, expect, extra) in enumerate(FAMILY_CASES):
         key = (family, json.dumps(overrides, sort_keys=True))
         if key not in sources:
             sources[key] = _tiny_checkpoint(work / f"src-{family}-{len(sources)}", family, **overrides)
@@ -400,12 +403,13 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
         # no family name in the directory: convert_hf_to_gguf makes it the GGUF's general.name, and libllama keys
         # token attributes on names containing "phi3"/"phi-3" (looking up "</s>", which the toy vocabulary lacks)
         out = work / f"llama-case{n}-{mlp_target}"
-        convert_checkpoint(source=src, output=out, norm="exact", mlp_target=mlp_target, fidelity_tokens=0)
+        convert_checkpoint(source=src, output=out, norm="exact", mlp_target=mlp_target, fidelity_tokens=0, **extra)
         conv = json.loads((out / "conversion.json").read_text())
         cfg = json.loads((out / "config.json").read_text())
         gguf, how = _gguf_bpe(found, out, work / f"case{n}-{mlp_target}.gguf")
         row = {"case": label, "exactness (kept)": conv["exactness"], "hidden_act": cfg["hidden_act"],
-               "rope": cfg["rope_parameters"]["rope_type"], "llama.cpp GGUF conversion": how}
+               "rope": cfg["rope_parameters"]["rope_type"], "KV heads": f"{cfg['num_key_value_heads']} of "
+               f"{cfg['num_attention_heads']}", "llama.cpp GGUF conversion": how}
         if gguf is not None and not tok_checked:  # the pinned pre-tokenizer, checked on the module's texts
             tok = Tokenizer.from_file(str(out / "tokenizer.json"))
             rc, got = _child("tokenize_many", gguf, TEXT)
@@ -443,7 +447,8 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
         row["expected of llama.cpp"] = expect
         rows.append(row)
     notes.append(f"Families: kept.convert.tiny (transformers' own class, perturbed norms and biases), "
-                 f"convert_checkpoint(norm='exact', fidelity_tokens=0), llama.cpp's convert_hf_to_gguf.py --outtype "
+                 f"convert_checkpoint(norm='exact', fidelity_tokens=0; the GQA case also kv_heads=2, kv_init='fit' on "
+                 f"the built-in calibration sample), llama.cpp's convert_hf_to_gguf.py --outtype "
                  f"f32, libllama forward with f32 KV cache; {len(seqs)} random sequence(s) of {FAMILY_SEQ_LEN} ids "
                  f"per case (seed 0), no BOS. 'vs source class': the converted checkpoint in transformers, with the "
                  f"per-vocabulary logit offset that stock Llama cannot hold (head @ final beta + head bias, which "

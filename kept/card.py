@@ -226,6 +226,17 @@ def _made(conv: dict[str, Any], training: dict[str, Any], src: dict[str, Any],
         lines.append(f"- Norm mapping `{norm}`: {NORM_TEXT.get(norm, norm)}.")
         lines.append(f"- Output dtype: {conv.get('dtype')}; final-norm logit offset ||lm_head @ beta_f|| = "
                      f"{_num(conv.get('final_norm_logit_offset_norm'))}.")
+    graft, calib = conv.get("graft"), conv.get("calibration_fit") or {}
+    if graft:
+        kv = graft["kv_cache_bytes_per_token"]
+        lines.append(f"- Attention grafted from multi-head to grouped-query: {graft['kv_heads_source']} KV heads merged "
+                     f"into {graft['kv_heads']} (init `{graft['kv_init']}`), KV cache {_count(kv['source'])} -> "
+                     f"{_count(kv['output'])} bytes per token.")
+    if conv.get("layer_fit"):
+        lines.append("- Layer fit: the linear maps around the modules stock Llama cannot hold refitted in closed form, "
+                     "layer by layer, to the teacher's outputs.")
+    if calib:
+        lines.append(f"- Calibration of the graft / layer fit: {calib.get('n_tokens')} tokens of {calib.get('calibration')}.")
     if fidelity and fidelity.get("mapping"):
         n_t = sum(int(r.get("count", 0)) for r in fidelity["mapping"])
         n_d = sum(int(r.get("count", 0)) for r in fidelity.get("dropped", []))

@@ -1,9 +1,10 @@
 """How close a converted student is to its source teacher before any training.
 
-Both models run layer by layer from disk (:class:`kept.convert.stream.StreamingModel`): one decoder layer's
-weights are in memory at a time, in the classes of each model's own family (the source's, e.g. ``GPTNeoXLayer``;
-``LlamaDecoderLayer`` for the student), so measuring a 14B conversion needs memory for one layer, the hidden
-states and an LM head, not for two models.
+Both models run layer by layer from disk (:class:`kept.convert.stream.StreamingModel`, on the layer loop shared
+with the calibration pass, :func:`kept.convert.stream.walk`): one decoder layer's weights are in memory at a time,
+in the classes of each model's own family (the source's, e.g. ``GPTNeoXLayer``; ``LlamaDecoderLayer`` for the
+student), so measuring a 14B conversion needs memory for one layer, the hidden states and an LM head, not for two
+models.
 
 Metrics on a calibration batch (:func:`fidelity_report`): per-token KL(teacher || student) (mean, max), top-1
 agreement, max |logit difference|, the relative residual-stream error at each of the L+1 slots (embedding output
@@ -22,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kept.convert.stream import StreamingModel
+from kept.convert.stream import Stream, StreamingModel, walk
 from kept.errors import CheckpointError, ConfigError
 
 HEAD_BLOCK_BYTES = 16 * 2**20  # LM-head rows (float32) read from disk at once, per model
@@ -183,35 +184,26 @@ def fidelity_report(
     s_model = StreamingModel(student, device=device)
     try:
         batches = split_batches(ids)
-        prep_t = [t_model.prepare(b.to(device)) for b in batches]
-        prep_s = [s_model.prepare(b.to(device)) for b in batches]
-        ht = [h for h, _ in prep_t]
-        hs = [h for h, _ in prep_s]
+        t_stream = Stream(t_model, batches, who=f"teacher {teacher}")
+        s_stream = Stream(s_model, batches, who="converted student")
 
         def slot_error() -> float:
+            pairs = list(zip(s_stream.hidden, t_stream.hidden))
             num = sum(float(torch.linalg.vector_norm((s - (t - t.mean(-1, keepdim=True) if centred else t)).double()) ** 2)
-                      for s, t in zip(hs, ht))
+                      for s, t in pairs)
             den = sum(float(torch.linalg.vector_norm((t - t.mean(-1, keepdim=True) if centred else t).double()) ** 2)
-                      for t in ht)
+                      for _, t in pairs)
             return math.sqrt(num / max(den, 1e-300))
 
-        who_t, who_s = f"teacher {teacher}", "converted student"
-        _check_stream(who_t, ht, t_model.embed_name)
-        _check_stream(who_s, hs, s_model.embed_name)
         layer_err = [slot_error()]
-        for i in range(t_model.num_layers):
-            layer = t_model.load_layer(i)
-            ht = [t_model.run_layer(layer, h, ctx[i]) for h, (_, ctx) in zip(ht, prep_t)]
-            t_model.release_layer(i)
-            _check_stream(who_t, ht, t_model.prefix.format(i=i) + "*")
-            layer = s_model.load_layer(i)
-            hs = [s_model.run_layer(layer, h, ctx[i]) for h, (_, ctx) in zip(hs, prep_s)]
-            s_model.release_layer(i)
-            _check_stream(who_s, hs, f"model.layers.{i}.*")
+
+        def after(i: int) -> None:
             layer_err.append(slot_error())
             if progress:
                 progress(f"fidelity: layer {i + 1}/{t_model.num_layers} rel err {layer_err[-1]:.3e}")
 
+        walk(t_stream, s_stream, after=after)
+        ht, hs = t_stream.hidden, s_stream.hidden
         nt = torch.cat([t_model.final_norm(h).reshape(-1, h.shape[-1]) for h in ht])  # (N, d)
         ns = torch.cat([s_model.final_norm(h).reshape(-1, h.shape[-1]) for h in hs])
         del ht, hs
@@ -249,14 +241,6 @@ def fidelity_report(
     finally:
         t_model.close()
         s_model.close()
-
-
-def _check_stream(who: str, hidden: list[torch.Tensor], tensors: str) -> None:
-    """The residual stream must stay finite: a NaN or Inf names the model and the tensors that produced it."""
-    for h in hidden:
-        if not bool(torch.isfinite(h).all()):
-            raise CheckpointError(f"{who}: the residual stream is not finite after {tensors} (float32 forward pass "
-                                  "of the fidelity report): those weights overflow")
 
 
 def fidelity_markdown(report: dict[str, Any]) -> str:

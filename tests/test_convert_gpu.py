@@ -47,3 +47,23 @@ def test_fit_and_fidelity_on_cuda_match_cpu(tmp_path):
                                    atol=1e-5, rtol=1e-3)
         if norm == "exact":
             assert gpu["offset_corrected"]["kl_mean"] < 1e-8 and max(gpu["layer_rel_err"]) < 1e-4
+
+
+def test_graft_and_layer_fit_on_cuda_match_cpu(tmp_path):
+    """The calibration pass (MHA -> GQA fit graft and the layer fit) on CUDA gives the CPU's conversion."""
+    from kept.convert.tiny import TEXT, make_checkpoint
+
+    src = make_checkpoint(tmp_path / "neox", "gpt_neox")
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(TEXT * 40))
+    reports = {}
+    for device in ("cpu", "cuda"):
+        reports[device] = convert_checkpoint(source=src, output=tmp_path / device, norm="exact", calibration=text,
+                                             fidelity_tokens=512, fit_tokens=1024, kv_heads=2, kv_init="fit",
+                                             layer_fit=True, device=device)
+    conv = {d: json.loads((tmp_path / d / "conversion.json").read_text()) for d in reports}
+    assert [x["groups"] for x in conv["cpu"]["calibration_fit"]["layers"]] == \
+        [x["groups"] for x in conv["cuda"]["calibration_fit"]["layers"]]
+    cpu, gpu = reports["cpu"]["offset_corrected"], reports["cuda"]["offset_corrected"]
+    assert gpu["kl_mean"] == pytest.approx(cpu["kl_mean"], rel=1e-3, abs=1e-6)
+    assert gpu["top1_agreement"] == pytest.approx(cpu["top1_agreement"], abs=2 / 512)

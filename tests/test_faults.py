@@ -17,6 +17,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -774,6 +775,46 @@ def _phi_no_tokenizer(ctx: Ctx) -> None:
     src = ctx.src("phi")
     (src / "tokenizer.json").unlink()
     ctx.run(convert(ctx, src, ctx.root / "out", norm="exact"), status=1, needles=(str(src / "tokenizer.json"),))
+
+
+# ---- the MHA -> GQA graft and the layer fit (issue 28) -------------------------------------------------------------
+
+
+@case("--kv-heads 3 on 4 KV heads", "exit 1, names config.json, the count and the divisors; nothing written")
+def _kv_not_dividing(ctx: Ctx) -> None:
+    ctx.run(convert(ctx, ctx.src(), ctx.root / "out", "--kv-heads", "3", norm="exact"), status=1,
+            needles=("config.json", "--kv-heads 3 does not divide the 4 KV heads", "[1, 2]"))
+
+
+@case("--kv-heads 4 on a model already at 4 KV heads", "exit 1, says it changes nothing; nothing written")
+def _kv_same(ctx: Ctx) -> None:
+    ctx.run(convert(ctx, ctx.src(), ctx.root / "out", "--kv-heads", "4", norm="exact"), status=1,
+            needles=("config.json", "already has 4 KV heads"))
+
+
+@case("--kv-init fit on a calibration text too short", "exit 1, names the file, its tokens and the need")
+def _calibration_short(ctx: Ctx) -> None:
+    text = ctx.root / "calib.txt"
+    text.write_text("Hello, world!\n")
+    ctx.run(convert(ctx, ctx.src(), ctx.root / "out", "--kv-heads", "2", "--kv-init", "fit", "--calibration",
+                    str(text), norm="exact"), status=1, needles=(str(text), "needs at least 65 (hidden_size + 1)"))
+
+
+@case("a calibration fit that produces Inf (injected: the least-squares solve returns Inf)",
+      "exit 1, names the layer and tensor; nothing written")
+def _fit_inf(ctx: Ctx) -> None:
+    from kept.convert import calibrate
+
+    ctx.monkeypatch.setattr(calibrate._Normal, "solve", lambda self, w0t, ridge: torch.full_like(w0t, math.inf))
+    ctx.run(convert(ctx, ctx.src(), ctx.root / "out", "--kv-heads", "2", "--kv-init", "fit", "--calibration",
+                    str(ctx.pristine["corpus"]), norm="exact"), status=1,
+            needles=("layer 0", "'model.layers.0.self_attn.o_proj.weight'", "NaN or Inf"))
+
+
+@case("--layer-fit on an exact conversion", "exit 1, says there is nothing to fit")
+def _layer_fit_exact(ctx: Ctx) -> None:
+    ctx.run(convert(ctx, ctx.src("olmo"), ctx.root / "out", "--layer-fit", norm="exact"), status=1,
+            needles=("--layer-fit", "nothing to fit"))
 
 
 # ---- the runner ---------------------------------------------------------------------------------------------------

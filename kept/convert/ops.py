@@ -97,7 +97,7 @@ def produce(step: Step, src: _Source, out_dtype: torch.dtype, fitted: dict[str, 
         for r in range(0, step.shape[0], rows):
             yield block[: min(rows, step.shape[0] - r)]
         return
-    if op == "fit_gain":
+    if op in ("fit_gain", "given"):  # computed elsewhere: the fitted values, a calibration pass's refitted tensors
         yield fitted[step.target]
         return
     fold = _fold_vector(step, fitted, src.arith)

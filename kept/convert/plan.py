@@ -365,6 +365,20 @@ def rotary_rows(arch: Arch) -> list[int]:
     return first + second
 
 
+def query_scale(arch: Arch) -> float:
+    """The factor folded into q_proj so that Llama's q.k scale (head_dim ** -0.5) gives the source's."""
+    return 1.0 if arch.attn_scale is None else arch.attn_scale * math.sqrt(arch.head_dim)
+
+
+def qk_channels(arch: Arch, llama_cfg: dict[str, Any]) -> tuple[list[int], list[float], list[float]]:
+    """How one Llama head's q and k channels are the source's: channel c is the source's channel ``rows[c]``
+    (:func:`rotary_rows`) times ``q_factor[c]`` / ``k_factor[c]`` (the q.k scale folded into q, and the frozen
+    channels of a partial rotary carried as longrope divided by its attention factor)."""
+    frozen = _frozen_rows(arch, llama_cfg)
+    per = list(frozen[: arch.head_dim]) if frozen else [1.0] * arch.head_dim
+    return rotary_rows(arch), [query_scale(arch) * f for f in per], per
+
+
 def head_offsets(arch: Arch) -> dict[str, list[int]]:
     """Row offset of each head of q, k and v in the (fused) source projection(s)."""
     hd, nq, nkv = arch.head_dim, arch.num_heads, arch.num_kv_heads
@@ -569,7 +583,7 @@ def plan_conversion(
     perm = rotary_rows(arch)
     hd, inter = arch.head_dim, arch.intermediate_size
     offsets = head_offsets(arch)
-    q_scale = 1.0 if arch.attn_scale is None else arch.attn_scale * math.sqrt(hd)  # Llama scales q.k by hd^-0.5
+    q_scale = query_scale(arch)
 
     def head_rows(proj: str, rotary: bool) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
         """Source rows of one projection's heads (channels permuted for RoPE), and the same rows as indices into

@@ -23,7 +23,8 @@ from kept.atomic import atomic_dir, check_output
 from kept.checkpoint import FLOAT_DTYPES, TensorReader
 from kept.convert.families import Arch, Family, read_source
 from kept.convert.ops import arith_dtype, logit_offset
-from kept.convert.plan import CENTRED_NORMS, MLP_TARGETS, NORMS, check_mapping, default_norm, plan_conversion
+from kept.convert.graft import KV_INITS, check_kv_heads, graft_record
+from kept.convert.plan import APPROX, CENTRED_NORMS, MLP_TARGETS, NORMS, check_mapping, default_norm, plan_conversion
 from kept.convert.writer import _Source, bound_heap, parse_size, write_weights
 from kept.errors import CheckpointError, ConfigError
 from kept.progress import Progress
@@ -141,6 +142,9 @@ def convert_checkpoint(
     fit_tokens: int = 8192,
     chat: bool | None = None,
     mlp_target: str | None = None,
+    kv_heads: int | None = None,
+    kv_init: str = "fit",
+    layer_fit: bool = False,
     device: str = "cpu",
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -152,9 +156,15 @@ def convert_checkpoint(
     ``exact``, the same as ``paper``); None: the most faithful the source allows (:func:`~kept.convert.plan.default_norm`).
     ``mlp_target`` (non-SiLU MLPs): ``runtimes`` (SiLU-gated, approximate, loads in vLLM and llama.cpp) or
     ``transformers`` (the source's activation, exact, transformers only); None: ``transformers``. ``dtype``: output
-    dtype, default the source's. ``calibration``: a packed corpus directory; required for ``fit`` (gains fitted on
-    its first ``fit_tokens`` tokens), read by the fits of norms Llama cannot hold (else the built-in sample), and
-    used for the fidelity report (its last ``fidelity_tokens`` tokens; without it a built-in multilingual sample).
+    dtype, default the source's. ``calibration``: a packed corpus directory, a JSON-lines corpus (``{"text": ...}``
+    per line) or a plain text file (tokenized with the source's tokenizer); required for ``fit`` (gains fitted on
+    its first ``fit_tokens`` tokens), read by the fits of norms Llama cannot hold and the calibration pass (else the
+    built-in sample), and used for the fidelity report (its last ``fidelity_tokens`` tokens; without it a built-in
+    multilingual sample). ``kv_heads`` (G): graft MHA -> GQA, merging the KV heads into G (G divides their count)
+    with ``kv_init`` (``mean`` | ``aligned`` | ``fit``, :mod:`kept.convert.graft`); ``layer_fit``: refit the linear
+    maps around the modules stock Llama cannot hold on calibration text (:mod:`kept.convert.calibrate`; an
+    approximate conversion or a graft only). Both read the first ``fit_tokens`` calibration tokens and need at
+    least ``hidden_size + 1`` of them.
     ``fidelity_tokens=0`` skips the metrics. ``chat`` (Orion): write the Llama-3 chat template (default: when the
     source's tokenizer_config names a chat format); other families carry their tokenizer files, chat template
     included, unchanged. ``output`` is replaced only if an earlier conversion wrote it (:mod:`kept.atomic`), or
@@ -162,10 +172,9 @@ def convert_checkpoint(
     :class:`~kept.errors.KeptError` naming the file, tensor or key on bad input, and then leaves ``output`` as it was.
     """
     from kept.card import source_card_metadata, write_model_card
+    from kept.convert.calibrate import calibration_ids, check_refit, refit_checkpoint, teacher_sites
     from kept.convert.stream import fit_sites
     from kept.fidelity import (
-        builtin_tokens,
-        calibration_tokens,
         check_ids,
         fidelity_markdown,
         fidelity_report,
@@ -181,6 +190,8 @@ def convert_checkpoint(
         raise ConfigError(f"unknown mlp_target {mlp_target!r}; expected one of {', '.join(MLP_TARGETS)}")
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    if kv_init not in KV_INITS:
+        raise ConfigError(f"unknown kv_init {kv_init!r}; expected one of {', '.join(KV_INITS)}")
     if fidelity_tokens < 0 or fit_tokens <= 0:
         raise ConfigError(f"fidelity_tokens ({fidelity_tokens}) must be >= 0 and fit_tokens ({fit_tokens}) > 0")
     max_bytes = parse_size(max_shard_size)
@@ -193,6 +204,8 @@ def convert_checkpoint(
     check_mapping(family, arch, norm=norm, mlp_target=mlp_target, where=str(source / "config.json"))
     if norm == "fit" and calibration is None:
         raise ConfigError("norm 'fit' needs calibration text: pass calibration=<packed corpus dir>")
+    if kv_heads is not None:
+        check_kv_heads(kv_heads, heads=arch.num_heads, current=arch.num_kv_heads, where=str(source / "config.json"))
     with TensorReader(source) as reader:
         for name in reader.names():
             info = reader.info(name)
@@ -217,6 +230,7 @@ def convert_checkpoint(
                                mlp_target=mlp_target, where=str(source))
         log.info("%s -> Llama, norm %s, mlp_target %s: %s%s", family.name, norm, mlp_target, plan.exactness,
                  "".join(f"; {d['module']}: {d['change']}" for d in plan.divergences))
+        centred = norm in CENTRED_NORMS and arch.norm_kind == "layer"  # the stream is centred (LayerNorm sources)
         # the tokenizer after the weights: a checkpoint labelled as another family is named by its tensors first
         tok_file = check_tokenizer(source, family, arch)
         tok_warnings: list[dict[str, str]] = []
@@ -228,22 +242,30 @@ def convert_checkpoint(
             log.warning("tokenizer: %s (%s). %s What to do: %s", w["property"], w["detail"], w["effect"],
                         w["advice"])
 
+        def calib(spec: str | Path | None, *, n_tokens: int, from_end: bool = False) -> tuple[torch.Tensor, str]:
+            return calibration_ids(spec, tokenizer=tok_file, bos=arch.special_ids.get("bos_token_id"),
+                                   eos=arch.special_ids.get("eos_token_id"), n_tokens=n_tokens,
+                                   max_len=arch.max_position_embeddings, from_end=from_end)
+
+        refit = kv_heads is not None or layer_fit  # the calibration pass (kept.convert.calibrate)
         gains = None
-        if plan.fits:  # gains of 'fit', and the norms stock Llama cannot hold: fitted on the source's activations
-            if calibration is not None:
-                fit_ids = calibration_tokens(calibration, n_tokens=fit_tokens)
-                where = str(calibration)
-                manifest = json.loads((Path(calibration) / "manifest.json").read_text())
-                if fidelity_tokens and manifest.get("num_sequences", 0) * manifest.get("max_length", 0) < (
-                        fit_tokens + fidelity_tokens):
+        if plan.fits or refit:  # the values fitted before the weights are written, and the calibration pass
+            fit_ids, fit_what = calib(calibration, n_tokens=fit_tokens)
+            where = str(calibration or tok_file)
+            check_ids(fit_ids, arch.vocab_size, where)
+            if calibration is None:
+                log.warning("fitting on the built-in sample (%d tokens); pass calibration= for a better fit",
+                            fit_ids.numel())
+            elif fidelity_tokens and Path(calibration).is_dir():
+                manifest = _read_json(Path(calibration) / "manifest.json")
+                if manifest.get("num_sequences", 0) * manifest.get("max_length", 0) < fit_tokens + fidelity_tokens:
                     log.warning("calibration corpus %s is smaller than fit_tokens + fidelity_tokens: the fitting and "
                                 "the fidelity batches overlap, which flatters the fitted mapping", calibration)
-            else:
-                fit_ids = builtin_tokens(tok_file, bos=arch.special_ids.get("bos_token_id"))
-                where = str(tok_file)
-                log.warning("fitting %d values on the built-in sample (%d tokens); pass calibration= (a packed "
-                            "corpus) for a better fit", len(plan.fits), fit_ids.numel())
-            check_ids(fit_ids, arch.vocab_size, where)
+        if refit:
+            check_refit(fit_ids, exactness=plan.exactness, hidden_size=arch.hidden_size, kv_heads=kv_heads,
+                        kv_init=kv_init, layer_fit=layer_fit, fit_tokens=fit_tokens,
+                        where=(str(source / "config.json"), str(calibration or "built-in calibration sample")))
+        if plan.fits:  # gains of 'fit', and the norms stock Llama cannot hold: fitted on the source's activations
             log.info("fit: %d values on the source's activations over %d calibration tokens", len(plan.fits),
                      fit_ids.numel())
             gains = fit_sites(teacher=source, batches=split_batches(fit_ids), sites=plan.fits, device=device)
@@ -256,7 +278,9 @@ def convert_checkpoint(
         with atomic_dir(output, inputs=inputs, overwrite=overwrite, hint=OVERWRITE_HINT) as tmp:
             offsets: list[torch.Tensor] = []
             off = plan.offset
-            write_weights(reader=src, plan=plan, out_dir=tmp, out_dtype=out_dtype, max_shard_size=max_bytes,
+            stage = tmp / ".calibration-stage" if refit else tmp  # the conversion the calibration pass refits
+            stage.mkdir(exist_ok=True)
+            write_weights(reader=src, plan=plan, out_dir=stage, out_dtype=out_dtype, max_shard_size=max_bytes,
                           gains=gains, aside=lambda s: offsets.append(logit_offset(s, **off)),
                           aside_reads=tuple(n for n in (off["head"], off["beta"], off["bias"]) if n))
             offset = offsets[0]
@@ -264,7 +288,14 @@ def convert_checkpoint(
             same_head = (head_step is not None and head_step.verbatim and head_step.sources[0] == off["head"]
                          and reader.info(off["head"]).dtype == out_dtype)  # the head is copied as stored
             del src  # release the work buffers before the fidelity pass
-            (tmp / "config.json").write_text(json.dumps(plan.llama_config, indent=2) + "\n")
+            llama_config, refit_report = plan.llama_config, None
+            if refit:
+                llama_config, refit_report = refit_checkpoint(
+                    teacher=source, stage=stage, out_dir=tmp, config=llama_config, ids=fit_ids, what=fit_what,
+                    kv_heads=kv_heads, kv_init=kv_init, layer_fit=layer_fit, centred=centred,
+                    sites=teacher_sites(family, arch, llama_config), out_dtype=out_dtype, max_shard_size=max_bytes,
+                    where=str(calibration or source / "config.json"), device=device)
+            (tmp / "config.json").write_text(json.dumps(llama_config, indent=2) + "\n")
             (tmp / "generation_config.json").write_text(json.dumps(_generation_config(source, arch), indent=2) + "\n")
             chat_template = _write_tokenizer(source, tmp, family, arch, tok_file, chat=chat)
 
@@ -272,13 +303,18 @@ def convert_checkpoint(
                 "family": family.name,
                 "source_norm": arch.norm_kind,
                 "norm": norm,
-                "centered": norm in CENTRED_NORMS,
+                "centered": centred,
                 "mlp_target": mlp_target if arch.hidden_act != "silu" or not arch.gated_mlp else None,
                 "source": str(source),
                 "dtype": out_name,
-                "exactness": plan.exactness,
-                "divergences": plan.divergences,
+                "exactness": APPROX if kv_heads is not None else plan.exactness,
+                "divergences": plan.divergences + ([{"module": "attention", "change": (
+                    f"multi-head -> grouped-query attention: {arch.num_kv_heads} KV heads merged into {kv_heads} "
+                    f"(kv_init {kv_init})")}] if kv_heads is not None else []),
                 "final_norm_logit_offset_norm": float(torch.linalg.vector_norm(offset)),
+                "graft": graft_record(llama_config, kv_heads_source=arch.num_kv_heads, kv_init=kv_init)
+                if kv_heads is not None else None,
+                "layer_fit": layer_fit,
             }
             report: dict[str, Any] = {
                 **common,
@@ -293,14 +329,14 @@ def convert_checkpoint(
             }
             if fidelity_tokens:
                 if calibration is not None:
-                    ids = calibration_tokens(calibration, n_tokens=fidelity_tokens, from_end=True)
+                    ids = calib(calibration, n_tokens=fidelity_tokens, from_end=True)[0]
                     report["calibration"] = f"{calibration} (last sequences)"
                 else:
-                    ids = builtin_tokens(tok_file, bos=arch.special_ids.get("bos_token_id"))[:, :fidelity_tokens]
+                    ids = calib(None, n_tokens=fidelity_tokens)[0][:, :fidelity_tokens]
                     report["calibration"] = "built-in multilingual sample"
                 check_ids(ids, arch.vocab_size, str(calibration or tok_file))
                 report.update(fidelity_report(
-                    teacher=source, student=tmp, centred=norm in CENTRED_NORMS, ids=ids,
+                    teacher=source, student=tmp, centred=centred, ids=ids,
                     logit_offset=offset if norm == "exact" and (off["beta"] or off["bias"]) else None,
                     device=device, progress=_layer_progress(arch.num_layers), same_head=same_head,
                 ))
@@ -312,6 +348,7 @@ def convert_checkpoint(
                 "runtimes": runtimes(plan.exactness, plan.llama_config),
                 "tokenizer_warnings": tok_warnings,
                 "source_card": source_card_metadata(source, calibration=calibration),
+                "calibration_fit": refit_report,
             }
             (tmp / "conversion.json").write_text(_json(conversion))
             write_model_card(tmp)
@@ -376,9 +413,21 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="output dtype (default: the source's)")
     ap.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     ap.add_argument("--calibration", default=None,
-                    help="packed corpus dir (needed for --norm fit; the fits of norms Llama cannot hold; fidelity)")
+                    help="calibration text: a packed corpus dir, a .jsonl corpus ({\"text\": ...} per line) or a plain "
+                         "text file (needed for --norm fit; the first --fit-tokens tokens for the fits of norms Llama "
+                         "cannot hold, --kv-init aligned/fit and --layer-fit, default the built-in sample; the last "
+                         "--fidelity-tokens for the report)")
     ap.add_argument("--fidelity-tokens", type=int, default=2048, help="tokens for the fidelity report (0: skip)")
-    ap.add_argument("--fit-tokens", type=int, default=8192, help="calibration tokens for the fitted values")
+    ap.add_argument("--fit-tokens", type=int, default=8192,
+                    help="calibration tokens for the fitted values, --kv-init aligned/fit and --layer-fit")
+    ap.add_argument("--kv-heads", type=int, default=None, metavar="G",
+                    help="graft multi-head -> grouped-query attention: merge the KV heads into G (G divides them)")
+    ap.add_argument("--kv-init", choices=KV_INITS, default="fit",
+                    help="how --kv-heads merges: mean (GQA mean pooling), aligned (heads rotated before merging), "
+                         "fit (activation-aware least squares; default)")
+    ap.add_argument("--layer-fit", action="store_true",
+                    help="refit the linear maps around what stock Llama cannot hold (parallel block, GELU, q/k and "
+                         "sandwich norms, a graft) in closed form on calibration text, layer by layer")
     ap.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                     help="Orion: write the Llama-3 chat template (default: if the source is a chat model)")
     ap.add_argument("--device", default="cpu", help="device for the fit and fidelity forward passes")
@@ -394,10 +443,12 @@ def cli(argv: list[str]) -> int:
     report = convert_checkpoint(
         source=source, output=args.output, norm=args.norm, dtype=args.dtype, max_shard_size=args.max_shard_size,
         calibration=args.calibration, fidelity_tokens=args.fidelity_tokens, fit_tokens=args.fit_tokens,
-        chat=args.chat, mlp_target=args.mlp_target, device=args.device, overwrite=args.overwrite,
+        chat=args.chat, mlp_target=args.mlp_target, kv_heads=args.kv_heads, kv_init=args.kv_init,
+        layer_fit=args.layer_fit, device=args.device, overwrite=args.overwrite,
     )
     summary = {k: report.get(k) for k in ("family", "norm", "mlp_target", "exactness", "divergences", "n_tokens",
                                           "kl_mean", "top1_agreement", "max_abs_dlogit",
-                                          "final_norm_logit_offset_norm", "offset_corrected") if k in report}
+                                          "final_norm_logit_offset_norm", "offset_corrected", "graft", "layer_fit")
+               if k in report}
     print(json.dumps(summary, indent=2))
     return 0

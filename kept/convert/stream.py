@@ -1,11 +1,21 @@
 """Run a checkpoint one decoder layer at a time from disk, with the classes of its own family, and fit on its
-activations: the engine of the fidelity report (:mod:`kept.fidelity`) and of the calibration fits.
+activations: the one layer loop of the fidelity report (:mod:`kept.fidelity`), the fits of norms stock Llama cannot
+hold (:func:`fit_sites`) and the calibration pass of the closed-form refits (:mod:`kept.convert.calibrate`).
 
 :class:`StreamingModel` builds the family's whole model as a skeleton (parameters on the meta device, buffers
 real), records what the model's own forward hands each decoder layer -- the embedding output (with any scale the
 family applies), masks (sliding windows), position embeddings (per layer type) -- by running that forward once with
 the layers replaced by recorders, and then runs each layer with its weights read from the checkpoint's mapped pages
 and released after it. Memory: one layer's weights, the hidden states, an LM-head block; no family-specific code.
+
+:class:`Stream` is one model's residual stream over the calibration batches; :func:`walk` advances a teacher stream
+(and a student stream) layer by layer, GPTQ's sequential loop::
+
+    for i in layers:
+        run teacher layer i (taps collect what the solve needs)
+        load student layer i -> solve it from what was collected (calibration) -> run it -> next
+
+so each student layer is solved on the outputs of the student layers already solved before it.
 
 :func:`fit_sites` runs the source over calibration text and fits, per :class:`~kept.convert.plan.FitSite`, the
 least-squares RMSNorm gain (Appendix A) or per-channel scale that replaces a norm stock Llama cannot hold.
@@ -16,7 +26,7 @@ from __future__ import annotations
 import importlib
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +72,14 @@ def _set(module: torch.nn.Module, name: str, value: torch.Tensor) -> None:
     owner, _, leaf = name.rpartition(".")
     mod = module.get_submodule(owner) if owner else module
     mod._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+
+
+def set_params(module: torch.nn.Module, params: dict[str, torch.Tensor], device: torch.device) -> torch.nn.Module:
+    """Replace every parameter of ``module`` by ``params``' entry of its name (float32 on ``device``): never written
+    in place, so a layer whose weights are a checkpoint's mapped pages leaves the file alone."""
+    for key, _ in list(module.named_parameters()):
+        _set(module, key, params[key].to(device=device, dtype=torch.float32))
+    return module
 
 
 class StreamingModel:
@@ -231,14 +249,93 @@ class StreamingModel:
         self.reader.close()
 
 
+# ---- the layer loop --------------------------------------------------------------------------------------------
+
+
+class Stream:
+    """One model's residual stream over calibration batches (token ids ``[b, T]`` each): the stream entering layer
+    0 and what the model's forward hands each layer (:meth:`StreamingModel.prepare`), then advanced one decoder
+    layer at a time; it must stay finite (an error names the tensors)."""
+
+    def __init__(self, model: StreamingModel, batches: list[torch.Tensor], *, who: str) -> None:
+        self.model, self.who = model, who
+        prepared = [model.prepare(b.to(model.device)) for b in batches]
+        self.hidden = [h for h, _ in prepared]  # (b, T, d) each
+        self.ctx = [ctx for _, ctx in prepared]  # per batch, per layer: (args, kwargs) besides the stream
+        check_stream(who, self.hidden, model.embed_name)
+
+    def inputs(self, i: int) -> list[tuple[tuple, dict]]:
+        """What layer ``i`` receives besides the stream, per batch."""
+        return [ctx[i] for ctx in self.ctx]
+
+    def advance(self, layer: torch.nn.Module, i: int) -> None:
+        """Replace the stream by ``layer``'s output (layer ``i`` of the model, or a replacement of it)."""
+        self.hidden = [self.model.run_layer(layer, h, ctx[i]) for h, ctx in zip(self.hidden, self.ctx)]
+        check_stream(self.who, self.hidden, self.model.prefix.format(i=i) + "*")
+
+
+Taps = Callable[[int, torch.nn.Module], list[Any]]  # (layer index, teacher layer) -> hook handles
+Solve = Callable[[int, torch.nn.Module], "torch.nn.Module | None"]
+
+
+def walk(teacher: Stream, student: Stream | None = None, *, taps: Taps | None = None, solve: Solve | None = None,
+         after: Callable[[int], None] | None = None) -> None:
+    """Advance ``teacher`` (and ``student``) through every layer, in order, each layer's weights loaded from disk
+    and released after it runs.
+
+    Per layer ``i``: the teacher's layer runs with the hooks ``taps(i, layer)`` registers (removed after), then
+    ``solve(i, student_layer)`` may replace the student's layer (it reads ``student.hidden``, the student's input,
+    and ``teacher.hidden``, the teacher's output; it returns the layer to run, or None for the one loaded), the
+    student's layer runs, and ``after(i)`` sees both streams after layer ``i``.
+    """
+    for i in range(teacher.model.num_layers):
+        layer = teacher.model.load_layer(i)
+        hooks = taps(i, layer) if taps else []
+        try:
+            teacher.advance(layer, i)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            teacher.model.release_layer(i)
+        if student is not None:
+            s_layer = student.model.load_layer(i)
+            try:
+                if solve is not None:
+                    s_layer = solve(i, s_layer) or s_layer
+                student.advance(s_layer, i)
+            finally:
+                student.model.release_layer(i)
+        if after is not None:
+            after(i)
+
+
+def check_stream(who: str, hidden: list[torch.Tensor], tensors: str) -> None:
+    """The residual stream must stay finite: a NaN or Inf names the model and the tensors that produced it."""
+    for h in hidden:
+        if not bool(torch.isfinite(h).all()):
+            raise CheckpointError(f"{who}: the residual stream is not finite after {tensors} (float32 forward pass "
+                                  "of the layer-streaming pass): those weights overflow")
+
+
+def untangle_heads(batches: list[torch.Tensor], *counts: int) -> list[torch.Tensor]:
+    """The batches, one token shorter where their length equals a head count (``counts``): a per-head tensor's
+    layout, ``(B, H, T, hd)`` or ``(B, T, H, hd)``, can then be told from its shape (:func:`tokens_first`)."""
+    return [b[:, :-1] for b in batches] if batches and batches[0].shape[1] in counts else batches
+
+
+def tokens_first(t: torch.Tensor, seq: int) -> torch.Tensor:
+    """A per-head norm's input or output with the tokens on axis 1: ``(B, T, F)`` as it is, ``(B, H, T, hd)`` (StableLM,
+    Phi) transposed to ``(B, T, H, hd)``; ``seq`` (T) must differ from the head count (:func:`untangle_heads`)."""
+    return t.transpose(1, 2) if t.dim() == 4 and t.shape[2] == seq and t.shape[1] != seq else t
+
+
 # ---- calibration fits ------------------------------------------------------------------------------------------
 
 
 def _leading_sum(t: torch.Tensor, seq: int) -> torch.Tensor:
     """Sum over batch and position, keeping the channels (and the heads of a per-head norm's input, whichever axis
     holds them): (B, T, F) -> (F,); (B, T, H, hd) or (B, H, T, hd) -> (H * hd,)."""
-    if t.dim() == 4 and t.shape[2] == seq and t.shape[1] != seq:
-        t = t.transpose(1, 2)
+    t = tokens_first(t, seq)
     return t.reshape(-1, *t.shape[2:]).sum(0).reshape(-1)
 
 
@@ -274,28 +371,24 @@ def fit_sites(*, teacher: str | Path, batches: Iterable[torch.Tensor], sites: li
         batches = list(batches)
         if not batches:
             raise ConfigError("fit: no calibration batches")
+        batches = untangle_heads(batches, model.arch.num_heads, model.arch.num_kv_heads)
         seq = batches[0].shape[1]
-        if seq in (model.arch.num_heads, model.arch.num_kv_heads):  # keep the head axis of (B, H, T, hd) apart
-            batches, seq = [b[:, :-1] for b in batches], seq - 1
-        prepared = [model.prepare(b) for b in batches]
-        hidden = [h for h, _ in prepared]
+        stream = Stream(model, batches, who=f"teacher {teacher}")
         by_layer: dict[int | None, list[Any]] = {}
         for site in sites:
             by_layer.setdefault(site.layer, []).append(site)
-        for i in range(model.num_layers):
-            layer = model.load_layer(i)
+
+        def taps(i: int, layer: torch.nn.Module) -> list[Any]:
             handles = []
             for site in by_layer.get(i, []):
                 module = _site_module(layer, site.module, model.sites)
                 if site.kind == "gain" and not site.identity and getattr(module, "weight", None) is not None:
                     fallback[site.key] = module.weight.detach().double().cpu()
                 handles.append(module.register_forward_hook(hook(site, seq), with_kwargs=True))
-            try:
-                hidden = [model.run_layer(layer, h, ctx[i]) for h, (_, ctx) in zip(hidden, prepared)]
-            finally:
-                for handle in handles:
-                    handle.remove()
-                model.release_layer(i)
+            return handles
+
+        walk(stream, taps=taps)
+        hidden = stream.hidden
         for site in by_layer.get(None, []):  # the final norm
             for h in hidden:
                 y = model.final_norm(h)
