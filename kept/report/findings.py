@@ -32,6 +32,7 @@ from kept.atomic import atomic_file
 from kept.errors import KeptError
 from kept.grid import CONTROL
 from kept.grid import parse as parse_trained
+from kept.grid import parse_init
 from kept.report import paper, stats
 from kept.report.inputs import Item, number
 from kept.report.regime import RegimeCheck, regime_checks
@@ -175,7 +176,8 @@ class Checker:
         # the fast path is no arm (not at the budget), nor is the regime control (no student)
         names = [t for t in names if t is not None and not t.stop and not t.control]
         corpora = sorted({t.corpus for t in names if t.corpus})
-        self.inits = sorted({t.init for t in names if t.init})
+        # grafted inits (issue 28) are no alternative arm of the paper's claims: they have claims of their own
+        self.inits = sorted({t.init for t in names if t.init and parse_init(t.init).kv_heads is None})
         explain = arm_explanations or {}
         self.arms = ([Arm(f"{c} corpus", f"+{c}", explain.get(c, "corpus")) for c in corpora]
                      + [Arm(f"from the {i} mapping", f"@{i}", "init") for i in self.inits])
@@ -503,6 +505,45 @@ class Checker:
                             "share of OPM's loss regained, out-of-corpus minus in-corpus items < 0 (95% interval)",
                             measure, arms=[])
 
+    # ---- the graft (issue 28) --------------------------------------------------------------------------------------
+    def graft_starts_closer(self, variant: str, init: str, mean: str) -> Finding:
+        """A grafted init starts closer to the teacher than mean-pooling at the same G: its KL before training below
+        ``mean``'s, paired over the same calibration sequences (fidelity.json)."""
+        r = self.run
+        g = parse_init(init)
+
+        def measure(_: Arm) -> tuple[str, str]:
+            a, b = (r.fidelity.get((variant, i), {}).get("KL mean") for i in (init, mean))
+            diff, p = _paired(a, b)
+            ratio = a.value() / b.value() if a is not None and b is not None and b.value() > 0 else math.nan
+            return (f"KL before training {_fmt(a.value() if a else math.nan, '.4g')} ({g.kv_init}) vs "
+                    f"{_fmt(b.value() if b else math.nan, '.4g')} (mean): {_fmt(ratio, '.2f')}x mean's, difference "
+                    f"{_fmt(diff, '+.4g')}, paired p = {_fmt(p, '.3g') if p is not None else 'nan'} over the "
+                    "calibration sequences", _direction(diff, p, expected=-1))
+
+        return self.finding(f"`{g.kv_init}` starts closer to the teacher than `mean` (GQA-{g.kv_heads}, KL before "
+                            "training)", variant,
+                            "aligning heads before merging them beats mean-pooling (Align Attention Heads Before "
+                            "Merging Them; GQA's mean-pooling is the baseline)",
+                            "sign of the paired KL difference over the calibration sequences, sign-flip test p < 0.05",
+                            measure, arms=[])
+
+    def graft_xkd_beats_ut(self, variant: str, method: str, init: str) -> Finding:
+        """After a graft, XKD (``method``) beats UT from the same grafted init at the matched budget (H6, paired)."""
+        r = self.run
+        g = parse_init(init)
+        better, worse = f"{method}@{init}", f"ut@{init}"
+
+        def measure(_: Arm) -> tuple[str, str]:
+            diff, p = _paired(r.h6_avg(variant, better), r.h6_avg(variant, worse))
+            return (f"{self.label(better)} - {self.label(worse)} = {_fmt(diff, '+.2f')} H6 points, paired p = "
+                    f"{_fmt(p, '.3g') if p is not None else 'nan'}", _direction(diff, p, expected=1))
+
+        return self.finding(f"{METHOD_LABEL[method]} beats UT after a graft (GQA-{g.kv_heads}, from {g.kv_init})",
+                            variant, "XKD recovers a modified architecture better than uptraining at a matched budget "
+                            "(the paper's claim, here for MHA -> GQA; GQA itself uptrains)",
+                            "sign of the paired H6 difference, sign-flip test p < 0.05", measure, arms=[])
+
     def pilot(self, variant: str) -> Finding:
         recs = self.run.pilot[variant]
         first, last = recs[0], recs[-1]
@@ -564,6 +605,7 @@ def collect_findings(items: list[Item], *, train_init: str, splits: bool = False
     for v in run.pilot:
         rows.append(c.pilot(v))
     rows += divergence_rows(run, c)
+    rows += graft_rows(run, c)
     return [r for r in rows if r.verdict != "no data"]  # claims whose models this run did not evaluate
 
 
@@ -582,6 +624,22 @@ def divergence_rows(run: RunResults, c: Checker) -> list[Finding]:
     for v in [v for v, cls in by_class.items() if cls == "approximate"]:
         for ref in refs[:1]:
             rows += [c.divergence_cost(ref, v, init, trained=False), c.divergence_cost(ref, v, init, trained=True)]
+    return rows
+
+
+def graft_rows(run: RunResults, c: Checker) -> list[Finding]:
+    """The graft's claims (issue 28) per variant and G: each init other than ``mean`` against ``mean`` before
+    training (where the run has both fidelity files), then XKD-z and XKD-h against UT from each grafted init."""
+    rows = []
+    for (v, name) in run.fidelity:
+        g = parse_init(name)
+        mean = f"{g.norm}-kv{g.kv_heads}-mean"
+        if g.kv_heads is not None and g.kv_init != "mean" and (v, mean) in run.fidelity:
+            rows.append(c.graft_starts_closer(v, name, mean))
+    grafted = sorted({(v, t.init) for (v, m) in run.h6 for t in [parse_trained(m)]
+                      if t is not None and t.init and parse_init(t.init).kv_heads is not None})
+    for v, init in grafted:
+        rows += [c.graft_xkd_beats_ut(v, method, init) for method in ("xkd_z", "xkd_h")]
     return rows
 
 
