@@ -139,6 +139,24 @@ def check_graft(variant):
                        where=f"variants.{variant}.convert.kv_heads (toy teacher {variant!r})")
 
 
+def kv_cache_models(variant):
+    """The models whose KV cache the graft table measures, where the variant grafts: its primary mapping (the
+    teacher's KV heads) and every grafted init."""
+    return [f"init-{n}" for n in [TRAIN_INIT] + graft_inits(variant)] if graft_inits(variant) else []
+
+
+def in_graft_table(variant, model):
+    """Whether a grid model enters the graft table: the teacher, the variant's primary mapping and its grafted inits,
+    and the matched-budget students on the transfer corpus trained from those."""
+    if model == "teacher":
+        return True
+    t = parse_trained(model)
+    if t is not None and (t.control or t.corpus or t.stop):
+        return False
+    init = model[len("init-"):] if t is None else (t.init or TRAIN_INIT)
+    return init in [TRAIN_INIT] + graft_inits(variant)
+
+
 for _v in VARIANTS:  # a bad per-variant override, or a mapping the family refuses, fails the dry run, not a job
     check_graft(_v)
     for _norm, _why in refused_norms(variant_family(_v), variant_norms(_v)):

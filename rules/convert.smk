@@ -60,8 +60,3 @@ rule kv_cache:
     script:
         "../scripts/kv_cache.py"
 
-
-def kv_cache_models(variant):
-    """The models whose KV cache the graft table measures, where the variant grafts: its primary mapping (the
-    teacher's KV heads) and every grafted init."""
-    return [f"init-{n}" for n in [TRAIN_INIT] + graft_inits(variant)] if graft_inits(variant) else []

@@ -124,20 +124,6 @@ REPORT_ARTIFACTS["table_divergence"] = (
 # every grafted init: the divergence table's inputs for those inits (H6 of the teacher, the mapping and the students
 # trained from it; fidelity; tokens to 0.99 where it has recovery curves) plus each init's measured KV cache.
 GRAFT_VARIANTS = [v for v in VARIANTS if graft_inits(v) and "h6" in evals_of(v)]
-
-
-def in_graft_table(variant, model):
-    """Whether a grid model enters the graft table: the teacher, the variant's primary mapping and its grafted inits,
-    and the matched-budget students on the transfer corpus trained from those."""
-    if model == "teacher":
-        return True
-    t = parse_trained(model)
-    if t is not None and (t.control or t.corpus or t.stop):
-        return False
-    init = model[len("init-"):] if t is None else (t.init or TRAIN_INIT)
-    return init in [TRAIN_INIT] + graft_inits(variant)
-
-
 REPORT_ARTIFACTS["table_graft"] = (
     "table",
     "graft",
