@@ -12,7 +12,8 @@ grid"):
 A grafted init (issue 28: MHA -> GQA, ``variants.<name>.convert.kv_heads``) is named ``{norm}-kv{G}-{kv_init}``
 (:func:`graft_init`): the norm mapping it is converted with, the KV heads it keeps and the closed-form init of the
 merged heads, e.g. ``exact-kv2-fit``; its model is ``results/{variant}/init-exact-kv2-fit/model`` and its students
-``xkd_z@exact-kv2-fit``.
+``xkd_z@exact-kv2-fit``. A layer-fitted init (``variants.<name>.convert.layer_fit``: the linear maps around the
+modules stock Llama cannot hold refitted on calibration text) adds ``-lfit``: ``paper-lfit``.
 
 So with the default settings the names are the plain method names (``xkd_z``), and the paths of the primary
 runs read as before (``results/base/xkd_z/model``); ``xkd_z@exact``, ``ut+broad`` and ``xkd_z.s1235`` are their
@@ -34,9 +35,10 @@ from kept.errors import ConfigError
 METHODS = ("ut", "xkd_h", "xkd_z")
 TEACHER_INIT = "teacher"  # the init of the regime control: the unconverted teacher
 KV_INITS = ("mean", "aligned", "fit")  # kept.convert.graft.KV_INITS (tests/test_graft.py holds the two in step)
-_GRAFT = re.compile(r"^(?P<norm>[A-Za-z0-9]+)-kv(?P<kv_heads>[1-9][0-9]*)-(?P<kv_init>" + "|".join(KV_INITS) + ")$")
-_NAME = re.compile(r"^(?P<method>ut|xkd_h|xkd_z)(?:@(?P<init>[A-Za-z0-9]+(?:-kv[1-9][0-9]*-(?:"
-                   + "|".join(KV_INITS) + r"))?))?(?:\+(?P<corpus>[A-Za-z0-9]+))?"
+LAYER_FIT = "-lfit"
+_INIT = (r"(?P<norm>[A-Za-z0-9]+)(?:-kv(?P<kv_heads>[1-9][0-9]*)-(?P<kv_init>" + "|".join(KV_INITS) + r"))?"
+         + f"(?P<lfit>{LAYER_FIT})?")
+_NAME = re.compile(r"^(?P<method>ut|xkd_h|xkd_z)(?:@(?P<init>" + re.sub(r"\(\?P<\w+>", "(?:", _INIT) + r"))?(?:\+(?P<corpus>[A-Za-z0-9]+))?"
                    r"(?P<stop>-parity)?(?:\.s(?P<seed>\d+))?$")
 
 
@@ -100,15 +102,18 @@ def parse(name: str) -> Trained | None:
 
 @dataclass(frozen=True)
 class Init:
-    """One init of the grid: a norm mapping, grafted to ``kv_heads`` KV heads with ``kv_init`` (None: no graft)."""
+    """One init of the grid: a norm mapping, grafted to ``kv_heads`` KV heads with ``kv_init`` (None: no graft),
+    with the layer fit where ``layer_fit``."""
 
     norm: str
     kv_heads: int | None = None
     kv_init: str | None = None
+    layer_fit: bool = False
 
     @property
     def name(self) -> str:
-        return self.norm if self.kv_heads is None else f"{self.norm}-kv{self.kv_heads}-{self.kv_init}"
+        out = self.norm if self.kv_heads is None else f"{self.norm}-kv{self.kv_heads}-{self.kv_init}"
+        return out + (LAYER_FIT if self.layer_fit else "")
 
 
 def graft_init(norm: str, kv_heads: int, kv_init: str) -> str:
@@ -119,11 +124,13 @@ def graft_init(norm: str, kv_heads: int, kv_init: str) -> str:
 
 
 def parse_init(name: str) -> Init:
-    """The :class:`Init` of an init name: a grafted one (``exact-kv2-fit``) or a plain norm mapping."""
-    m = _GRAFT.match(name)
+    """The :class:`Init` of an init name: a grafted one (``exact-kv2-fit``), a layer-fitted one (``paper-lfit``) or
+    a plain norm mapping."""
+    m = re.fullmatch(_INIT, name)
     if m is None:
         return Init(name)
-    return Init(m.group("norm"), int(m.group("kv_heads")), m.group("kv_init"))
+    kv = m.group("kv_heads")
+    return Init(m.group("norm"), int(kv) if kv else None, m.group("kv_init"), m.group("lfit") is not None)
 
 
 CONTROL = Trained("ut", TEACHER_INIT).name  # "ut@teacher"

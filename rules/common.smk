@@ -5,7 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from kept.grid import CONTROL, KV_INITS, graft_init, is_control, parse as parse_trained, parse_init, row_name
+from kept.grid import CONTROL, KV_INITS, Init, graft_init, is_control, parse as parse_trained, parse_init, row_name
 from kept.grid import trained as trained_model
 from kept.smk import declared_family, refused_norms
 
@@ -114,14 +114,29 @@ def graft_inits(variant=None):
     return [graft_init(TRAIN_INIT, g, i) for g in own.get("kv_heads") or [] for i in own.get("kv_inits") or KV_INITS]
 
 
+def layer_fit_inits(variant=None):
+    """The layer-fitted init of a variant (of every variant if None): its primary mapping with --layer-fit
+    (`paper-lfit`) where variants.<name>.convert.layer_fit is set, else []."""
+    if variant is None:
+        return list(dict.fromkeys(i for v in VARIANTS for i in layer_fit_inits(v)))
+    own = variant_cfg(variant).get("convert") or {}
+    return [Init(TRAIN_INIT, layer_fit=True).name] if own.get("layer_fit") else []
+
+
+def extra_inits(variant=None):
+    """The inits a variant converts and trains from beyond its norm mappings: grafted, then layer-fitted."""
+    return list(dict.fromkeys(graft_inits(variant) + layer_fit_inits(variant)))
+
+
 def variant_inits(variant):
-    """Every init converted in a variant: its norm mappings, then its grafted inits."""
-    return variant_norms(variant) + graft_inits(variant)
+    """Every init converted in a variant: its norm mappings, then its grafted and layer-fitted inits."""
+    return variant_norms(variant) + extra_inits(variant)
 
 
 def variant_train_inits(variant=None):
-    """The inits a variant's students train from (every variant's if None): train.init, then its grafted inits."""
-    return TRAIN_INITS + graft_inits(variant)
+    """The inits a variant's students train from (every variant's if None): train.init, then its grafted and
+    layer-fitted inits."""
+    return TRAIN_INITS + extra_inits(variant)
 
 
 def check_graft(variant):
@@ -299,13 +314,13 @@ def snapshot_steps():
     return list(range(every, steps + 1, every)) if every else []
 
 
-# every init model any variant converts (norm mappings and grafted inits): the `init-*` names of the wildcards
-INIT_MODELS = [f"init-{n}" for n in NORMS + graft_inits()]
+# every init model any variant converts (norm mappings, grafted and layer-fitted inits): the `init-*` wildcards
+INIT_MODELS = [f"init-{n}" for n in NORMS + extra_inits()]
 
 
 wildcard_constraints:
     variant="|".join(VARIANTS),
-    init="|".join(re.escape(n) for n in NORMS + graft_inits()),
+    init="|".join(re.escape(n) for n in NORMS + extra_inits()),
     method="|".join(re.escape(n) for n in trained_names()),
     model="|".join(re.escape(n) for n in ["teacher"] + INIT_MODELS + trained_names()),
     step=r"\d+",

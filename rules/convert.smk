@@ -1,5 +1,6 @@
 # Convert stage: each variant's teacher (any supported family) -> stock Llama, once per init (kept.convert): per norm
-# mapping, and per grafted init (variants.<name>.convert.kv_heads x kv_inits: `{norm}-kv{G}-{kv_init}`, MHA -> GQA).
+# mapping, per grafted init (variants.<name>.convert.kv_heads x kv_inits: `{norm}-kv{G}-{kv_init}`, MHA -> GQA) and
+# per layer-fitted init (variants.<name>.convert.layer_fit: `{norm}-lfit`).
 # Hub teachers are fetched first by the fetch stage (rules/fetch.smk, rule fetch_source).
 
 CONVERT = config["convert"]
@@ -15,6 +16,7 @@ rule convert:
         norm=lambda w: parse_init(w.init).norm,
         kv_heads=lambda w: parse_init(w.init).kv_heads,
         kv_init=lambda w: parse_init(w.init).kv_init or "fit",
+        layer_fit=lambda w: parse_init(w.init).layer_fit,
         mlp_target=CONVERT["mlp_target"],
         dtype=CONVERT["dtype"],
         max_shard_size=CONVERT["max_shard_size"],

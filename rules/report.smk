@@ -320,8 +320,14 @@ FINDINGS_ITEMS = (
     + [((v, m, "conversion"), p, p) for (v, m, t), p, _ in REPORT_ARTIFACTS["table_divergence"][2] if t == "fidelity"]
     # the regime check (an explanation of every XKD-versus-UT claim): mixture losses and the logs behind the budget
     + [entry for entry in REPORT_ARTIFACTS["table_regime"][2] if entry[0][2] != "h6"]
-    # the graft's claims: each grafted init's fidelity.json (its model dir, its own detail) beside the H6 above
-    + [((v, m, "fidelity"), p, p) for (v, m, t), p, _ in REPORT_ARTIFACTS["table_graft"][2] if t == "fidelity"]
+    # the graft's and the layer fit's claims: the fidelity.json of each grafted or layer-fitted init and of the
+    # mapping it starts from (its model dir, its own detail), beside the H6 above
+    + [
+        ((v, f"init-{i}", "fidelity"), model_dir(v, f"init-{i}"), model_dir(v, f"init-{i}"))
+        for v in VARIANTS
+        if extra_inits(v)
+        for i in [TRAIN_INIT] + extra_inits(v)
+    ]
 )
 # the explanation each ablation corpus tests: its coverage alone (the full-coverage corpus), or its breadth
 ARM_EXPLANATIONS = {

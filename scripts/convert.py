@@ -1,5 +1,5 @@
 """Snakemake script (rules/convert.smk): convert one variant's teacher into one init: a norm mapping, grafted to
-fewer KV heads where the init names a graft."""
+fewer KV heads where the init names a graft, with the layer fit where it names one."""
 
 import logging
 
@@ -26,6 +26,7 @@ report = convert_checkpoint(
     fit_tokens=p.fit_tokens,
     kv_heads=p.kv_heads,
     kv_init=p.kv_init,
+    layer_fit=p.layer_fit,
     chat=p.chat,
     device=p.device,
 )

@@ -126,7 +126,7 @@ def test_findings_graft_claims(tmp_path):
               for i in h6_items(tmp_path, {("g8", "xkd_h@exact-kv2-fit"): [0.3] * 6, ("g8", "xkd_h"): [0.3] * 6})]
     rows = {(r.claim, r.variant): r for r in collect_findings(items, train_init="exact")}
     closer = rows[("`fit` starts closer to the teacher than `mean` (GQA-4, KL before training)", "g8")]
-    assert closer.verdict == "agrees" and "0.25x mean's" in closer.toy
+    assert closer.verdict == "agrees" and "0.25x" in closer.toy and "(Exact GQA-4 mean)" in closer.toy
     assert rows[("`fit` starts closer to the teacher than `mean` (GQA-2, KL before training)", "g8")].verdict == "agrees"
     assert rows[("XKD-z beats UT after a graft (GQA-2, from fit)", "g8")].verdict == "agrees"
     assert rows[("XKD-h beats UT after a graft (GQA-4, from mean)", "g8")].verdict == "agrees"
@@ -136,3 +136,21 @@ def test_findings_graft_claims(tmp_path):
     assert len(graft_claims) == 2 + 2 * 4  # 2 G x fit vs mean; 2 methods x 4 grafted inits
     assert rows[("XKD-h > UT (H6)", "g8")].verdict == "disagrees"
     assert not any("kv" in t.arm or "GQA" in t.arm for r in rows.values() for t in r.tests)
+
+
+def test_findings_layer_fit_claim(tmp_path):
+    """The layer fit against the same mapping without it, before training, paired over the calibration sequences:
+    agrees where it cuts the KL, disagrees where it raises it."""
+    from test_report import _dump, fidelity
+
+    items = []
+    for v, kls in (("neox", {"paper": 0.5, "paper-lfit": 0.2}), ("phi", {"paper": 0.5, "paper-lfit": 0.9})):
+        for init, kl in kls.items():
+            d = tmp_path / v / f"init-{init}" / "model"
+            fidelity(d, norm="paper", kl=kl, top1=0.8)
+            _dump(d / "conversion.json", {"family": v, "exactness": "approximate", "divergences": []})
+            items.append(Item(v, f"init-{init}", str(d), "fidelity", str(d)))
+    rows = {r.variant: r for r in collect_findings(items, train_init="paper")
+            if r.claim == "The layer-wise fit cuts an approximate family's KL before training"}
+    assert rows["neox"].verdict == "agrees" and "0.40x" in rows["neox"].toy
+    assert rows["phi"].verdict == "disagrees" and "1.80x" in rows["phi"].toy

@@ -48,10 +48,11 @@ UNCERTAINTY_NOTE = (
 
 def init_label(init: str) -> str:
     """Display name of an init: ``Exact`` for the exact mapping, ``Exact GQA-2 fit`` for it grafted to 2 KV heads
-    with the ``fit`` init (kept.grid.parse_init)."""
+    with the ``fit`` init, ``OPM layer-fit`` for OPM with the layer fit (kept.grid.parse_init)."""
     found = parse_init(init)
-    norm = INIT_NAMES.get(found.norm, found.norm)
-    return norm if found.kv_heads is None else f"{norm} GQA-{found.kv_heads} {found.kv_init}"
+    label = INIT_NAMES.get(found.norm, found.norm)
+    label += "" if found.kv_heads is None else f" GQA-{found.kv_heads} {found.kv_init}"
+    return label + (" layer-fit" if found.layer_fit else "")
 
 
 def model_label(model: str, *, train_init: str) -> str:
