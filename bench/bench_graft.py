@@ -95,13 +95,9 @@ class Teacher:
 
 def kv_bytes_per_token(model_dir: Path, *, tokens: int = 256) -> float:
     """Bytes of keys and values in transformers' DynamicCache after one forward of ``tokens`` tokens, per token."""
-    from kept.models import load_model
+    from kept.models import kv_bytes_per_token as measured
 
-    model = load_model(model_dir, dtype=torch.float32)
-    ids = torch.randint(3, model.config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        cache = model(ids, use_cache=True).past_key_values
-    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)) / tokens
+    return measured(model_dir, tokens=tokens, dtype=torch.float32)
 
 
 def convert(teacher: Path, corpus: Path, out: Path, **kwargs: Any) -> Path:

@@ -9,6 +9,12 @@ grid"):
   target (kept.train.parity), so it is not at the matched budget of the grid,
 - ``.s{seed}`` only for another seed than the primary one (``train.seeds``' first entry).
 
+A grafted init (issue 28: MHA -> GQA, ``variants.<name>.convert.kv_heads``) is named ``{norm}-kv{G}-{kv_init}``
+(:func:`graft_init`): the norm mapping it is converted with, the KV heads it keeps and the closed-form init of the
+merged heads, e.g. ``exact-kv2-fit``; its model is ``results/{variant}/init-exact-kv2-fit/model`` and its students
+``xkd_z@exact-kv2-fit``. A layer-fitted init (``variants.<name>.convert.layer_fit``: the linear maps around the
+modules stock Llama cannot hold refitted on calibration text) adds ``-lfit``: ``paper-lfit``.
+
 So with the default settings the names are the plain method names (``xkd_z``), and the paths of the primary
 runs read as before (``results/base/xkd_z/model``); ``xkd_z@exact``, ``ut+broad`` and ``xkd_z.s1235`` are their
 siblings. The workflow (rules/common.smk) and the report both parse names with :func:`parse`.
@@ -28,7 +34,11 @@ from kept.errors import ConfigError
 
 METHODS = ("ut", "xkd_h", "xkd_z")
 TEACHER_INIT = "teacher"  # the init of the regime control: the unconverted teacher
-_NAME = re.compile(r"^(?P<method>ut|xkd_h|xkd_z)(?:@(?P<init>[A-Za-z0-9]+))?(?:\+(?P<corpus>[A-Za-z0-9]+))?"
+KV_INITS = ("mean", "aligned", "fit")  # kept.convert.graft.KV_INITS (tests/test_graft.py holds the two in step)
+LAYER_FIT = "-lfit"
+_INIT = (r"(?P<norm>[A-Za-z0-9]+)(?:-kv(?P<kv_heads>[1-9][0-9]*)-(?P<kv_init>" + "|".join(KV_INITS) + r"))?"
+         + f"(?P<lfit>{LAYER_FIT})?")
+_NAME = re.compile(r"^(?P<method>ut|xkd_h|xkd_z)(?:@(?P<init>" + re.sub(r"\(\?P<\w+>", "(?:", _INIT) + r"))?(?:\+(?P<corpus>[A-Za-z0-9]+))?"
                    r"(?P<stop>-parity)?(?:\.s(?P<seed>\d+))?$")
 
 
@@ -88,6 +98,39 @@ def parse(name: str) -> Trained | None:
     seed = m.group("seed")
     return Trained(m.group("method"), m.group("init"), m.group("corpus"), int(seed) if seed else None,
                    m.group("stop") is not None)
+
+
+@dataclass(frozen=True)
+class Init:
+    """One init of the grid: a norm mapping, grafted to ``kv_heads`` KV heads with ``kv_init`` (None: no graft),
+    with the layer fit where ``layer_fit``."""
+
+    norm: str
+    kv_heads: int | None = None
+    kv_init: str | None = None
+    layer_fit: bool = False
+
+    @property
+    def name(self) -> str:
+        out = self.norm if self.kv_heads is None else f"{self.norm}-kv{self.kv_heads}-{self.kv_init}"
+        return out + (LAYER_FIT if self.layer_fit else "")
+
+
+def graft_init(norm: str, kv_heads: int, kv_init: str) -> str:
+    """The init name of ``norm`` grafted to ``kv_heads`` KV heads with ``kv_init`` (``exact-kv2-fit``)."""
+    if kv_init not in KV_INITS:
+        raise ConfigError(f"kv init {kv_init!r}: expected one of {KV_INITS}")
+    return Init(norm, int(kv_heads), kv_init).name
+
+
+def parse_init(name: str) -> Init:
+    """The :class:`Init` of an init name: a grafted one (``exact-kv2-fit``), a layer-fitted one (``paper-lfit``) or
+    a plain norm mapping."""
+    m = re.fullmatch(_INIT, name)
+    if m is None:
+        return Init(name)
+    kv = m.group("kv_heads")
+    return Init(m.group("norm"), int(kv) if kv else None, m.group("kv_init"), m.group("lfit") is not None)
 
 
 CONTROL = Trained("ut", TEACHER_INIT).name  # "ut@teacher"

@@ -44,3 +44,13 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerBase:
     from kept.tokenizer import load_hf_tokenizer
 
     return load_hf_tokenizer(directory)
+
+
+def kv_bytes_per_token(directory: str | Path, *, tokens: int = 256, dtype: str | torch.dtype | None = None) -> float:
+    """KV-cache bytes per token, measured: the bytes of the keys and values in transformers' cache after one forward
+    of ``tokens`` random tokens (every layer), over ``tokens``; in ``dtype`` (None: the checkpoint's own)."""
+    model = load_model(directory, dtype=dtype)
+    ids = torch.randint(3, model.config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cache = model(ids, use_cache=True).past_key_values
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)) / tokens

@@ -17,7 +17,7 @@ rule model_card:
     output:
         card=R("{variant}", "{model}", "model_card.md"),
     wildcard_constraints:
-        model="|".join(re.escape(n) for n in [f"init-{n}" for n in NORMS] + trained_names()),
+        model="|".join(re.escape(n) for n in INIT_MODELS + trained_names()),
     log:
         R("logs/model_card/{variant}-{model}.log"),
     threads: 1

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from kept.grid import CONTROL, is_control, parse as parse_trained, row_name, trained as trained_model
+from kept.grid import CONTROL, KV_INITS, Init, graft_init, is_control, parse as parse_trained, parse_init, row_name
+from kept.grid import trained as trained_model
 from kept.smk import declared_family, refused_norms
 
 
@@ -103,7 +104,76 @@ def variant_norms(variant):
     return [n for n in NORMS if n in own]
 
 
+def graft_inits(variant=None):
+    """The grafted inits of a variant (of every variant if None): its primary mapping (the first train.init) with
+    the KV heads merged into each G of variants.<name>.convert.kv_heads, by each init of its convert.kv_inits
+    (kept.grid.graft_init: `exact-kv2-fit`); [] without a graft axis."""
+    if variant is None:
+        return list(dict.fromkeys(i for v in VARIANTS for i in graft_inits(v)))
+    own = variant_cfg(variant).get("convert") or {}
+    return [graft_init(TRAIN_INIT, g, i) for g in own.get("kv_heads") or [] for i in own.get("kv_inits") or KV_INITS]
+
+
+def layer_fit_inits(variant=None):
+    """The layer-fitted init of a variant (of every variant if None): its primary mapping with --layer-fit
+    (`paper-lfit`) where variants.<name>.convert.layer_fit is set, else []."""
+    if variant is None:
+        return list(dict.fromkeys(i for v in VARIANTS for i in layer_fit_inits(v)))
+    own = variant_cfg(variant).get("convert") or {}
+    return [Init(TRAIN_INIT, layer_fit=True).name] if own.get("layer_fit") else []
+
+
+def extra_inits(variant=None):
+    """The inits a variant converts and trains from beyond its norm mappings: grafted, then layer-fitted."""
+    return list(dict.fromkeys(graft_inits(variant) + layer_fit_inits(variant)))
+
+
+def variant_inits(variant):
+    """Every init converted in a variant: its norm mappings, then its grafted and layer-fitted inits."""
+    return variant_norms(variant) + extra_inits(variant)
+
+
+def variant_train_inits(variant=None):
+    """The inits a variant's students train from (every variant's if None): train.init, then its grafted and
+    layer-fitted inits."""
+    return TRAIN_INITS + extra_inits(variant)
+
+
+def check_graft(variant):
+    """A toy variant's G must divide its recipe's heads and be below them (kept.convert.graft.check_kv_heads, the
+    converter's own check): the dry run names the key, not a conversion job after the teacher is built."""
+    recipe = config.get("world", {}).get("teachers", {}).get(variant)
+    kv_heads = (variant_cfg(variant).get("convert") or {}).get("kv_heads") or []
+    if source_kind(variant) != "toy" or not recipe or not kv_heads:
+        return
+    from kept.convert.graft import check_kv_heads
+
+    heads = recipe["num_heads"]
+    for g in kv_heads:
+        check_kv_heads(g, heads=heads, current=recipe.get("num_kv_heads") or heads,
+                       where=f"variants.{variant}.convert.kv_heads (toy teacher {variant!r})")
+
+
+def kv_cache_models(variant):
+    """The models whose KV cache the graft table measures, where the variant grafts: its primary mapping (the
+    teacher's KV heads) and every grafted init."""
+    return [f"init-{n}" for n in [TRAIN_INIT] + graft_inits(variant)] if graft_inits(variant) else []
+
+
+def in_graft_table(variant, model):
+    """Whether a grid model enters the graft table: the teacher, the variant's primary mapping and its grafted inits,
+    and the matched-budget students on the transfer corpus trained from those."""
+    if model == "teacher":
+        return True
+    t = parse_trained(model)
+    if t is not None and (t.control or t.corpus or t.stop):
+        return False
+    init = model[len("init-"):] if t is None else (t.init or TRAIN_INIT)
+    return init in [TRAIN_INIT] + graft_inits(variant)
+
+
 for _v in VARIANTS:  # a bad per-variant override, or a mapping the family refuses, fails the dry run, not a job
+    check_graft(_v)
     for _norm, _why in refused_norms(variant_family(_v), variant_norms(_v)):
         raise ValueError(f"variant {_v!r}: a {variant_family(_v)!r} source refuses norm mapping {_norm!r} ({_why}); "
                          f"leave it out with variants.{_v}.convert.norms")
@@ -124,14 +194,15 @@ def variant_methods(variant=None):
 
 
 def trained_names(variant=None, *, seeds=None, ablations=True, fast=True, control=True):
-    """Trained models of a variant (every variant if None): each method from each init with each seed (all
+    """Trained models of a variant (every variant if None): each method from each init (train.init, then the
+    variant's grafted inits) with each seed (all
     seeds unless `seeds` is given), then the corpus ablations of train.ablations that name the variant, then the
     fast-path students of train.fast (unless `fast` is False), then the regime control of train.teacher_ut
     (unless `control` is False; with the primary seed)."""
     seeds = SEEDS if seeds is None else seeds
     names = [
         trained_model(m, init=i, corpus=None, seed=s, primary_init=TRAIN_INIT, primary_seed=SEEDS[0]).name
-        for i in TRAIN_INITS
+        for i in variant_train_inits(variant)
         for m in variant_methods(variant)
         for s in seeds
     ]
@@ -160,7 +231,7 @@ def trained_spec(name):
 
 def model_names(variant):
     """Every model of a variant's grid: the teacher, the untrained mappings, the trained students."""
-    return ["teacher"] + [f"init-{n}" for n in variant_norms(variant)] + trained_names(variant)
+    return ["teacher"] + [f"init-{n}" for n in variant_inits(variant)] + trained_names(variant)
 
 
 def model_dir(variant, model):
@@ -243,11 +314,15 @@ def snapshot_steps():
     return list(range(every, steps + 1, every)) if every else []
 
 
+# every init model any variant converts (norm mappings, grafted and layer-fitted inits): the `init-*` wildcards
+INIT_MODELS = [f"init-{n}" for n in NORMS + extra_inits()]
+
+
 wildcard_constraints:
     variant="|".join(VARIANTS),
-    norm="|".join(NORMS),
+    init="|".join(re.escape(n) for n in NORMS + extra_inits()),
     method="|".join(re.escape(n) for n in trained_names()),
-    model="|".join(re.escape(n) for n in ["teacher"] + [f"init-{n}" for n in NORMS] + trained_names()),
+    model="|".join(re.escape(n) for n in ["teacher"] + INIT_MODELS + trained_names()),
     step=r"\d+",
 
 

@@ -51,7 +51,7 @@ rule mtbench_answer_student:
             R("{{variant}}", "mtbench", "model_answer", "{{model}}-{fmt}.jsonl"), fmt=mtbench_formats("student")
         ),
     wildcard_constraints:
-        model="|".join(re.escape(n) for n in [f"init-{n}" for n in NORMS] + trained_names()),
+        model="|".join(re.escape(n) for n in INIT_MODELS + trained_names()),
     params:
         model="{model}",
         formats=mtbench_formats("student"),

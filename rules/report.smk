@@ -57,7 +57,7 @@ REPORT_ARTIFACTS = {
     "table_fidelity": (
         "table",
         "fidelity",
-        [((v, f"init-{n}", ""), model_dir(v, f"init-{n}")) for v in VARIANTS for n in variant_norms(v)],
+        [((v, f"init-{n}", ""), model_dir(v, f"init-{n}")) for v in VARIANTS for n in variant_inits(v)],
     ),
     "figure_train_loss": (
         "figure",
@@ -74,7 +74,7 @@ REPORT_ARTIFACTS = {
             ((v, m, ""), R(v, "eval", m, "h6.json"))
             for v in recovery_variants()
             if snapshot_steps()
-            for m in ["teacher"] + [f"init-{i}" for i in TRAIN_INITS]
+            for m in ["teacher"] + [f"init-{i}" for i in variant_train_inits(v)]
             if m in eval_models(v, "h6")
         ],
     ),
@@ -117,6 +117,35 @@ REPORT_ARTIFACTS["table_divergence"] = (
         for v in DIVERGENCE_VARIANTS
         if v in recovery_variants()
         for m in recovery_models(v)
+        for label, path in [((v, m, "train"), R(v, m, "train_log.jsonl"))] + recovery_curve_items(v, m, "recovery-{step}")
+    ],
+)
+# The graft (issue 28): per variant with a graft axis (variants.<name>.convert.kv_heads), its primary mapping and
+# every grafted init: the divergence table's inputs for those inits (H6 of the teacher, the mapping and the students
+# trained from it; fidelity; tokens to 0.99 where it has recovery curves) plus each init's measured KV cache.
+GRAFT_VARIANTS = [v for v in VARIANTS if graft_inits(v) and "h6" in evals_of(v)]
+REPORT_ARTIFACTS["table_graft"] = (
+    "table",
+    "graft",
+    [
+        ((v, m, "h6"), R(v, "eval", m, "h6.json"), R(v, "eval", m, "h6"))
+        for v in GRAFT_VARIANTS
+        for m in eval_models(v, "h6")
+        if in_graft_table(v, m)
+    ]
+    + [
+        ((v, f"init-{i}", "fidelity"), model_dir(v, f"init-{i}"), model_dir(v, f"init-{i}"))
+        for v in GRAFT_VARIANTS
+        for i in [TRAIN_INIT] + graft_inits(v)
+    ]
+    + [((v, m, "kv"), R(v, "eval", m, "kv_cache.json"), R(v, "eval", m, "kv_cache.json")) for v in GRAFT_VARIANTS
+       for m in kv_cache_models(v)]
+    + [
+        (label, path, path)
+        for v in GRAFT_VARIANTS
+        if v in recovery_variants()
+        for m in recovery_models(v)
+        if in_graft_table(v, m)
         for label, path in [((v, m, "train"), R(v, m, "train_log.jsonl"))] + recovery_curve_items(v, m, "recovery-{step}")
     ],
 )
@@ -222,6 +251,7 @@ REPORT_TITLES = {
     "table_fidelity": "Fidelity before training",
     "table_fast_path": "The fast path: stopped at parity",
     "table_divergence": "Divergence: cost of conversion per source family",
+    "table_graft": "The graft: multi-head -> grouped-query attention, per G and init",
     "table_regime": "Regime: can the transfer budget still teach the teacher?",
     "table_split": "In / out of the transfer corpus",
     "table_power": "Power: the smallest paired H6 difference the bench detects",
@@ -290,6 +320,14 @@ FINDINGS_ITEMS = (
     + [((v, m, "conversion"), p, p) for (v, m, t), p, _ in REPORT_ARTIFACTS["table_divergence"][2] if t == "fidelity"]
     # the regime check (an explanation of every XKD-versus-UT claim): mixture losses and the logs behind the budget
     + [entry for entry in REPORT_ARTIFACTS["table_regime"][2] if entry[0][2] != "h6"]
+    # the graft's and the layer fit's claims: the fidelity.json of each grafted or layer-fitted init and of the
+    # mapping it starts from (its model dir, its own detail), beside the H6 above
+    + [
+        ((v, f"init-{i}", "fidelity"), model_dir(v, f"init-{i}"), model_dir(v, f"init-{i}"))
+        for v in VARIANTS
+        if extra_inits(v)
+        for i in [TRAIN_INIT] + extra_inits(v)
+    ]
 )
 # the explanation each ablation corpus tests: its coverage alone (the full-coverage corpus), or its breadth
 ARM_EXPLANATIONS = {

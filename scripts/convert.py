@@ -1,4 +1,5 @@
-"""Snakemake script (rules/convert.smk): convert one variant's teacher with one norm mapping."""
+"""Snakemake script (rules/convert.smk): convert one variant's teacher into one init: a norm mapping, grafted to
+fewer KV heads where the init names a graft, with the layer fit where it names one."""
 
 import logging
 
@@ -23,6 +24,9 @@ report = convert_checkpoint(
     calibration=smk.input.calibration,
     fidelity_tokens=p.fidelity_tokens,
     fit_tokens=p.fit_tokens,
+    kv_heads=p.kv_heads,
+    kv_init=p.kv_init,
+    layer_fit=p.layer_fit,
     chat=p.chat,
     device=p.device,
 )

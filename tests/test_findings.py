@@ -112,3 +112,45 @@ def test_findings_divergence_claim(tmp_path):
     # without an exactly converted family there is no pair to compare
     only = [it for it in items if it.variant == "neox"]
     assert not any(r.claim.startswith("Cost grows") for r in collect_findings(only, train_init="paper"))
+
+
+def test_findings_graft_claims(tmp_path):
+    """Per G: each init against mean before training (paired over the calibration sequences), XKD against UT from
+    each grafted init (paired over items); the grafted inits are no alternative arm of the paper's claims."""
+    from test_report import graft_fixture
+
+    items = [it for it in graft_fixture(tmp_path) if it.tag in ("h6", "fidelity")]
+    # from GQA-2 fit, XKD-h falls below UT (30 against 55): that claim must disagree; so does the paper's XKD-h > UT
+    # from the exact mapping (so its explanations are tested on the alternative arms, where no graft may enter)
+    items += [Item(i.variant, i.model, i.path, "h6", i.detail)
+              for i in h6_items(tmp_path, {("g8", "xkd_h@exact-kv2-fit"): [0.3] * 6, ("g8", "xkd_h"): [0.3] * 6})]
+    rows = {(r.claim, r.variant): r for r in collect_findings(items, train_init="exact")}
+    closer = rows[("`fit` starts closer to the teacher than `mean` (GQA-4, KL before training)", "g8")]
+    assert closer.verdict == "agrees" and "0.25x" in closer.toy and "(Exact GQA-4 mean)" in closer.toy
+    assert rows[("`fit` starts closer to the teacher than `mean` (GQA-2, KL before training)", "g8")].verdict == "agrees"
+    assert rows[("XKD-z beats UT after a graft (GQA-2, from fit)", "g8")].verdict == "agrees"
+    assert rows[("XKD-h beats UT after a graft (GQA-4, from mean)", "g8")].verdict == "agrees"
+    worse = rows[("XKD-h beats UT after a graft (GQA-2, from fit)", "g8")]
+    assert worse.verdict == "disagrees" and "-25.00 H6 points" in worse.toy
+    graft_claims = [r for r in rows.values() if "graft" in r.claim or "starts closer" in r.claim]
+    assert len(graft_claims) == 2 + 2 * 4  # 2 G x fit vs mean; 2 methods x 4 grafted inits
+    assert rows[("XKD-h > UT (H6)", "g8")].verdict == "disagrees"
+    assert not any("kv" in t.arm or "GQA" in t.arm for r in rows.values() for t in r.tests)
+
+
+def test_findings_layer_fit_claim(tmp_path):
+    """The layer fit against the same mapping without it, before training, paired over the calibration sequences:
+    agrees where it cuts the KL, disagrees where it raises it."""
+    from test_report import _dump, fidelity
+
+    items = []
+    for v, kls in (("neox", {"paper": 0.5, "paper-lfit": 0.2}), ("phi", {"paper": 0.5, "paper-lfit": 0.9})):
+        for init, kl in kls.items():
+            d = tmp_path / v / f"init-{init}" / "model"
+            fidelity(d, norm="paper", kl=kl, top1=0.8)
+            _dump(d / "conversion.json", {"family": v, "exactness": "approximate", "divergences": []})
+            items.append(Item(v, f"init-{init}", str(d), "fidelity", str(d)))
+    rows = {r.variant: r for r in collect_findings(items, train_init="paper")
+            if r.claim == "The layer-wise fit cuts an approximate family's KL before training"}
+    assert rows["neox"].verdict == "agrees" and "0.40x" in rows["neox"].toy
+    assert rows["phi"].verdict == "disagrees" and "1.80x" in rows["phi"].toy

@@ -585,3 +585,72 @@ def test_divergence_log_axes_take_zero_and_unreached_tokens():
     assert [ax.get_yscale() for ax in axes] == ["symlog", "linear", "log"]
     fig.canvas.draw()
     plt.close(fig)
+
+
+def graft_fixture(root: Path) -> list[Item]:
+    """A graft grid of variant g8 (8 KV heads): the exact mapping, then G = 4 and 2 by mean and fit, each with its
+    students (H6), fidelity (mean's KL 0.8 at G = 4, fit's 0.2), config.json and measured KV cache; recovery curves
+    for the G = 2 fit students (100 tokens per step)."""
+    inits = {"exact": (8, 0.01, 0.7), "exact-kv4-mean": (4, 0.8, 0.4), "exact-kv4-fit": (4, 0.2, 0.6),
+             "exact-kv2-mean": (2, 1.6, 0.3), "exact-kv2-fit": (2, 0.6, 0.5)}
+    values = {("g8", "teacher"): [0.8] * 6}
+    for init, (_, _, h6) in inits.items():
+        values[("g8", f"init-{init}")] = [h6] * 6
+        suffix = "" if init == "exact" else f"@{init}"
+        values |= {("g8", f"ut{suffix}"): [h6 + 0.05] * 6, ("g8", f"xkd_h{suffix}"): [h6 + 0.08] * 6,
+                   ("g8", f"xkd_z{suffix}"): [h6 + 0.1] * 6}
+    items = [Item(i.variant, i.model, i.path, "h6", i.detail) for i in h6_items(root, values)]
+    for init, (g, kl, _) in inits.items():
+        d = root / "g8" / f"init-{init}" / "model"
+        fidelity(d, norm="exact", kl=kl, top1=1 - kl / 2)
+        _dump(d / "conversion.json", {"family": "orion", "exactness": "approximate", "divergences": []})
+        _dump(d / "config.json", {"num_key_value_heads": g})
+        items.append(Item("g8", f"init-{init}", str(d), "fidelity", str(d)))
+        kv = _dump(root / "g8" / "eval" / f"init-{init}" / "kv_cache.json",
+                   {"variant": "g8", "model": f"init-{init}", "tokens": 256, "kv_cache_bytes_per_token": 512.0 * g})
+        items.append(Item("g8", f"init-{init}", kv, "kv", kv))
+    for m, curve in {"ut@exact-kv2-fit": {30: 0.6, 60: 0.7}, "xkd_z@exact-kv2-fit": {30: 0.795, 60: 0.8}}.items():
+        log = _dump(root / "g8" / m / "train_log.jsonl", {"step": 60, "loss": 1.0, "tokens": 6000})
+        items.append(Item("g8", m, log, "train", log))
+        for step, v in curve.items():
+            path = harness(root / "g8" / "recovery" / m / f"step-{step}.json", variant="g8", model=m,
+                           values=[v, v], names=H6[:2], suite="recovery")
+            items.append(Item("g8", m, path, f"recovery-{step}", path))
+    return items
+
+
+def test_graft_table(tmp_path):
+    """One row per G and init after the no-graft mapping: measured KV bytes and heads, the mapping's KL with its
+    ratio to mean's at the same G, H6 of the mapping and of each method, tokens to 0.99 where there are curves."""
+    from kept.report.tables import graft_table
+
+    items = graft_fixture(tmp_path)
+    table = graft_table(items=items, train_init="exact")
+    f = table.frame.set_index("Model")
+    assert list(f.index) == ["Exact, no graft", "GQA-4 mean (from Exact)", "GQA-4 fit (from Exact)",
+                             "GQA-2 mean (from Exact)", "GQA-2 fit (from Exact)"]
+    assert f.at["Exact, no graft", "KV bytes/token"] == 4096 and f.at["GQA-2 fit (from Exact)", "KV heads"] == 2
+    assert f.at["GQA-4 fit (from Exact)", "KL / mean"] == pytest.approx(0.25)
+    assert f.at["GQA-4 mean (from Exact)", "KL / mean"] == pytest.approx(1.0)
+    assert math.isnan(f.at["Exact, no graft", "KL / mean"])
+    assert f.at["GQA-2 fit (from Exact)", "KL"] == pytest.approx(0.6)
+    assert f.at["GQA-2 fit (from Exact)", "Max |dlogit|"] == pytest.approx(6.0)
+    assert f.at["GQA-2 mean (from Exact)", "H6 mapping"] == pytest.approx(30.0)
+    assert f.at["GQA-4 fit (from Exact)", "H6 XKD-z"] == pytest.approx(70.0)
+    assert f.at["GQA-4 fit (from Exact)", "H6 UT"] == pytest.approx(65.0)
+    assert f.at["GQA-2 fit (from Exact)", "Tokens to 0.99 XKD-z"] == pytest.approx(3000)  # 79.5 >= 79.2 at step 30
+    assert math.isinf(f.at["GQA-2 fit (from Exact)", "Tokens to 0.99 UT"])
+    assert math.isnan(f.at["GQA-4 fit (from Exact)", "Tokens to 0.99 UT"])  # no curve: no figure
+    se = table.se.set_index(table.frame["Model"])
+    assert se.at["GQA-4 fit (from Exact)", "KL"] > 0 and se.at["GQA-4 fit (from Exact)", "H6 XKD-z"] > 0
+    assert math.isnan(se.at["GQA-4 fit (from Exact)", "KV bytes/token"])  # one measurement: no interval
+    md = render_markdown(table)
+    assert "GQA-2 fit (from Exact)" in md and "not within budget" in md
+
+    # a KV measurement missing, or a config that does not hold the named G: one line naming the file or cell
+    with pytest.raises(KeptError, match="kv_cache.json.*g8 init-exact-kv2-fit"):
+        graft_table(items=[i for i in items if not (i.tag == "kv" and i.model == "init-exact-kv2-fit")],
+                    train_init="exact")
+    _dump(tmp_path / "g8" / "init-exact-kv2-fit" / "model" / "config.json", {"num_key_value_heads": 4})
+    with pytest.raises(KeptError, match="config.json: num_key_value_heads is 4, but the init init-exact-kv2-fit"):
+        graft_table(items=items, train_init="exact")

@@ -112,15 +112,17 @@ def smoke(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("configfile", ["config.yaml", "config/smoke.yaml", "config/paper.yaml", "config/fast.yaml",
-                                        "config/families.yaml"])
+@pytest.mark.parametrize("configfile", ["config.yaml"] + sorted(f"config/{p.name}" for p in (ROOT / "config").glob("*.yaml")))
 def test_dry_run_of_shipped_config(workflow_copy, configfile):
     jobs = parse_jobs(ok(snakemake("-n", "--configfile", configfile, cwd=workflow_copy)))
     rules = {j["rule"] for j in jobs}
     assert {"all", "report_table_h6", "report_table_fidelity"} <= rules
     assert all(j["rule"] == "all" or j["resources"] for j in jobs)
+    if configfile != "config/graft.yaml":  # only the graft config has a graft axis (the default run's budget)
+        assert not rules & {"kv_cache", "report_table_graft"}
+        assert not [j for j in jobs if "-kv" in j["wildcards"].get("init", "") + j["wildcards"].get("method", "")]
     if configfile == "config/families.yaml":  # OLMo converts what it can (variants.olmo.convert.norms), the rest all
-        converted = {(j["wildcards"]["variant"], j["wildcards"]["norm"]) for j in jobs if j["rule"] == "convert"}
+        converted = {(j["wildcards"]["variant"], j["wildcards"]["init"]) for j in jobs if j["rule"] == "convert"}
         assert {n for v, n in converted if v == "olmo"} == {"paper", "centered", "exact"}
         assert {n for v, n in converted if v == "phi"} == {"paper", "centered", "exact", "fit"}
         for rms in ("qwen2", "qwen3"):  # the zoo's RMSNorm teachers: their one mapping, under both init names

@@ -19,7 +19,7 @@ def test_fast_config_trains_and_evaluates_only_the_fast_path(workflow_copy):
     rules = {j["rule"] for j in jobs}
     trains = {(j["wildcards"]["variant"], j["wildcards"]["method"]) for j in jobs if j["rule"] == "train"}
     assert trains == {(v, "xkd_z-parity") for v in ("base", "chat", "longchat")}
-    assert {j["wildcards"]["norm"] for j in jobs if j["rule"] == "convert"} == {"exact"}
+    assert {j["wildcards"]["init"] for j in jobs if j["rule"] == "convert"} == {"exact"}
     assert not rules & {"eval_recovery", "pilot", "report_figure_recovery"}
     assert {"report_table_fast_path", "report_table_h6", "report_table_mtbench", "model_card"} <= rules
     evaluated = {j["wildcards"]["model"] for j in jobs if "model" in j["wildcards"]}

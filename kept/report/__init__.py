@@ -21,6 +21,7 @@ TABLES = {
     "fidelity": tables.fidelity_table,
     "fast_path": tables.fast_path_table,
     "divergence": tables.divergence_table,
+    "graft": tables.graft_table,
     "regime": regime.regime_table,
     "split": regime.split_table,
     "power": regime.power_table,

@@ -30,6 +30,7 @@ class RunResults:
         self.longctx: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
         self.pilot: dict[str, list[dict]] = {}
         self.conversion: dict[tuple[str, str], dict] = {}  # (variant, init) -> conversion.json
+        self.fidelity: dict[tuple[str, str], dict[str, stats.Sample]] = {}  # (variant, init) -> per-sequence KL, top-1
         self.h6_files: dict[tuple[str, str], list[tuple[str, str | None]]] = {}  # (summary, raw dir) per seed
         self.kommlu_files: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
         self.mt_facts: dict[tuple[str, str, str], list[dict[str, stats.Sample]]] = {}
@@ -55,6 +56,11 @@ class RunResults:
                     raise KeptError(f"{it.path}: rubric facts need the toy rubric beside the answers")
                 self.mt_facts.setdefault((*key, it.tag[len("mtfacts-"):]), []).append(
                     units.rubric_fact_samples(it.path, it.detail))
+                continue
+            if it.tag == "fidelity":  # an init's model directory: its fidelity.json's per-sequence KL and top-1
+                path = Path(it.path) / "fidelity.json"
+                self.fidelity[(it.variant, it.model.removeprefix("init-"))] = units.fidelity_samples(read_json(path),
+                                                                                                    path=path)
                 continue
             if it.tag == "conversion":  # an init's model directory
                 self.conversion[(it.variant, it.model.removeprefix("init-"))] = read_json(Path(it.path) / "conversion.json")

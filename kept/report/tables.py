@@ -26,7 +26,7 @@ import pandas as pd
 
 from kept.atomic import atomic_file
 from kept.errors import ConfigError, KeptError
-from kept.grid import is_control, parse as parse_trained
+from kept.grid import is_control, parse as parse_trained, parse_init
 from kept.grid import row_name
 from kept.report import paper, stats, units
 from kept.report.inputs import Item, check_labels, check_number, get, number, read_json
@@ -46,6 +46,15 @@ UNCERTAINTY_NOTE = (
 )
 
 
+def init_label(init: str) -> str:
+    """Display name of an init: ``Exact`` for the exact mapping, ``Exact GQA-2 fit`` for it grafted to 2 KV heads
+    with the ``fit`` init, ``OPM layer-fit`` for OPM with the layer fit (kept.grid.parse_init)."""
+    found = parse_init(init)
+    label = INIT_NAMES.get(found.norm, found.norm)
+    label += "" if found.kv_heads is None else f" GQA-{found.kv_heads} {found.kv_init}"
+    return label + (" layer-fit" if found.layer_fit else "")
+
+
 def model_label(model: str, *, train_init: str) -> str:
     """Display name of a grid model: ``OPM + XKD-z`` for xkd_z trained from init-paper, ``Exact + XKD-z`` for
     xkd_z@exact, ``OPM + UT (broad corpus)`` for ut+broad; seeds of one student share its label."""
@@ -54,11 +63,11 @@ def model_label(model: str, *, train_init: str) -> str:
     if is_control(model):
         return "Teacher + UT"
     if model.startswith("init-"):
-        return INIT_NAMES.get(model[5:], model)
+        return init_label(model[5:])
     t = parse_trained(model)
     if t is not None:
         init = t.init or train_init
-        label = f"{INIT_NAMES.get(init, init)} + {METHOD_NAMES[t.method]}"
+        label = f"{init_label(init)} + {METHOD_NAMES[t.method]}"
         label += f" ({t.corpus} corpus)" if t.corpus else ""
         return label + (", stopped at parity" if t.stop else "")
     return model
@@ -428,8 +437,9 @@ def fidelity_table(*, items: list[Item], train_init: str) -> Table:
         path = Path(it.path) / "fidelity.json"
         obj = read_json(path)
         norm = get(obj, "norm", path=path, kind=str)
-        if f"init-{norm}" != it.model:
-            raise KeptError(f"{path}: key 'norm' is {norm!r}, expected {it.model[5:]!r} for {it.model}")
+        if norm != parse_init(it.model.removeprefix("init-")).norm or not it.model.startswith("init-"):
+            raise KeptError(f"{path}: key 'norm' is {norm!r}, expected "
+                            f"{parse_init(it.model.removeprefix('init-')).norm!r} for {it.model}")
         layer = get(obj, "layer_rel_err", path=path, kind=list)
         if not layer:
             raise KeptError(f"{path}: key 'layer_rel_err' is empty")
@@ -833,7 +843,7 @@ def divergence_table(*, items: list[Item], train_init: str) -> Table:
     for it in fid_items:
         init = it.model.removeprefix("init-")
         conv = read_conversion(it.path)
-        mapping, teacher = INIT_NAMES.get(init, init), model_label("teacher", train_init=train_init)
+        mapping, teacher = init_label(init), model_label("teacher", train_init=train_init)
         changed = ", ".join(m for m in dict.fromkeys(conv["modules"]) if m) or "none"
         label = f"{conv['family']} -> Llama, {mapping}: {conv['exactness'] or '?'} (changed: {changed})"
         vals, err, sd, row_seeds = {}, {}, {}, [1]
@@ -878,3 +888,64 @@ def divergence_table(*, items: list[Item], train_init: str) -> Table:
                  se=pd.DataFrame(ses, columns=columns, index=frame.index),
                  sd=pd.DataFrame(sds, columns=columns, index=frame.index).astype(float), seeds=seeds,
                  inf_text=dict.fromkeys(parity_cols, NOT_REACHED))
+
+
+# ---- the graft (issue 28) ------------------------------------------------------------------------------------
+
+
+def graft_table(*, items: list[Item], train_init: str) -> Table:
+    """The MHA -> GQA graft: one row per variant and init, the variant's primary mapping without a graft first,
+    then per G (KV heads kept) each closed-form init of the merged heads (``mean``, ``aligned``, ``fit``). Columns:
+    the KV heads (the converted config's ``num_key_value_heads``), the KV-cache bytes per token measured in
+    transformers' cache (tag ``kv``: kv_cache.json, rule kv_cache), the mapping's fidelity before training (KL
+    with its SE over the calibration sequences, KL over ``mean``'s at the same G, top-1 agreement, the largest
+    logit difference), and the divergence table's H6 of the teacher, of the mapping and after UT / XKD-h / XKD-z
+    from it at the matched budget (± SE, seeds pooled), and, where the variant has recovery curves, the tokens each
+    needed to reach :data:`PARITY_SHARE` of the teacher.
+
+    ``items``: the divergence table's (tags ``h6``, ``fidelity``, ``train``, ``recovery-<step>``) plus ``kv``."""
+    from dataclasses import replace
+
+    kv: dict[tuple[str, str], float] = {}
+    for it in items:
+        if it.tag == "kv":
+            obj = read_json(it.path)
+            check_labels(obj, it, path=it.path)
+            kv[(it.variant, it.model)] = number(obj, "kv_cache_bytes_per_token", path=it.path, lo=0.0)
+    rest = [it for it in items if it.tag != "kv"]
+    div = divergence_table(items=rest, train_init=train_init)
+    fid_items = [it for it in rest if it.tag == "fidelity"]
+    fid = fidelity_table(items=[replace(it, tag="") for it in fid_items], train_init=train_init)
+    kl_of = {(it.variant, it.model): float(fid.frame.at[fid.frame.index[i], "KL mean"]) for i, it in enumerate(fid_items)}
+    keep = [c for c in div.value_columns if c.startswith(("H6 ", "Tokens to"))]
+    columns = ["KV heads", "KV bytes/token", "KL", "KL / mean", "Top-1 (%)", "Max |dlogit|"] + keep
+    rows, ses, sds = [], [], []
+    for i, it in enumerate(fid_items):
+        init = parse_init(it.model.removeprefix("init-"))
+        if (it.variant, it.model) not in kv:
+            raise KeptError(f"graft table: no KV-cache measurement (kv_cache.json) for {it.variant} {it.model}")
+        cfg_path = Path(it.path) / "config.json"
+        heads = number(read_json(cfg_path), "num_key_value_heads", path=cfg_path, lo=1)
+        if init.kv_heads is not None and heads != init.kv_heads:
+            raise KeptError(f"{cfg_path}: num_key_value_heads is {heads:g}, but the init {it.model} names "
+                            f"{init.kv_heads}")
+        mean = kl_of.get((it.variant, f"init-{init.norm}-kv{init.kv_heads}-mean"), math.nan)
+        d, f = div.frame.index[i], fid.frame.index[i]
+        label = (f"{init_label(init.norm)}, no graft" if init.kv_heads is None
+                 else f"GQA-{init.kv_heads} {init.kv_init} (from {init_label(init.norm)})")
+        vals = {"KV heads": heads, "KV bytes/token": kv[(it.variant, it.model)], "KL": div.frame.at[d, "KL"],
+                "KL / mean": div.frame.at[d, "KL"] / mean if init.kv_heads is not None and mean > 0 else math.nan,
+                "Top-1 (%)": div.frame.at[d, "Top-1 (%)"], "Max |dlogit|": fid.frame.at[f, "Max abs dlogit"]}
+        vals |= {c: div.frame.at[d, c] for c in keep}
+        rows.append({"Variant": it.variant, "Model": label, **vals})
+        ses.append({c: div.se.at[d, c] if c in div.se.columns and c != "Max |dlogit|" else math.nan for c in columns}
+                   | {"KL": div.se.at[d, "KL"], "Top-1 (%)": div.se.at[d, "Top-1 (%)"]})
+        sds.append({c: div.sd.at[d, c] if c in div.sd.columns else math.nan for c in columns})
+    frame = pd.DataFrame(rows, columns=list(LABELS) + columns)
+    formats = {c: ".1f" for c in columns} | {"KV heads": ".0f", "KV bytes/token": ".0f", "KL": ".3g",
+                                             "KL / mean": ".2f", "Max |dlogit|": ".3g"}
+    formats |= {c: ".3g" for c in keep if c.startswith("Tokens to")}
+    return Table(frame=frame, better={}, formats=formats, contender=[False] * len(frame),
+                 se=pd.DataFrame(ses, columns=columns, index=frame.index),
+                 sd=pd.DataFrame(sds, columns=columns, index=frame.index).astype(float), seeds=list(div.seeds),
+                 inf_text={c: NOT_REACHED for c in keep if c.startswith("Tokens to")})
