@@ -115,7 +115,7 @@ def test_findings_divergence_claim(tmp_path):
 
 
 def test_findings_graft_claims(tmp_path):
-    """Per G: each init against mean before training (paired over the calibration sequences), XKD against UT from
+    """Per G: each init against mean before training (paired over the held-out fidelity sequences), XKD against UT from
     each grafted init (paired over items); the grafted inits are no alternative arm of the paper's claims."""
     from test_report import graft_fixture
 
@@ -139,7 +139,7 @@ def test_findings_graft_claims(tmp_path):
 
 
 def test_findings_layer_fit_claim(tmp_path):
-    """The layer fit against the same mapping without it, before training, paired over the calibration sequences:
+    """The layer fit against the same mapping without it, before training, paired over the held-out fidelity sequences:
     agrees where it cuts the KL, disagrees where it raises it."""
     from test_report import _dump, fidelity
 

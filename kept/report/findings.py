@@ -506,11 +506,11 @@ class Checker:
                             measure, arms=[])
 
     # ---- the graft and the layer fit (issue 28) ---------------------------------------------------------------------
-    KL_CRITERION = "sign of the paired KL difference over the calibration sequences, sign-flip test p < 0.05"
+    KL_CRITERION = "sign of the paired KL difference over the held-out fidelity sequences, sign-flip test p < 0.05"
 
     def lower_kl(self, variant: str, init: str, base: str) -> MEASURE:
         """The measure of "``init`` starts closer to the teacher than ``base``": their KL before training
-        (fidelity.json), paired over the same calibration sequences."""
+        (fidelity.json), paired over the same held-out fidelity sequences."""
         r = self.run
 
         def measure(_: Arm) -> tuple[str, str]:
@@ -520,7 +520,7 @@ class Checker:
             return (f"KL before training {_fmt(a.value() if a else math.nan, '.4g')} ({self.label('init-' + init)}) "
                     f"vs {_fmt(b.value() if b else math.nan, '.4g')} ({self.label('init-' + base)}): "
                     f"{_fmt(ratio, '.2f')}x, paired p = {_fmt(p, '.3g') if p is not None else 'nan'} over the "
-                    "calibration sequences", _direction(diff, p, expected=-1))
+                    "held-out fidelity sequences", _direction(diff, p, expected=-1))
 
         return measure
 

@@ -429,7 +429,7 @@ def longctx_table(*, items: list[Item], train_init: str) -> Table:
 
 def fidelity_table(*, items: list[Item], train_init: str) -> Table:
     """Fidelity before training: each mapping's ``fidelity.json`` (``Item.path`` = the converted model dir).
-    KL mean and top-1 agreement carry bootstrap standard errors over the calibration sequences; the max
+    KL mean and top-1 agreement carry bootstrap standard errors over the held-out fidelity sequences; the max
     columns are extremes over those fixed tokens (no interval, never tested)."""
     _group_rows(items, what="fidelity table")
     entries = []
@@ -898,7 +898,7 @@ def graft_table(*, items: list[Item], train_init: str) -> Table:
     then per G (KV heads kept) each closed-form init of the merged heads (``mean``, ``aligned``, ``fit``). Columns:
     the KV heads (the converted config's ``num_key_value_heads``), the KV-cache bytes per token measured in
     transformers' cache (tag ``kv``: kv_cache.json, rule kv_cache), the mapping's fidelity before training (KL
-    with its SE over the calibration sequences, KL over ``mean``'s at the same G, top-1 agreement, the largest
+    with its SE over the held-out fidelity sequences, KL over ``mean``'s at the same G, top-1 agreement, the largest
     logit difference), and the divergence table's H6 of the teacher, of the mapping and after UT / XKD-h / XKD-z
     from it at the matched budget (± SE, seeds pooled), and, where the variant has recovery curves, the tokens each
     needed to reach :data:`PARITY_SHARE` of the teacher.

@@ -189,7 +189,7 @@ def longctx_samples(obj: dict[str, Any], *, path: str | Path) -> dict[tuple[str,
 
 
 def fidelity_samples(obj: dict[str, Any], *, path: str | Path) -> dict[str, Sample]:
-    """"KL mean" and "Top-1 agreement" (percent) over calibration sequences (absent in older files: {})."""
+    """"KL mean" and "Top-1 agreement" (percent) over the held-out fidelity sequences (absent in older files: {})."""
     kl, top1 = obj.get("kl_per_sequence"), obj.get("top1_per_sequence")
     if kl is None or top1 is None:
         return {}
