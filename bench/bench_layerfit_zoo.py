@@ -93,8 +93,7 @@ def run(*, quick: bool = False) -> dict:
                 break
             ratio = got[True]["kl"] / got[False]["kl"]
             fitted = json.loads((work / "fit" / "conversion.json").read_text())["calibration_fit"]
-            refitted = " ".join(r.removesuffix("_proj") for r in REFITS if r in fitted["layers"][0]) + "".join(
-                f"; not: {why}" for why in fitted.get("not_refitted", []))
+            refitted = " ".join(r.removesuffix("_proj") for r in REFITS if r in fitted["layers"][0])
             if ratio > 0.5:
                 missed.append(f"{label} ({state}: x{ratio:.2f})")
             for fit in (False, True):

@@ -347,7 +347,7 @@ ZOO_SOURCES = [(family, overrides) for family, overrides, _ in ZOO] + [
 def test_calibration_sites_of_every_zoo_family(tmp_path, family, overrides):
     """Where the calibration pass reads the teacher is derived from the family's data (calibrate.teacher_sites);
     checked here against the family's own layer: the q/k norms it refits to are exactly the modules the layer
-    calls q/k norms (none where the source normalises after RoPE, which is reported as not refitted), and, run on a
+    calls q/k norms (flagged rotated where the source normalises after RoPE, HunYuan), and, run on a
     batch, the attention site gives a (B, T, hidden) output and each q/k norm H (or KV) heads x head_dim per token."""
     from kept.convert.families import read_source
     from kept.convert.plan import llama_config
@@ -361,10 +361,8 @@ def test_calibration_sites_of_every_zoo_family(tmp_path, family, overrides):
     try:
         layer = model.load_layer(0)
         named = {n for n, _ in layer.named_modules() if QK_NORM_NAMES.fullmatch(n.rsplit(".", 1)[-1])}
-        if arch.qk_norm_after_rope:
-            assert named and sites.qk is None and "after RoPE" in sites.skipped[0]
-        else:
-            assert set(sites.qk or ()) == named
+        assert set(sites.qk or ()) == named
+        assert sites.qk_rotated == (bool(named) and arch.qk_norm_after_rope)
         seen: dict[str, torch.Tensor] = {}
 
         def keep(path: str):
@@ -402,3 +400,30 @@ def test_layer_fit_composes_with_the_zoos_fitted_scales(tmp_path):
         for name in ("q_proj", "k_proj", "o_proj", "down_proj"):
             assert layer[name]["after"] < layer[name]["before"], (name, layer)
     assert rep[True]["kl_mean"] < 0.5 * rep[False]["kl_mean"], (rep[True]["kl_mean"], rep[False]["kl_mean"])
+
+
+def test_layer_fit_rotates_back_q_and_k_normalised_after_rope(tmp_path):
+    """HunYuan normalises q and k per head after RoPE: the targets of the q_proj/k_proj refit are the norms' outputs
+    rotated back by the student's RoPE, which the converted q_proj (fitted, pair-averaged scales) already nearly
+    gives (relative error < 0.2; without the rotation back > 1, and the fit triples the KL); the refit lowers each
+    error and the KL."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from kept.convert.calibrate import _unrotate
+    from kept.convert.tiny import TEXT, make_checkpoint
+
+    t = torch.randn(2, 5, 3, 8, dtype=torch.float64)  # (B, T, heads, hd)
+    theta = torch.rand(2, 5, 4, dtype=torch.float64) * 6
+    cos, sin = (torch.cat([f(theta)] * 2, -1) for f in (torch.cos, torch.sin))
+    back, _ = apply_rotary_pos_emb(_unrotate(t, (cos, sin)).transpose(1, 2), t.transpose(1, 2), cos, sin)
+    assert torch.allclose(back.transpose(1, 2), t, atol=1e-12)
+
+    src = make_checkpoint(tmp_path / "hunyuan", "hunyuan_v1_dense")
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(TEXT * 60))
+    rep = {fit: convert_checkpoint(source=src, output=tmp_path / f"out-{fit}", calibration=text, fidelity_tokens=512,
+                                   fit_tokens=1024, layer_fit=fit) for fit in (False, True)}
+    for layer in json.loads((tmp_path / "out-True" / "conversion.json").read_text())["calibration_fit"]["layers"]:
+        for name in ("q_proj", "k_proj"):
+            assert layer[name]["before"] < 0.2 and layer[name]["after"] < 0.8 * layer[name]["before"], (name, layer)
+    assert rep[True]["kl_mean"] < rep[False]["kl_mean"], (rep[True]["kl_mean"], rep[False]["kl_mean"])

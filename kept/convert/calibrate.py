@@ -216,7 +216,7 @@ class Sites:
     q_factor: tuple[float, ...] = ()
     k_factor: tuple[float, ...] = ()
     parallel: bool = False
-    skipped: tuple[str, ...] = ()  # what the layer fit leaves as converted, and why (reported)
+    qk_rotated: bool = False  # the q/k norms act after RoPE (HunYuan): their outputs are rotated back to targets
 
 
 def teacher_sites(family: Family, arch: Arch, llama_cfg: dict[str, Any]) -> Sites:
@@ -238,7 +238,7 @@ def teacher_sites(family: Family, arch: Arch, llama_cfg: dict[str, Any]) -> Site
 
     attention = runtime_path(family.tensors["o.w"][0]).rsplit(".", 2)[0]
     o_fold = rt.fold_modules.get("o") if "o" in arch.folds else None
-    qk, skipped = None, []
+    qk = None
     if "q" in arch.folds and "k" in arch.folds:
         qk = (rt.fold_modules["q"], rt.fold_modules["k"])
     elif arch.qk_layernorm:
@@ -248,12 +248,10 @@ def teacher_sites(family: Family, arch: Arch, llama_cfg: dict[str, Any]) -> Site
             m = QK_NORM.search(path)
             paths[m.group(1)] = path[: m.end()]
         qk = (paths["q"], paths["k"])
-    if qk is not None and arch.qk_norm_after_rope:  # q_proj cannot reach a norm of the rotated q
-        skipped.append("q_proj/k_proj: the source's q/k norms act after RoPE (their fitted scales stay)")
-        qk = None
     rows, qf, kf = qk_channels(arch, llama_cfg)
     return Sites(attention=o_fold or attention, attn_scale=arch.residual_scale, qk=qk, qk_rows=tuple(rows),
-                 q_factor=tuple(qf), k_factor=tuple(kf), parallel=arch.parallel_residual, skipped=tuple(skipped))
+                 q_factor=tuple(qf), k_factor=tuple(kf), parallel=arch.parallel_residual,
+                 qk_rotated=qk is not None and arch.qk_norm_after_rope)
 
 
 def calibrate(
@@ -370,8 +368,6 @@ def calibrate(
         s_model.close()
         bar.close()
     report = {"n_tokens": int(sum(b.numel() for b in batches)), "ridge": ridge, "layers": layers}
-    if layer_fit and sites.skipped:
-        report["not_refitted"] = list(sites.skipped)
     return cfg, report
 
 
@@ -383,6 +379,15 @@ def _per_head(t: torch.Tensor, heads: int) -> torch.Tensor:
     """``(B, T, heads, hd)`` from a q/k norm's output with the tokens on axis 1 (:func:`tokens_first`):
     ``(B, T, heads, hd)`` or ``(B, T, heads * hd)``."""
     return t.reshape(t.shape[0], t.shape[1], heads, -1)
+
+
+def _unrotate(t: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Llama's RoPE undone on ``t`` ``(B, T, heads, hd)`` in Llama's channel order: the rotation by the negative
+    angle, with the student's own ``(cos, sin)`` ``(B, T, hd)``, so that the student's RoPE of the result is ``t``."""
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    cos, sin = (p.to(t.dtype)[:, :, None, :] for p in position_embeddings)
+    return t * cos - rotate_half(t) * sin
 
 
 def _moment(x: list[torch.Tensor]) -> torch.Tensor:
@@ -450,7 +455,10 @@ class _Fit:
         rows = list(sites.qk_rows)
         for key, n, factor in zip(("q", "k"), heads, (sites.q_factor, sites.k_factor)):
             scale = torch.tensor(factor, dtype=torch.float32, device=self.device)
-            target = [(_per_head(t, n)[..., rows] * scale).flatten(-2) for t in captured[key]]
+            target = [_per_head(t, n)[..., rows] * scale for t in captured[key]]
+            if sites.qk_rotated:  # Llama rotates what q_proj gives: the target is the norm's output rotated back
+                target = [_unrotate(t, kw["position_embeddings"]) for t, (_, kw) in zip(target, self.ctx)]
+            target = [t.flatten(-2) for t in target]
             record[f"{key}_proj"] = self._solve(f"{_ATTN}.{key}_proj", zip(x, target), bias=bias, centre=False)
         return record
 
