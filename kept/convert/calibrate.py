@@ -42,6 +42,7 @@ from kept.progress import Progress
 log = logging.getLogger(__name__)
 
 RIDGE = 1e-3  # relative ridge of every refit (towards the converted weights)
+EIG_RIDGE = 1e-9  # relative ridge of the moments the NoPE basis factorises (and floor of its scales)
 TEXT_SEQ_LEN = 1024  # calibration text (plain or jsonl) is cut into sequences of this many tokens at most
 _ATTN = "self_attn"
 
@@ -217,6 +218,7 @@ class Sites:
     k_factor: tuple[float, ...] = ()
     parallel: bool = False
     qk_rotated: bool = False  # the q/k norms act after RoPE (HunYuan): their outputs are rotated back to targets
+    nope_layers: tuple[int, ...] = ()  # layers the source runs without RoPE: q/k put in a RoPE-tolerant basis
 
 
 def teacher_sites(family: Family, arch: Arch, llama_cfg: dict[str, Any]) -> Sites:
@@ -251,7 +253,7 @@ def teacher_sites(family: Family, arch: Arch, llama_cfg: dict[str, Any]) -> Site
     rows, qf, kf = qk_channels(arch, llama_cfg)
     return Sites(attention=o_fold or attention, attn_scale=arch.residual_scale, qk=qk, qk_rows=tuple(rows),
                  q_factor=tuple(qf), k_factor=tuple(kf), parallel=arch.parallel_residual,
-                 qk_rotated=qk is not None and arch.qk_norm_after_rope)
+                 qk_rotated=qk is not None and arch.qk_norm_after_rope, nope_layers=arch.nope_layers)
 
 
 def calibrate(
@@ -337,6 +339,10 @@ def calibrate(
             if qk is not None:  # before any merge: q and k to what the teacher's q/k norms gave
                 record.update(_Fit(layer, params, ctx=ctx, ridge=ridge, centred=centred, device=s_model.device).qk(
                     x, qk_t, sites=sites, heads=(heads, kv_now), bias=attn_bias))
+            if layer_fit and i in sites.nope_layers:  # before any merge, after the q/k refit
+                record["nope_basis"] = _nope_basis(params, x, ctx, heads=(heads, kv_now), head_dim=hd,
+                                                   bias=attn_bias)
+                set_params(layer, params, s_model.device)
             if kv_heads is not None:
                 merge = graft_attention(_attention(params, heads=heads, kv_heads=kv_now, head_dim=hd, bias=attn_bias),
                                         kv_heads=kv_heads, init=kv_init, sigma=_moment(x))
@@ -379,6 +385,71 @@ def _per_head(t: torch.Tensor, heads: int) -> torch.Tensor:
     """``(B, T, heads, hd)`` from a q/k norm's output with the tokens on axis 1 (:func:`tokens_first`):
     ``(B, T, heads, hd)`` or ``(B, T, heads * hd)``."""
     return t.reshape(t.shape[0], t.shape[1], heads, -1)
+
+
+def _nope_basis(params: dict[str, torch.Tensor], x: list[torch.Tensor], ctx: list[tuple[tuple, dict]], *,
+                heads: tuple[int, int], head_dim: int, bias: bool) -> dict[str, float]:
+    """A layer the source runs without RoPE, which Llama rotates: q and k of each KV group put in the *balanced*
+    basis of the score ``q . k`` (``q' = T q``, ``k' = T^-T k``, so ``q' . k' = q . k`` exactly at zero rotation),
+    its coordinates ordered by their share of the score and laid on the RoPE pairs from the slowest: what the
+    rotation then disturbs is the least of the score. ``T`` from the calibration moments: with ``P = sum_h
+    E[q_h q_h^T]`` over the group's query heads ``= L L^T`` and ``Q = E[k k^T]``, ``L^T Q L = U S^2 U^T`` and ``T =
+    S^(1/2) U^T L^-1``, which makes both moments ``S`` (balanced truncation's basis, whose coordinate ``j`` carries
+    ``s_j^2`` of the score's energy). The pairs' speeds are the student's own (its position embeddings at positions
+    0 and 1). Records the score's relative error under Llama's rotation on the first batch, before and after."""
+    n_heads, n_kv = heads
+    hd, g = head_dim, n_heads // n_kv
+    att = _attention(params, heads=n_heads, kv_heads=n_kv, head_dim=hd, bias=bias)
+    sigma = _moment(x)
+    cos, sin = ctx[0][1]["position_embeddings"]
+    speed = torch.remainder(torch.atan2(sin[0, 1], cos[0, 1]) - torch.atan2(sin[0, 0], cos[0, 0]),
+                            2 * math.pi).double().cpu()
+    half = hd // 2
+    slots = [c for p in sorted(range(half), key=lambda p: float(speed[p])) for c in (p, p + half)]
+    q, k = att.q.clone(), att.k.clone()
+    for j in range(n_kv):
+        rows_k = slice(j * hd, (j + 1) * hd)
+        group = [slice(h * hd, (h + 1) * hd) for h in range(j * g, (j + 1) * g)]
+        pq = sum(att.q[r] @ sigma @ att.q[r].T for r in group)
+        pk = att.k[rows_k] @ sigma @ att.k[rows_k].T
+        eye = torch.eye(hd, dtype=pq.dtype)
+        pq, pk = (m + EIG_RIDGE * float(m.diagonal().mean()) * eye for m in (pq, pk))
+        chol = torch.linalg.cholesky(pq)
+        s2, u = torch.linalg.eigh(chol.T @ pk @ chol)
+        s2, u = s2.flip(0).clamp_min(0), u.flip(1)  # descending: the largest share of the score first
+        root = s2.sqrt().clamp_min(EIG_RIDGE).sqrt()
+        t_q = root[:, None] * torch.linalg.solve_triangular(chol.T, u, upper=True).T  # S^(1/2) U^T L^-1
+        t_k = (u / root).T @ chol.T  # T^-T = S^(-1/2) U^T L^T
+        order = torch.empty(hd, dtype=torch.long)
+        order[torch.tensor(slots)] = torch.arange(hd)  # balanced coordinate r -> channel slots[r]
+        k[rows_k] = (t_k @ att.k[rows_k])[order]
+        for r in group:
+            q[r] = (t_q @ att.q[r])[order]
+    before = _rotated_score_error(att.q, att.k, x[0], ctx[0][1]["position_embeddings"], heads=heads, head_dim=hd)
+    after = _rotated_score_error(q, k, x[0], ctx[0][1]["position_embeddings"], heads=heads, head_dim=hd)
+    dtype = params[f"{_ATTN}.q_proj.weight"].dtype
+    for name, rows in (("q_proj", q), ("k_proj", k)):
+        params[f"{_ATTN}.{name}.weight"] = rows[:, :-1].to(dtype)
+        if bias:
+            params[f"{_ATTN}.{name}.bias"] = rows[:, -1].to(dtype)
+    return {"before": before, "after": after}
+
+
+def _rotated_score_error(q: torch.Tensor, k: torch.Tensor, x: torch.Tensor, position_embeddings: Any, *,
+                         heads: tuple[int, int], head_dim: int) -> float:
+    """Relative error of the causal attention scores of ``x`` ``(B, T, d)`` under Llama's RoPE against the same q
+    and k (rows ``[W | b]``) unrotated, over all heads."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    xa = torch.cat([x.double().cpu(), torch.ones(*x.shape[:2], 1, dtype=torch.float64)], -1)
+    b, t = x.shape[:2]
+    qs = (xa @ q.T).view(b, t, heads[0], head_dim).transpose(1, 2)
+    ks = (xa @ k.T).view(b, t, heads[1], head_dim).transpose(1, 2).repeat_interleave(heads[0] // heads[1], 1)
+    cos, sin = (p.double().cpu() for p in position_embeddings)
+    qr, kr = apply_rotary_pos_emb(qs, ks, cos, sin)
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    plain, rotated = (a @ c.transpose(-1, -2) for a, c in ((qs, ks), (qr, kr)))
+    return float((rotated - plain)[..., causal].norm() / plain[..., causal].norm())
 
 
 def _unrotate(t: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

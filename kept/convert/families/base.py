@@ -78,6 +78,7 @@ class Arch:
     qk_norm_span: str = "head"  # q/k norms over each head ("head": weight [head_dim]) or all heads ("full": OLMo-2)
     qk_norm_after_rope: bool = False  # the q/k norms act on the rotated q/k (Hunyuan): fitted scales pair-averaged
     pre_norm: bool = True  # False: attention / MLP read the raw stream (OLMo-2 post-norm); Llama's gains are fitted
+    nope_layers: tuple[int, ...] = ()  # layers the source runs without RoPE (SmolLM3; EXAONE 4 and Cohere 2 hybrids)
     divergent: tuple[tuple[str, str], ...] = ()  # (module, change) the family detected in config.json
 
 

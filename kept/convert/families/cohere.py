@@ -22,8 +22,9 @@ def read_arch(cfg: dict[str, Any], path: Path) -> Arch:
                       qk_layernorm=bool(getattr(c, "use_qk_norm", False)))
     types = getattr(c, "layer_types", None) or []
     if cfg["model_type"] == "cohere2" and "sliding_attention" in types and "full_attention" in types:
-        n = sum(t == "full_attention" for t in types)
-        arch = replace(arch, divergent=arch.divergent + (
+        nope = tuple(i for i, t in enumerate(types) if t == "full_attention")
+        n = len(nope)
+        arch = replace(arch, nope_layers=nope, divergent=arch.divergent + (
             ("rope", f"{n} full-attention layers apply no RoPE in the source; Llama rotates every layer"),))
     return arch
 

@@ -32,8 +32,9 @@ def read_arch4(cfg: dict[str, Any], path: Path) -> Arch:
     arch = llama_like(cfg, path, "exaone4", pre_norm=False, folds=("q", "k", "o", "down"))
     types = getattr(hf_config(cfg, path), "layer_types", None) or []
     if "sliding_attention" in types and "full_attention" in types:
-        n = sum(t == "full_attention" for t in types)
-        arch = replace(arch, divergent=arch.divergent + (
+        nope = tuple(i for i, t in enumerate(types) if t == "full_attention")
+        n = len(nope)
+        arch = replace(arch, nope_layers=nope, divergent=arch.divergent + (
             ("rope", f"{n} full-attention layers apply no RoPE in the source; Llama rotates every layer"),))
     return arch
 

@@ -36,7 +36,7 @@ def smollm3(cfg: dict[str, Any], path: Path) -> Arch:
     arch = llama_like(cfg, path, "smollm3")
     nope = [i for i, rope in enumerate(hf_config(cfg, path).no_rope_layers) if not rope]
     if nope:
-        arch = replace(arch, divergent=arch.divergent + (
+        arch = replace(arch, nope_layers=tuple(nope), divergent=arch.divergent + (
             ("rope", f"{len(nope)} of {arch.num_layers} layers apply no RoPE in the source (NoPE); Llama rotates "
                      "every layer"),))
     return arch
