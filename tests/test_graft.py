@@ -463,3 +463,25 @@ def test_layer_fit_puts_a_nope_layers_score_on_the_slowest_rope_pairs(tmp_path):
     q0 = "model.layers.0.self_attn.q_proj.weight"
     assert torch.equal(w[True][q0], w[False][q0])
     assert rep[True]["kl_mean"] < 0.5 * rep[False]["kl_mean"], (rep[True]["kl_mean"], rep[False]["kl_mean"])
+
+
+def test_layer_fit_folds_a_temperature_for_the_final_softcap(tmp_path):
+    """VaultGemma softcaps its logits (30 tanh(z / 30)), which Llama cannot: --layer-fit fits the temperature that
+    minimises the KL over the calibration tokens (Newton on a convex 1-D problem) and folds it into lm_head, which
+    is otherwise the plain conversion's; the KL falls by more than half (window and attention softcap off here, so
+    the final softcap is all that is approximate)."""
+    from safetensors.torch import load_file
+
+    from kept.convert.tiny import TEXT, make_checkpoint
+
+    src = make_checkpoint(tmp_path / "vg", "vaultgemma", sliding_window=128, attn_logit_softcapping=None)
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(TEXT * 60))
+    rep = {fit: convert_checkpoint(source=src, output=tmp_path / f"out-{fit}", calibration=text, fidelity_tokens=512,
+                                   fit_tokens=1024, layer_fit=fit) for fit in (False, True)}
+    final = json.loads((tmp_path / "out-True" / "conversion.json").read_text())["calibration_fit"]["final_softcap"]
+    assert 0.05 < final["temperature"] < 1 and final["after"] < 0.5 * final["before"], final
+    head = {fit: {k: v for f in (tmp_path / f"out-{fit}").glob("*.safetensors")
+                  for k, v in load_file(f).items()}["lm_head.weight"].double() for fit in (False, True)}
+    assert torch.allclose(head[True], head[False] * final["temperature"], rtol=1e-6, atol=1e-7)
+    assert rep[True]["kl_mean"] < 0.5 * rep[False]["kl_mean"], (rep[True]["kl_mean"], rep[False]["kl_mean"])

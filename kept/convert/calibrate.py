@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 RIDGE = 1e-3  # relative ridge of every refit (towards the converted weights)
 EIG_RIDGE = 1e-9  # relative ridge of the moments the NoPE basis factorises (and floor of its scales)
+FINAL_FIT_TOKENS = 4096  # calibration tokens the final softcap's temperature is fitted on ...
+FINAL_FIT_CHUNK = 64  # ... this many at a time against the whole vocabulary
+FINAL_FIT_ITERATIONS = 30  # Newton steps at most
 TEXT_SEQ_LEN = 1024  # calibration text (plain or jsonl) is cut into sequences of this many tokens at most
 _ATTN = "self_attn"
 
@@ -272,10 +275,12 @@ def calibrate(
     device: str = "cpu",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Solve every layer of the converted Llama at ``student`` against ``teacher`` on ``ids`` and save the tensors it
-    replaces, per layer, as ``scratch/layer-<i>.safetensors``. ``sites``: where the teacher's layer is read
-    (:func:`teacher_sites`); ``centred``: the mapping centres the stream (the targets are centred too). Returns the
-    grafted Llama config.json and the report (per layer: the groups of KV heads, the merge's residuals, each refit's
-    relative error before/after, and the layer's wall seconds)."""
+    replaces, per layer, as ``scratch/layer-<i>.safetensors`` (with ``layer_fit`` on a source that softcaps its
+    logits, lm_head times the fitted temperature as ``scratch/head.safetensors``). ``sites``: where the teacher's
+    layer is read (:func:`teacher_sites`); ``centred``: the mapping centres the stream (the targets are centred too).
+    Returns the grafted Llama config.json and the report (per layer: the groups of KV heads, the merge's residuals,
+    each refit's relative error before/after, and the layer's wall seconds; ``final_softcap``: the temperature and
+    the KL before/after)."""
     from safetensors.torch import save_file
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
@@ -300,6 +305,7 @@ def calibrate(
         with torch.device("meta"):
             grafted = LlamaDecoderLayer(llama_cfg, layer_idx=0).eval()
     layers: list[dict[str, Any]] = []
+    final: dict[str, float] | None = None
     bar = Progress(t_model.num_layers, desc="convert: calibration", unit="layer")
     try:
         batches = split_batches(ids)
@@ -369,11 +375,19 @@ def calibrate(
             return out
 
         walk(t_stream, s_stream, taps=taps, solve=solve, after=after)
+        cap = getattr(t_model.config, "final_logit_softcapping", None)
+        if layer_fit and cap:  # the softcap Llama's logits cannot hold: a temperature folded into lm_head
+            final = _final_temperature(t_model, s_model, t_stream.hidden, s_stream.hidden)
+            head = s_model.head_rows(0, s_model.vocab_size()).cpu() * final["temperature"]
+            save_file({"lm_head.weight": head.contiguous()}, str(scratch / "head.safetensors"))
+            cfg = {**cfg, "tie_word_embeddings": False}
     finally:
         t_model.close()
         s_model.close()
         bar.close()
     report = {"n_tokens": int(sum(b.numel() for b in batches)), "ridge": ridge, "layers": layers}
+    if final is not None:
+        report["final_softcap"] = final
     return cfg, report
 
 
@@ -385,6 +399,57 @@ def _per_head(t: torch.Tensor, heads: int) -> torch.Tensor:
     """``(B, T, heads, hd)`` from a q/k norm's output with the tokens on axis 1 (:func:`tokens_first`):
     ``(B, T, heads, hd)`` or ``(B, T, heads * hd)``."""
     return t.reshape(t.shape[0], t.shape[1], heads, -1)
+
+
+@torch.no_grad()
+def _final_temperature(teacher: StreamingModel, student: StreamingModel, t_hidden: list[torch.Tensor],
+                       s_hidden: list[torch.Tensor]) -> dict[str, float]:
+    """The teacher softcaps its logits (``c tanh(z / c)``: Gemma 2, VaultGemma), which Llama cannot: the temperature
+    ``tau`` of the student's logits that minimises KL(teacher || softmax(tau z)) over the calibration tokens (at most
+    FINAL_FIT_TOKENS), by Newton's method on this convex 1-D problem (gradient ``E[E_q z - E_p z]``, curvature
+    ``E[Var_q z]``). Holds both LM heads in float32 (2 x vocab x hidden x 4 bytes)."""
+    def rows(model: StreamingModel) -> torch.Tensor:
+        return model.head_rows(0, model.vocab_size()).clone()
+
+    def tokens(model: StreamingModel, hidden: list[torch.Tensor]) -> torch.Tensor:
+        h = torch.cat([model.final_norm(hb).reshape(-1, hb.shape[-1]) for hb in hidden])
+        return h[:FINAL_FIT_TOKENS].float()
+
+    w_t, w_s = rows(teacher), rows(student)
+    bias = teacher.head_bias_rows(0, teacher.vocab_size())
+    h_t, h_s = tokens(teacher, t_hidden), tokens(student, s_hidden)
+
+    def chunks():
+        for a in range(0, h_t.shape[0], FINAL_FIT_CHUNK):
+            zt = (h_t[a:a + FINAL_FIT_CHUNK] @ w_t.T).double()
+            lp = torch.log_softmax(teacher.logits(zt if bias is None else zt + bias), -1)
+            yield lp, (h_s[a:a + FINAL_FIT_CHUNK] @ w_s.T).double()
+
+    def step(tau: float) -> tuple[float, float, float]:  # KL, gradient, curvature (means over tokens)
+        kl = grad = curv = 0.0
+        for lp, zs in chunks():
+            lq = torch.log_softmax(tau * zs, -1)
+            p, q = lp.exp(), lq.exp()
+            eq = (q * zs).sum(-1)
+            kl += float((p * (lp - lq)).sum())
+            grad += float((eq - (p * zs).sum(-1)).sum())
+            curv += float(((q * zs * zs).sum(-1) - eq * eq).sum())
+        n = h_t.shape[0]
+        return kl / n, grad / n, curv / n
+
+    tau = 1.0
+    before, grad, curv = step(tau)
+    kl = before
+    for _ in range(FINAL_FIT_ITERATIONS):
+        new = min(max(tau - grad / max(curv, 1e-12), 0.05), 20.0)
+        done = abs(new - tau) < 1e-7
+        tau = new
+        kl, grad, curv = step(tau)
+        if done:
+            break
+    if not math.isfinite(kl) or kl > before:  # a safeguard: the converted head when Newton found nothing better
+        tau, kl = 1.0, before
+    return {"before": before, "after": kl, "temperature": tau, "tokens": int(h_t.shape[0])}
 
 
 def _nope_basis(params: dict[str, torch.Tensor], x: list[torch.Tensor], ctx: list[tuple[tuple, dict]], *,
@@ -573,13 +638,14 @@ def _inputs_of(module: torch.nn.Module, run: Callable[[], Any]) -> list[torch.Te
 
 
 class _Refitted:
-    """The tensors a calibration pass replaced (``scratch/layer-*.safetensors``), read one at a time on demand."""
+    """The tensors a calibration pass replaced (``scratch/layer-*.safetensors``, ``scratch/head.safetensors``), read
+    one at a time on demand."""
 
     def __init__(self, scratch: Path) -> None:
         from safetensors import safe_open
 
         self._open = safe_open
-        self.where = {name: f for f in sorted(scratch.glob("layer-*.safetensors"))
+        self.where = {name: f for f in sorted(scratch.glob("*.safetensors"))
                       for name in safe_open(str(f), framework="pt").keys()}
 
     def __len__(self) -> int:

@@ -295,6 +295,7 @@ def convert_checkpoint(
                     kv_heads=kv_heads, kv_init=kv_init, layer_fit=layer_fit, centred=centred,
                     sites=teacher_sites(family, arch, llama_config), out_dtype=out_dtype, max_shard_size=max_bytes,
                     where=str(calibration or source / "config.json"), device=device)
+                same_head = same_head and "final_softcap" not in refit_report  # the refit scaled lm_head
             (tmp / "config.json").write_text(json.dumps(llama_config, indent=2) + "\n")
             (tmp / "generation_config.json").write_text(json.dumps(_generation_config(source, arch), indent=2) + "\n")
             chat_template = _write_tokenizer(source, tmp, family, arch, tok_file, chat=chat)
