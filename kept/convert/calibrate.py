@@ -461,7 +461,8 @@ def _nope_basis(params: dict[str, torch.Tensor], x: list[torch.Tensor], ctx: lis
     E[q_h q_h^T]`` over the group's query heads ``= L L^T`` and ``Q = E[k k^T]``, ``L^T Q L = U S^2 U^T`` and ``T =
     S^(1/2) U^T L^-1``, which makes both moments ``S`` (balanced truncation's basis, whose coordinate ``j`` carries
     ``s_j^2`` of the score's energy). The pairs' speeds are the student's own (its position embeddings at positions
-    0 and 1). Records the score's relative error under Llama's rotation on the first batch, before and after."""
+    0 and 1). Records the score's relative error under Llama's rotation on the first calibration sequence, before
+    and after."""
     n_heads, n_kv = heads
     hd, g = head_dim, n_heads // n_kv
     att = _attention(params, heads=n_heads, kv_heads=n_kv, head_dim=hd, bias=bias)
@@ -490,8 +491,9 @@ def _nope_basis(params: dict[str, torch.Tensor], x: list[torch.Tensor], ctx: lis
         k[rows_k] = (t_k @ att.k[rows_k])[order]
         for r in group:
             q[r] = (t_q @ att.q[r])[order]
-    before = _rotated_score_error(att.q, att.k, x[0], ctx[0][1]["position_embeddings"], heads=heads, head_dim=hd)
-    after = _rotated_score_error(q, k, x[0], ctx[0][1]["position_embeddings"], heads=heads, head_dim=hd)
+    first = (x[0][:1], tuple(p[:1] for p in ctx[0][1]["position_embeddings"]))  # one sequence: (H, T, T) scores
+    before = _rotated_score_error(att.q, att.k, *first, heads=heads, head_dim=hd)
+    after = _rotated_score_error(q, k, *first, heads=heads, head_dim=hd)
     dtype = params[f"{_ATTN}.q_proj.weight"].dtype
     for name, rows in (("q_proj", q), ("k_proj", k)):
         params[f"{_ATTN}.{name}.weight"] = rows[:, :-1].to(dtype)
