@@ -345,13 +345,15 @@ def calibrate(
             if qk is not None:  # before any merge: q and k to what the teacher's q/k norms gave
                 record.update(_Fit(layer, params, ctx=ctx, ridge=ridge, centred=centred, device=s_model.device).qk(
                     x, qk_t, sites=sites, heads=(heads, kv_now), bias=attn_bias))
-            if layer_fit and i in sites.nope_layers:  # before any merge, after the q/k refit
-                record["nope_basis"] = _nope_basis(params, x, ctx, heads=(heads, kv_now), head_dim=hd,
+            nope = layer_fit and i in sites.nope_layers
+            sigma = _moment(x) if nope or kv_heads is not None else None  # E[x x^T] of the attention's input
+            if nope:  # before any merge, after the q/k refit
+                record["nope_basis"] = _nope_basis(params, sigma, x, ctx, heads=(heads, kv_now), head_dim=hd,
                                                    bias=attn_bias)
                 set_params(layer, params, s_model.device)
             if kv_heads is not None:
                 merge = graft_attention(_attention(params, heads=heads, kv_heads=kv_now, head_dim=hd, bias=attn_bias),
-                                        kv_heads=kv_heads, init=kv_init, sigma=_moment(x))
+                                        kv_heads=kv_heads, init=kv_init, sigma=sigma)
                 _set_attention(params, merge, bias=attn_bias)
                 record.update(groups=merge.groups, residual=merge.residual)
             out = set_params(grafted if kv_heads is not None else layer, params, s_model.device)
@@ -452,8 +454,9 @@ def _final_temperature(teacher: StreamingModel, student: StreamingModel, t_hidde
     return {"before": before, "after": kl, "temperature": tau, "tokens": int(h_t.shape[0])}
 
 
-def _nope_basis(params: dict[str, torch.Tensor], x: list[torch.Tensor], ctx: list[tuple[tuple, dict]], *,
-                heads: tuple[int, int], head_dim: int, bias: bool) -> dict[str, float]:
+def _nope_basis(params: dict[str, torch.Tensor], sigma: torch.Tensor, x: list[torch.Tensor],
+                ctx: list[tuple[tuple, dict]], *, heads: tuple[int, int], head_dim: int,
+                bias: bool) -> dict[str, float]:
     """A layer the source runs without RoPE, which Llama rotates: q and k of each KV group put in the *balanced*
     basis of the score ``q . k`` (``q' = T q``, ``k' = T^-T k``, so ``q' . k' = q . k`` exactly at zero rotation),
     its coordinates ordered by their share of the score and laid on the RoPE pairs from the slowest: what the
@@ -461,12 +464,11 @@ def _nope_basis(params: dict[str, torch.Tensor], x: list[torch.Tensor], ctx: lis
     E[q_h q_h^T]`` over the group's query heads ``= L L^T`` and ``Q = E[k k^T]``, ``L^T Q L = U S^2 U^T`` and ``T =
     S^(1/2) U^T L^-1``, which makes both moments ``S`` (balanced truncation's basis, whose coordinate ``j`` carries
     ``s_j^2`` of the score's energy). The pairs' speeds are the student's own (its position embeddings at positions
-    0 and 1). Records the score's relative error under Llama's rotation on the first calibration sequence, before
-    and after."""
+    0 and 1); ``sigma``: ``E[[x, 1][x, 1]^T]`` of the attention's input ``x`` (:func:`_moment`). Records the score's
+    relative error under Llama's rotation on the first calibration sequence, before and after."""
     n_heads, n_kv = heads
     hd, g = head_dim, n_heads // n_kv
     att = _attention(params, heads=n_heads, kv_heads=n_kv, head_dim=hd, bias=bias)
-    sigma = _moment(x)
     cos, sin = ctx[0][1]["position_embeddings"]
     speed = torch.remainder(torch.atan2(sin[0, 1], cos[0, 1]) - torch.atan2(sin[0, 0], cos[0, 0]),
                             2 * math.pi).double().cpu()
