@@ -379,9 +379,10 @@ def calibrate(
         walk(t_stream, s_stream, taps=taps, solve=solve, after=after)
         cap = getattr(t_model.config, "final_logit_softcapping", None)
         if layer_fit and cap:  # the softcap Llama's logits cannot hold: a temperature folded into lm_head
-            final = _final_temperature(t_model, s_model, t_stream.hidden, s_stream.hidden)
-            head = s_model.head_rows(0, s_model.vocab_size()).cpu() * final["temperature"]
-            save_file({"lm_head.weight": head.contiguous()}, str(scratch / "head.safetensors"))
+            head = s_model.head_rows(0, s_model.vocab_size()).clone()
+            final = _final_temperature(t_model, s_model, head, t_stream.hidden, s_stream.hidden)
+            save_file({"lm_head.weight": (head.cpu() * final["temperature"]).contiguous()},
+                      str(scratch / "head.safetensors"))
             cfg = {**cfg, "tie_word_embeddings": False}
     finally:
         t_model.close()
@@ -404,20 +405,18 @@ def _per_head(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _final_temperature(teacher: StreamingModel, student: StreamingModel, t_hidden: list[torch.Tensor],
-                       s_hidden: list[torch.Tensor]) -> dict[str, float]:
+def _final_temperature(teacher: StreamingModel, student: StreamingModel, w_s: torch.Tensor,
+                       t_hidden: list[torch.Tensor], s_hidden: list[torch.Tensor]) -> dict[str, float]:
     """The teacher softcaps its logits (``c tanh(z / c)``: Gemma 2, VaultGemma), which Llama cannot: the temperature
     ``tau`` of the student's logits that minimises KL(teacher || softmax(tau z)) over the calibration tokens (at most
     FINAL_FIT_TOKENS), by Newton's method on this convex 1-D problem (gradient ``E[E_q z - E_p z]``, curvature
-    ``E[Var_q z]``). Holds both LM heads in float32 (2 x vocab x hidden x 4 bytes)."""
-    def rows(model: StreamingModel) -> torch.Tensor:
-        return model.head_rows(0, model.vocab_size()).clone()
-
+    ``E[Var_q z]``). ``w_s``: the student's LM head (float32); the teacher's is held beside it (2 x vocab x hidden x
+    4 bytes)."""
     def tokens(model: StreamingModel, hidden: list[torch.Tensor]) -> torch.Tensor:
         h = torch.cat([model.final_norm(hb).reshape(-1, hb.shape[-1]) for hb in hidden])
         return h[:FINAL_FIT_TOKENS].float()
 
-    w_t, w_s = rows(teacher), rows(student)
+    w_t = teacher.head_rows(0, teacher.vocab_size()).clone()
     bias = teacher.head_bias_rows(0, teacher.vocab_size())
     h_t, h_s = tokens(teacher, t_hidden), tokens(student, s_hidden)
 
