@@ -309,6 +309,12 @@ FAMILY_CASES = [
      "same model (partial rotary as llama3 rope_freqs with frozen channels)", {}),
     ("glm (fused gate_up, interleaved partial rotary 0.5)", "glm", {}, "runtimes",
      "same model (interleaved rotary permuted to halves; llama3 rope_freqs)", {}),
+    # the layer fit's closed forms that change more than tensor values (issue 28): a final logit softcap becomes a
+    # fitted temperature folded into the LM head, which unties a tied head; NoPE layers' q/k in the score's basis
+    ("gemma2, layer fit (softcap -> temperature in an untied head)", "gemma2", {}, "runtimes",
+     "same model (head written, tie_word_embeddings false)", {"layer_fit": True}),
+    ("smollm3, layer fit (NoPE layer's q/k in the score's basis)", "smollm3", {}, "runtimes",
+     "same model (q/k values only)", {"layer_fit": True}),
 ]
 FAMILY_SEQ_LEN = 40
 # kept.convert.tiny.train_bpe's default (96) is below the byte-level alphabet (256 + 3 specials): that tokenizer has
@@ -447,8 +453,8 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
         row["expected of llama.cpp"] = expect
         rows.append(row)
     notes.append(f"Families: kept.convert.tiny (transformers' own class, perturbed norms and biases), "
-                 f"convert_checkpoint(norm='exact', fidelity_tokens=0; the GQA case also kv_heads=2, kv_init='fit' on "
-                 f"the built-in calibration sample), llama.cpp's convert_hf_to_gguf.py --outtype "
+                 f"convert_checkpoint(norm='exact', fidelity_tokens=0; the GQA case also kv_heads=2, kv_init='fit', the "
+                 f"layer-fit cases layer_fit=True, each on the built-in calibration sample), llama.cpp's convert_hf_to_gguf.py --outtype "
                  f"f32, libllama forward with f32 KV cache; {len(seqs)} random sequence(s) of {FAMILY_SEQ_LEN} ids "
                  f"per case (seed 0), no BOS. 'vs source class': the converted checkpoint in transformers, with the "
                  f"per-vocabulary logit offset that stock Llama cannot hold (head @ final beta + head bias, which "
