@@ -115,12 +115,20 @@ def graft_inits(variant=None):
 
 
 def layer_fit_inits(variant=None):
-    """The layer-fitted init of a variant (of every variant if None): its primary mapping with --layer-fit
-    (`paper-lfit`) where variants.<name>.convert.layer_fit is set, else []."""
+    """The layer-fitted inits of a variant (of every variant if None): with --layer-fit, its primary mapping
+    (`paper-lfit`) where variants.<name>.convert.layer_fit is true, each listed mapping where it is a list
+    (`[paper, exact]`: paper-lfit, exact-lfit), else []."""
     if variant is None:
         return list(dict.fromkeys(i for v in VARIANTS for i in layer_fit_inits(v)))
-    own = variant_cfg(variant).get("convert") or {}
-    return [Init(TRAIN_INIT, layer_fit=True).name] if own.get("layer_fit") else []
+    fit = (variant_cfg(variant).get("convert") or {}).get("layer_fit")
+    if not fit:
+        return []
+    norms = [TRAIN_INIT] if fit is True else list(fit)
+    missing = [n for n in norms if n not in variant_norms(variant)]
+    if missing:
+        raise ValueError(f"variants.{variant}.convert.layer_fit: {missing} are not among the mappings the variant "
+                         f"converts ({variant_norms(variant)}): the fit refines a mapping it has")
+    return [Init(n, layer_fit=True).name for n in norms]
 
 
 def extra_inits(variant=None):

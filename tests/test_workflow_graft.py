@@ -86,6 +86,33 @@ def test_layer_fit_axis_adds_one_init_and_its_students(workflow_copy, tmp_path):
     assert not {j["rule"] for j in jobs} & {"kv_cache", "report_table_graft"}
 
 
+@pytest.mark.slow
+def test_layer_fit_list_fits_each_named_mapping(workflow_copy, tmp_path):
+    """variants.<name>.convert.layer_fit as a list of mappings: each listed mapping is converted once more with the
+    layer fit (paper-lfit and exact-lfit for neox) and every method trains from each; a mapping the variant does not
+    convert is refused, naming the key and the variant's mappings."""
+    cfg = yaml.safe_load((workflow_copy / "config" / "families.yaml").read_text())
+    for variant in cfg["variants"].values():
+        variant.get("convert", {}).pop("layer_fit", None)
+    cfg["variants"]["neox"]["convert"] = {"layer_fit": ["paper", "exact"]}
+    overlay = tmp_path / "lfit-list.yaml"
+    overlay.write_text(yaml.safe_dump(cfg))
+    jobs = parse_jobs(ok(snakemake("-n", "--cores", "2", "--configfile", str(overlay), cwd=workflow_copy)))
+    lfit = [(j["rule"], j["wildcards"]) for j in jobs if "lfit" in str(j["wildcards"])]
+    assert sorted(w["variant"] + ":" + w["init"] for r, w in lfit if r == "convert") == [
+        "neox:exact-lfit", "neox:paper-lfit"]
+    assert sorted(w["method"] for r, w in lfit if r == "train") == sorted(
+        f"{m}@{i}" for m in METHODS for i in ("paper-lfit", "exact-lfit"))
+
+    cfg["variants"]["olmo"]["convert"] = {"norms": ["paper", "exact"], "layer_fit": ["paper", "centered"]}
+    bad = tmp_path / "lfit-bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--cores", "2", "--configfile", str(bad), cwd=workflow_copy)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "variants.olmo.convert.layer_fit: ['centered'] are not among the mappings the variant converts" in out
+
+
 def test_kv_cache_is_measured_in_transformers_cache(tmp_path):
     """Rule kv_cache's measurement (kept.models.kv_bytes_per_token): keys and values of every layer in the cache
     of one forward, per token -- 2 x layers x KV heads x head dim x 4 bytes for a float32 Llama with 2 KV heads."""
