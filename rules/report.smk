@@ -321,12 +321,12 @@ FINDINGS_ITEMS = (
     # the regime check (an explanation of every XKD-versus-UT claim): mixture losses and the logs behind the budget
     + [entry for entry in REPORT_ARTIFACTS["table_regime"][2] if entry[0][2] != "h6"]
     # the graft's and the layer fit's claims: the fidelity.json of each grafted or layer-fitted init and of the
-    # mapping it starts from (its model dir, its own detail), beside the H6 above
+    # mapping it starts from (its model dir, its own detail: exact for exact-lfit), beside the H6 above
     + [
         ((v, f"init-{i}", "fidelity"), model_dir(v, f"init-{i}"), model_dir(v, f"init-{i}"))
         for v in VARIANTS
         if extra_inits(v)
-        for i in [TRAIN_INIT] + extra_inits(v)
+        for i in dict.fromkeys([TRAIN_INIT] + [parse_init(x).norm for x in extra_inits(v)] + extra_inits(v))
     ]
 )
 # the explanation each ablation corpus tests: its coverage alone (the full-coverage corpus), or its breadth

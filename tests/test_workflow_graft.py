@@ -4,6 +4,8 @@ a layer-fitted init beside an approximate family's mappings."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -103,6 +105,15 @@ def test_layer_fit_list_fits_each_named_mapping(workflow_copy, tmp_path):
         "neox:exact-lfit", "neox:paper-lfit"]
     assert sorted(w["method"] for r, w in lfit if r == "train") == sorted(
         f"{m}@{i}" for m in METHODS for i in ("paper-lfit", "exact-lfit"))
+    # the findings judge each fitted init against the mapping it refines: each one's fidelity reaches them, labelled
+    # (the dry run does not print params: a Snakefile that includes the workflow prints the labels it parsed)
+    probe = workflow_copy / "probe-findings.smk"
+    probe.write_text('include: "Snakefile"\nimport json\n'
+                     'print("FINDINGS_LABELS=" + json.dumps([list(l) for l, _, _ in FINDINGS_ITEMS]))\n')
+    out = ok(snakemake("-n", "-s", str(probe), "--cores", "1", "--configfile", str(overlay), cwd=workflow_copy))
+    labels = json.loads(next(line for line in out.splitlines() if line.startswith("FINDINGS_LABELS="))[16:])
+    assert {m for v, m, tag in labels if v == "neox" and tag == "fidelity"} >= {
+        "init-paper", "init-exact", "init-paper-lfit", "init-exact-lfit"}
 
     cfg["variants"]["olmo"]["convert"] = {"norms": ["paper", "exact"], "layer_fit": ["paper", "centered"]}
     bad = tmp_path / "lfit-bad.yaml"
