@@ -453,9 +453,9 @@ def _families(found: dict[str, Any], work: Path, *, quick: bool) -> tuple[list[d
         row["expected of llama.cpp"] = expect
         rows.append(row)
     notes.append(f"Families: kept.convert.tiny (transformers' own class, perturbed norms and biases), "
-                 f"convert_checkpoint(norm='exact', fidelity_tokens=0; the GQA case also kv_heads=2, kv_init='fit', the "
-                 f"layer-fit cases layer_fit=True, each on the built-in calibration sample), llama.cpp's convert_hf_to_gguf.py --outtype "
-                 f"f32, libllama forward with f32 KV cache; {len(seqs)} random sequence(s) of {FAMILY_SEQ_LEN} ids "
+                 f"convert_checkpoint(norm='exact', fidelity_tokens=0; the GQA case also kv_heads=2, kv_init='fit', "
+                 f"the layer-fit cases layer_fit=True, each on the built-in calibration sample), llama.cpp's "
+                 f"convert_hf_to_gguf.py --outtype f32, libllama forward with f32 KV cache; {len(seqs)} random sequence(s) of {FAMILY_SEQ_LEN} ids "
                  f"per case (seed 0), no BOS. 'vs source class': the converted checkpoint in transformers, with the "
                  f"per-vocabulary logit offset that stock Llama cannot hold (head @ final beta + head bias, which "
                  f"kept reports) added back, against the source in its own transformers class: float error for the "
