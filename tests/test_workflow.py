@@ -124,12 +124,15 @@ def test_dry_run_of_shipped_config(workflow_copy, configfile):
     if configfile == "config/families.yaml":  # OLMo converts what it can (variants.olmo.convert.norms), the rest all
         converted = {(j["wildcards"]["variant"], j["wildcards"]["init"]) for j in jobs if j["rule"] == "convert"}
         assert {n for v, n in converted if v == "olmo"} == {"paper", "centered", "exact"}
-        # the approximate families also convert the primary mapping with the layer-wise fit (issue 28)
-        assert {n for v, n in converted if v == "phi"} == {"paper", "centered", "exact", "fit", "paper-lfit"}
+        # the approximate families also convert with the layer-wise fit (issue 28): the parallel ones both OPM and
+        # Exact (their Exact is approximate too), Qwen3 its primary mapping (its Exact is the same mapping)
+        assert {n for v, n in converted if v == "phi"} == {"paper", "centered", "exact", "fit", "paper-lfit",
+                                                            "exact-lfit"}
         # the zoo's RMSNorm teachers: their one mapping, under both init names; Qwen3 (q/k norms) is approximate
         assert {n for v, n in converted if v == "qwen2"} == {"paper", "exact"}
         assert {n for v, n in converted if v == "qwen3"} == {"paper", "exact", "paper-lfit"}
-        assert {n for v, n in converted if v == "falcon"} == {"paper", "centered", "exact", "fit", "paper-lfit"}
+        assert {n for v, n in converted if v == "falcon"} == {"paper", "centered", "exact", "fit", "paper-lfit",
+                                                               "exact-lfit"}
         assert not {n for v, n in converted if v in ("base", "olmo", "qwen2") and n.endswith("-lfit")}  # exact ones
 
 
