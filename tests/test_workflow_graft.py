@@ -55,16 +55,20 @@ def test_graft_config_plans_the_graft_grid(workflow_copy):
     assert {"report_table_graft", "report_table_split", "report_findings"} <= set(by_rule)
 
 
+def failed_dry_run(cfg: dict, path, workflow_copy) -> str:
+    """Write cfg to path, dry-run the workflow with it, check that the dry run fails; its output."""
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--cores", "2", "--configfile", str(path), cwd=workflow_copy)
+    assert proc.returncode != 0
+    return proc.stdout + proc.stderr
+
+
 @pytest.mark.slow
 def test_graft_a_toy_teacher_cannot_take_fails_the_dry_run(workflow_copy, tmp_path):
     """G = 3 does not divide g8's 8 heads: the dry run names the key and the divisors, before any job runs."""
     cfg = yaml.safe_load((workflow_copy / "config" / "graft.yaml").read_text())
     cfg["variants"]["g8"]["convert"]["kv_heads"] = [4, 3]
-    bad = tmp_path / "graft-bad.yaml"
-    bad.write_text(yaml.safe_dump(cfg))
-    proc = snakemake("-n", "--cores", "2", "--configfile", str(bad), cwd=workflow_copy)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
+    out = failed_dry_run(cfg, tmp_path / "graft-bad.yaml", workflow_copy)
     assert "variants.g8.convert.kv_heads (toy teacher 'g8'): --kv-heads 3 does not divide the 8 KV heads" in out
     assert "[1, 2, 4]" in out
 
@@ -116,11 +120,7 @@ def test_layer_fit_list_fits_each_named_mapping(workflow_copy, tmp_path):
         "init-paper", "init-exact", "init-paper-lfit", "init-exact-lfit"}
 
     cfg["variants"]["olmo"]["convert"] = {"norms": ["paper", "exact"], "layer_fit": ["paper", "centered"]}
-    bad = tmp_path / "lfit-bad.yaml"
-    bad.write_text(yaml.safe_dump(cfg))
-    proc = snakemake("-n", "--cores", "2", "--configfile", str(bad), cwd=workflow_copy)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
+    out = failed_dry_run(cfg, tmp_path / "lfit-bad.yaml", workflow_copy)
     assert "variants.olmo.convert.layer_fit: ['centered'] are not among the mappings the variant converts" in out
 
 
